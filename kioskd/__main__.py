@@ -1,0 +1,3 @@
+from kioskd.cli import main
+
+raise SystemExit(main())

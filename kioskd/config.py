@@ -1,0 +1,473 @@
+"""``config.toml`` → typed, validated settings.
+
+Every section is a frozen dataclass; :func:`load_config` converts the TOML tree
+into them and collects *every* problem at once, each naming its dotted key
+(``audio.input: expected a string``). Unknown keys are errors: a typo must not
+pass silently. ``config.toml`` at the repository root documents every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+__all__ = [
+    "AgentConfig",
+    "AudioConfig",
+    "BackendConfig",
+    "ButtonConfig",
+    "Config",
+    "ConfigError",
+    "ControlConfig",
+    "ConversationConfig",
+    "KioskConfig",
+    "LedConfig",
+    "LogConfig",
+    "NetworkConfig",
+    "ToolsConfig",
+    "TriggerConfig",
+    "VadWakeConfig",
+    "load_config",
+    "parse_config",
+]
+
+SCALAR = Union[str, int, float, bool]
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``problems`` holds one ``"key: message"`` line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class KioskConfig:
+    """Who this kiosk is; both are sent to the agent as dynamic variables."""
+
+    id: str = "kiosk"
+    location: str = ""
+
+    def problems(self) -> list[tuple[str, str]]:
+        return [] if self.id.strip() else [("id", "must not be empty")]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The ElevenLabs agent and the per-kiosk conversation overrides."""
+
+    agent_id: str = ""
+    server: str = "wss://api.elevenlabs.io"
+    first_message: str = ""
+    language: str = ""
+    prompt: str = ""
+    voice_id: str = ""
+    dynamic_variables: dict[str, SCALAR] = field(default_factory=dict)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if not self.agent_id.strip():
+            out.append(("agent_id", "must be set to your agent's id"))
+        if not self.server.startswith(("ws://", "wss://")):
+            out.append(("server", f"must start with wss:// (or ws:// for a local simulator), got {self.server!r}"))
+        return out
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """This kiosk's signing backend (which holds the ElevenLabs API key, not the kiosk)."""
+
+    url: str = ""
+    token_file: str = "/etc/kioskd/token"
+    timeout: float = 5.0
+    prefetch: bool = True
+    url_max_age: float = 600.0
+    health_interval: float = 60.0
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if not self.url.startswith(("https://", "http://")):
+            out.append(("url", f"must be an https:// URL, got {self.url!r}"))
+        if self.timeout <= 0:
+            out.append(("timeout", "must be positive"))
+        if not 0 < self.url_max_age <= 840:
+            out.append(("url_max_age", "must be in (0, 840] seconds: a signed URL is valid 15 minutes"))
+        if self.health_interval <= 0:
+            out.append(("health_interval", "must be positive"))
+        return out
+
+
+EchoMode = Literal["aec", "half_duplex", "off"]
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Microphone, speaker, uplink buffering, jitter buffer and echo handling."""
+
+    input: str = "default"
+    output: str = "default"
+    input_rate: int = 0
+    output_rate: int = 0
+    chunk_ms: int = 20
+    max_message_ms: int = 250
+    max_backlog_ms: int = 2000
+    preroll_ms: int = 500
+    jitter_min_ms: int = 20
+    jitter_max_ms: int = 400
+    jitter_start_ms: int = 60
+    device_period_ms: int = 10
+    fade_ms: int = 5
+    echo: EchoMode = "aec"
+    volume: float = 1.0
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        for key in ("input", "output"):
+            value = getattr(self, key)
+            if not value.strip() or value == "wav:":
+                out.append((key, "must be a device name, 'default' or 'wav:PATH'"))
+        for key in ("input_rate", "output_rate"):
+            if getattr(self, key) not in (0, 8000, 16000, 22050, 24000, 32000, 44100, 48000):
+                out.append((key, "must be 0 (device default) or a standard rate such as 16000 or 48000"))
+        if self.chunk_ms not in (10, 20, 30, 40, 50):
+            out.append(("chunk_ms", "must be 10, 20, 30, 40 or 50"))
+        if not self.chunk_ms <= self.max_message_ms <= 1000:
+            out.append(("max_message_ms", "must be between chunk_ms and 1000"))
+        if not 100 <= self.max_backlog_ms <= 60000:
+            out.append(("max_backlog_ms", "must be between 100 and 60000"))
+        if not 0 <= self.preroll_ms <= 5000:
+            out.append(("preroll_ms", "must be between 0 and 5000"))
+        if not 0 < self.jitter_min_ms <= self.jitter_start_ms <= self.jitter_max_ms <= 5000:
+            out.append(("jitter_start_ms", "needs 0 < jitter_min_ms <= jitter_start_ms <= jitter_max_ms <= 5000"))
+        if not 2 <= self.device_period_ms <= 100:
+            out.append(("device_period_ms", "must be between 2 and 100"))
+        if not 0 <= self.fade_ms <= 50:
+            out.append(("fade_ms", "must be between 0 and 50"))
+        if not 0.0 <= self.volume <= 1.0:
+            out.append(("volume", "must be between 0.0 and 1.0"))
+        return out
+
+
+@dataclass(frozen=True)
+class ConversationConfig:
+    """When a conversation ends by itself, and how a broken one is resumed."""
+
+    idle_timeout: float = 20.0
+    max_duration: float = 600.0
+    reconnect_grace: float = 30.0
+    context_lines: int = 8
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        for key in ("idle_timeout", "max_duration"):
+            if getattr(self, key) <= 0:
+                out.append((key, "must be positive"))
+        if self.reconnect_grace < 0:
+            out.append(("reconnect_grace", "must be zero (never resume) or positive"))
+        if self.context_lines < 0:
+            out.append(("context_lines", "must not be negative"))
+        return out
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Backoff and dead-link detection for the backend and the agent's WebSocket."""
+
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    stall_timeout: float = 8.0
+    ws_ping_interval: float = 2.0
+    connect_timeout: float = 10.0
+    max_message_bytes: int = 16 * 1024 * 1024
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if not 0 < self.backoff_base <= self.backoff_cap:
+            out.append(("backoff_base", "needs 0 < backoff_base <= backoff_cap"))
+        if not 0 < self.ws_ping_interval < self.stall_timeout:
+            out.append(("ws_ping_interval", "needs 0 < ws_ping_interval < stall_timeout"))
+        if self.connect_timeout <= 0:
+            out.append(("connect_timeout", "must be positive"))
+        if self.max_message_bytes < 65536:
+            out.append(("max_message_bytes", "must be at least 65536"))
+        return out
+
+
+TriggerMode = Literal["button", "vad", "both", "manual"]
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """What starts a conversation (the control socket always can)."""
+
+    mode: TriggerMode = "button"
+
+    def problems(self) -> list[tuple[str, str]]:
+        return []
+
+
+ButtonMode = Literal["toggle", "hold"]
+
+
+@dataclass(frozen=True)
+class ButtonConfig:
+    """The GPIO button (BCM pin numbering)."""
+
+    pin: int = 17
+    pull_up: bool = True
+    mode: ButtonMode = "toggle"
+    long_press: float = 3.0
+    bounce_ms: int = 50
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if not 0 <= self.pin <= 27:
+            out.append(("pin", "must be a BCM GPIO number 0–27"))
+        if self.long_press <= 0:
+            out.append(("long_press", "must be positive"))
+        if not 0 <= self.bounce_ms <= 1000:
+            out.append(("bounce_ms", "must be between 0 and 1000"))
+        return out
+
+
+@dataclass(frozen=True)
+class VadWakeConfig:
+    """Voice-activity wake: how much speech, how loud, starts a conversation."""
+
+    aggressiveness: int = 2
+    min_speech_ms: int = 300
+    window_ms: int = 500
+    energy_floor_dbfs: float = -45.0
+    playback_tail_ms: int = 500
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.aggressiveness not in (0, 1, 2, 3):
+            out.append(("aggressiveness", "must be 0, 1, 2 or 3"))
+        if not 0 < self.min_speech_ms <= self.window_ms <= 5000:
+            out.append(("min_speech_ms", "needs 0 < min_speech_ms <= window_ms <= 5000"))
+        if not -90.0 <= self.energy_floor_dbfs <= 0.0:
+            out.append(("energy_floor_dbfs", "must be between -90 and 0"))
+        if not 0 <= self.playback_tail_ms <= 5000:
+            out.append(("playback_tail_ms", "must be between 0 and 5000"))
+        return out
+
+
+LedKind = Literal["none", "pwm", "rgb"]
+
+
+@dataclass(frozen=True)
+class LedConfig:
+    """Status light: one PWM LED (``pin``) or an RGB LED (``red``/``green``/``blue``)."""
+
+    kind: LedKind = "none"
+    pin: int = 18
+    red: int = 5
+    green: int = 6
+    blue: int = 13
+    active_high: bool = True
+    brightness: float = 1.0
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        pins = {"pwm": ("pin",), "rgb": ("red", "green", "blue")}.get(self.kind, ())
+        for key in pins:
+            if not 0 <= getattr(self, key) <= 27:
+                out.append((key, "must be a BCM GPIO number 0–27"))
+        if self.kind == "rgb" and len({self.red, self.green, self.blue}) != 3:
+            out.append(("red", "red, green and blue must be three different pins"))
+        if not 0.0 < self.brightness <= 1.0:
+            out.append(("brightness", "must be in (0, 1]"))
+        return out
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The local control socket (``kioskd ctl``)."""
+
+    socket: str = "/run/kioskd/control.sock"
+
+    def problems(self) -> list[tuple[str, str]]:
+        return [] if self.socket.strip() else [("socket", "must be a path")]
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    """Client tools the agent may call: built-ins by name, plus fixed-text answers."""
+
+    builtin: list[str] = field(default_factory=lambda: ["kiosk_info", "current_time", "end_conversation"])
+    static: dict[str, str] = field(default_factory=dict)
+
+    def problems(self) -> list[tuple[str, str]]:
+        from kioskd.tools import BUILTIN_TOOLS  # late import: tools imports config types
+
+        return [
+            ("builtin", f"unknown tool {name!r}; known: {', '.join(sorted(BUILTIN_TOOLS))}")
+            for name in self.builtin
+            if name not in BUILTIN_TOOLS
+        ]
+
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Log level for the structured lines on stdout."""
+
+    level: LogLevel = "info"
+
+    def problems(self) -> list[tuple[str, str]]:
+        return []
+
+
+@dataclass(frozen=True)
+class Config:
+    """All of one kiosk's settings. ``backend`` is None for a public agent."""
+
+    kiosk: KioskConfig = field(default_factory=KioskConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    backend: BackendConfig | None = None
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    conversation: ConversationConfig = field(default_factory=ConversationConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)
+    button: ButtonConfig = field(default_factory=ButtonConfig)
+    vad: VadWakeConfig = field(default_factory=VadWakeConfig)
+    leds: LedConfig = field(default_factory=LedConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def problems(self) -> list[tuple[str, str]]:
+        return []
+
+    def kiosk_token(self) -> str:
+        """This kiosk's backend token: ``$KIOSKD_TOKEN``, else the first line of ``token_file``.
+
+        Raises ConfigError naming ``backend.token_file`` when neither gives one.
+        """
+        env = os.environ.get("KIOSKD_TOKEN", "").strip()
+        if env:
+            return env
+        assert self.backend is not None
+        try:
+            token = Path(self.backend.token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError([f"backend.token_file: cannot read {self.backend.token_file}: {exc.strerror}"]) from None
+        if not token:
+            raise ConfigError([f"backend.token_file: {self.backend.token_file} is empty"])
+        return token
+
+
+# --------------------------------------------------------------------------- conversion
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _describe(tp: Any) -> str:
+    if tp in _TYPE_NAMES:
+        return _TYPE_NAMES[tp]
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp) if a is not type(None))
+    if origin is list:
+        return "a list"
+    if origin is dict or dataclasses.is_dataclass(tp):
+        return "a table"
+    return str(tp)
+
+
+def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
+    """Convert ``value`` to ``tp``; on failure, append ``"path: message"`` and return None."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected a table, got {type(value).__name__}")
+            return None
+        hints = get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        for key in value:
+            if key not in names:
+                errors.append(f"{_join(path, key)}: unknown key (known: {', '.join(sorted(names))})")
+        kwargs = {}
+        before = len(errors)
+        for f in dataclasses.fields(tp):
+            if f.name in value:
+                kwargs[f.name] = _convert(hints[f.name], value[f.name], _join(path, f.name), errors)
+        if len(errors) > before:
+            return None
+        obj = tp(**kwargs)
+        for key, message in obj.problems():
+            errors.append(f"{_join(path, key)}: {message}")
+        return obj
+    if origin is Literal:
+        if value in get_args(tp) and type(value) is type(get_args(tp)[0]):
+            return value
+        errors.append(f"{path}: expected {_describe(tp)}, got {value!r}")
+        return None
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(tp) if a is not type(None)]
+        if len(options) == 1:
+            return _convert(options[0], value, path, errors)
+        for option in options:
+            trial: list[str] = []
+            result = _convert(option, value, path, trial)
+            if not trial:
+                return result
+        errors.append(f"{path}: expected {_describe(tp)}, got {type(value).__name__}")
+        return None
+    if origin is list:
+        if not isinstance(value, list):
+            errors.append(f"{path}: expected a list, got {type(value).__name__}")
+            return None
+        (item,) = get_args(tp)
+        return [_convert(item, v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected a table, got {type(value).__name__}")
+            return None
+        _, item = get_args(tp)
+        return {k: _convert(item, v, _join(path, k), errors) for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (str, int, bool, float) and type(value) is tp:
+        return value
+    errors.append(f"{path}: expected {_describe(tp)}, got {type(value).__name__} {value!r}")
+    return None
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    """Validate a parsed TOML tree. Raises :class:`ConfigError` listing every problem."""
+    errors: list[str] = []
+    config = _convert(Config, data, "", errors)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate ``path``. Raises :class:`ConfigError` naming every bad key."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    return parse_config(data)
