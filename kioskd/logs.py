@@ -1,0 +1,167 @@
+"""Structured ``key=value`` log lines on stdout (for journald), with secrets redacted.
+
+:func:`setup_logging` installs one handler on the root logger, so every logger –
+ours, httpx, hypercorn, trio – writes through :class:`KeyValueFormatter`, which
+runs :func:`redact` over the *whole* formatted text: message, arguments,
+``extra`` fields and exception traces alike. Redaction is a safety net; code
+still must not log tokens, signed URLs or API keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from typing import Any, TextIO
+
+__all__ = [
+    "REDACTED",
+    "KeyValueFormatter",
+    "redact",
+    "register_secret",
+    "setup_logging",
+]
+
+#: What a removed secret is replaced with.
+REDACTED = "<redacted>"
+
+#: ``setup_logging`` levels (``config.LogConfig.level``).
+LEVELS: dict[str, int] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+#: Chatty third-party loggers held at INFO or above even when kioskd logs at debug.
+QUIET_LOGGERS = ("hpack", "httpcore")
+
+#: Secret-bearing patterns; group 1 is kept, the rest of the match becomes REDACTED.
+_PATTERNS: tuple[re.Pattern[str], ...] = (
+    # query parameters of signed URLs: ...?agent_id=a&token=SECRET
+    re.compile(r"([?&;](?:token|conversation_signature|signature|xi-api-key|api_key)=)[^&\s\"'#<>]+", re.I),
+    # xi-api-key: KEY / 'xi-api-key': 'KEY' / xi_api_key=KEY
+    re.compile(r"(xi[-_]api[-_]key[\"']?\s*[:=]\s*[\"']?)(?!<redacted>)[^\s\"',;}&]+", re.I),
+    # Authorization: Bearer X / Basic X / a bare token after the colon
+    re.compile(r"(authorization[\"']?\s*[:=]\s*[\"']?(?:bearer\s+|basic\s+)?)(?!<redacted>)[^\s\"',;}]+", re.I),
+    # bearer X anywhere else
+    re.compile(r"(\bbearer\s+)(?!<redacted>)[A-Za-z0-9\-._~+/]+=*", re.I),
+)
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+_secret_re: re.Pattern[str] | None = None
+
+
+def register_secret(value: str) -> None:
+    """Redact ``value`` (a token, an API key) wherever it appears in any later log line.
+
+    Empty or whitespace-only values are ignored; surrounding whitespace is stripped.
+    """
+    global _secret_re
+    value = value.strip()
+    if not value:
+        return
+    with _secrets_lock:
+        _secrets.add(value)
+        ordered = sorted(_secrets, key=len, reverse=True)  # longest first: no partial leaks
+        _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def redact(text: str) -> str:
+    """``text`` with registered secrets, URL tokens, bearer tokens and API keys replaced by ``<redacted>``."""
+    secret_re = _secret_re
+    if secret_re is not None:
+        text = secret_re.sub(REDACTED, text)
+    for pattern in _PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+    return text
+
+
+# --------------------------------------------------------------------------- formatting
+
+#: LogRecord attributes that are not ``extra=`` fields.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+#: A ``key=value`` token in a message; the text before the first one is ``msg``.
+_FIRST_KV = re.compile(r"(?:^|\s)[A-Za-z_][\w.\-]*=")
+_NEEDS_QUOTES = re.compile(r"[\s\"=\\]")
+
+
+def _quote(value: object) -> str:
+    """A value as a ``key=value`` token: bare when safe, else double-quoted and escaped."""
+    text = str(value)
+    if text and not _NEEDS_QUOTES.search(text):
+        return text
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``level=info logger=kioskd.session msg="conversation started" id=conv_1``, redacted.
+
+    Text before the first ``key=value`` in the message becomes ``msg``; the rest is
+    kept as written. ``extra={...}`` fields are appended as ``key=value``. An
+    exception adds ``exc="Type: message"`` and its traceback on the following
+    lines, indented. Everything is passed through :func:`redact` last.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format one record as one redacted line (plus indented traceback lines)."""
+        message = record.getMessage()
+        match = _FIRST_KV.search(message)
+        head, tail = (message[: match.start()], _one_line(message[match.start() :].strip())) if match else (message, "")
+        parts = [f"level={record.levelname.lower()}", f"logger={_quote(record.name)}", f"msg={_quote(head.strip())}"]
+        if tail:
+            parts.append(tail)
+        parts += [f"{key}={_quote(value)}" for key, value in self._extras(record)]
+        trace = ""
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            parts.append(f"exc={_quote(f'{type(exc).__name__}: {exc}')}")
+            trace = self.formatException(record.exc_info)
+        elif record.exc_text:
+            trace = record.exc_text
+        if record.stack_info:
+            trace = f"{trace}\n{record.stack_info}" if trace else record.stack_info
+        line = " ".join(parts)
+        if trace:
+            line += "".join(f"\n  {row}" for row in trace.splitlines())
+        return redact(line)
+
+    @staticmethod
+    def _extras(record: logging.LogRecord) -> list[tuple[str, Any]]:
+        return [(k, v) for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")]
+
+
+class _KioskdHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler :func:`setup_logging` owns, so a second call replaces it."""
+
+
+def setup_logging(level: str = "info", stream: TextIO | None = None) -> logging.Handler:
+    """Send every logger's records to ``stream`` (default: ``sys.stdout`` at call time) as redacted lines.
+
+    ``level`` is one of ``debug``, ``info``, ``warning``, ``error``. Calling again
+    (e.g. on SIGHUP) replaces the handler this function installed earlier; other
+    handlers on the root logger are left alone. Python warnings are logged too.
+    Returns the installed handler.
+    """
+    try:
+        numeric = LEVELS[level.lower()]
+    except KeyError:
+        raise ValueError(f"log level: expected one of {', '.join(LEVELS)}, got {level!r}") from None
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _KioskdHandler)]:
+        root.removeHandler(old)
+    handler = _KioskdHandler(sys.stdout if stream is None else stream)
+    handler.setFormatter(KeyValueFormatter())
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(numeric, logging.INFO))
+    logging.captureWarnings(True)
+    return handler
