@@ -1,0 +1,224 @@
+"""Audio formats, G.711 μ-law, streaming resampling and levels (pure, no I/O).
+
+Inside kioskd audio is numpy ``int16`` mono at :data:`INTERNAL_RATE` in frames of
+:data:`FRAME_SAMPLES` (10 ms). The conversation's wire formats are the ElevenLabs
+format strings (``pcm_16000``, ``ulaw_8000``, …) parsed by :meth:`AudioFormat.parse`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, cast
+
+import numpy as np
+import soxr
+
+INTERNAL_RATE = 16000
+"""Sample rate of microphone audio inside kioskd (VAD, echo canceller, uplink)."""
+FRAME_SAMPLES = 160
+"""Samples in one internal 10 ms frame at :data:`INTERNAL_RATE`."""
+
+PCM_RATES: tuple[int, ...] = (8000, 16000, 22050, 24000, 44100, 48000)
+"""Rates the service accepts for ``pcm_<rate>``."""
+ULAW_RATES: tuple[int, ...] = (8000,)
+"""Rates the service accepts for ``ulaw_<rate>``."""
+
+RESAMPLE_QUALITY = "MQ"
+"""soxr quality preset. 'MQ' is soxr's 16-bit-precision filter: its stop band is already
+below what int16 can represent, so 'HQ' (20-bit) buys nothing for int16 speech, and 'VHQ'
+doubles the filter delay (~40 ms instead of ~20 ms mean at 16↔48 kHz in 10 ms chunks).
+'LQ' would halve the delay but with a much wider roll-off. CPU is ~0.35 ms per second of
+audio on x86 for every preset, so quality is chosen for delay and fidelity, not cost."""
+
+SILENCE_DBFS = -120.0
+"""What :func:`dbfs` returns for digital silence (instead of -inf)."""
+FULL_SCALE = 32768.0
+"""0 dBFS reference: an RMS equal to this is 0 dBFS."""
+
+Encoding = Literal["pcm", "ulaw"]
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    """One wire audio format: an encoding and a sample rate (always mono)."""
+
+    encoding: Encoding
+    rate: int
+
+    @classmethod
+    def parse(cls, name: str) -> AudioFormat:
+        """Parse ``"pcm_16000"``, ``"ulaw_8000"``, …; ValueError naming a bad string."""
+        if not isinstance(name, str):
+            raise ValueError(f"audio format must be a string, got {name!r}")
+        encoding, sep, rate_text = name.partition("_")
+        allowed = {"pcm": PCM_RATES, "ulaw": ULAW_RATES}
+        if sep and encoding in allowed and rate_text.isdigit():
+            rate = int(rate_text)
+            if rate in allowed[encoding] and rate_text == str(rate):
+                return cls(cast(Encoding, encoding), rate)
+        choices = ", ".join(
+            [f"pcm_{r}" for r in PCM_RATES] + [f"ulaw_{r}" for r in ULAW_RATES]
+        )
+        raise ValueError(f"unknown audio format {name!r} (expected one of {choices})")
+
+    @property
+    def name(self) -> str:
+        """The wire name, e.g. ``"pcm_16000"``."""
+        return f"{self.encoding}_{self.rate}"
+
+    @property
+    def bytes_per_sample(self) -> int:
+        """2 for s16le PCM, 1 for μ-law."""
+        return 2 if self.encoding == "pcm" else 1
+
+    def duration(self, nbytes: int) -> float:
+        """Seconds of audio in ``nbytes`` bytes (a trailing partial sample counts as none)."""
+        return (max(nbytes, 0) // self.bytes_per_sample) / self.rate
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# --- G.711 μ-law (table driven) -------------------------------------------------------
+
+_ULAW_BIAS = 0x84
+_ULAW_CLIP14 = 8159  # clip level on the 14-bit magnitude
+_ULAW_SEG_END14 = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF])
+
+
+def _build_ulaw_decode() -> np.ndarray:
+    """256-entry μ-law byte → int16 table (ITU-T G.711)."""
+    u = ~np.arange(256, dtype=np.int32) & 0xFF
+    t = (((u & 0x0F) << 3) + _ULAW_BIAS) << ((u & 0x70) >> 4)
+    linear = np.where(u & 0x80, _ULAW_BIAS - t, t - _ULAW_BIAS)
+    return linear.astype(np.int16)
+
+
+def _build_ulaw_encode() -> np.ndarray:
+    """65536-entry table indexed by ``uint16(sample)`` → μ-law byte (ITU-T G.711).
+
+    Same arithmetic as the classic Sun ``g711.c`` (and CPython's ``audioop``): the
+    sample is reduced to 14 bits, biased, and split into segment and mantissa.
+    """
+    pcm = np.arange(65536, dtype=np.uint16).view(np.int16).astype(np.int32)
+    p14 = pcm >> 2
+    mask = np.where(p14 < 0, 0x7F, 0xFF)
+    mag = np.minimum(np.abs(p14), _ULAW_CLIP14) + (_ULAW_BIAS >> 2)
+    seg = np.searchsorted(_ULAW_SEG_END14, mag)  # first segment whose end >= mag
+    uval = (np.minimum(seg, 7) << 4) | ((mag >> (np.minimum(seg, 7) + 1)) & 0x0F)
+    uval = np.where(seg >= 8, 0x7F, uval)  # above the last segment: clip to the maximum
+    return (uval ^ mask).astype(np.uint8)
+
+
+_ULAW_DECODE = _build_ulaw_decode()
+_ULAW_ENCODE = _build_ulaw_encode()
+
+
+def ulaw_encode(samples: np.ndarray) -> bytes:
+    """int16 samples → G.711 μ-law bytes."""
+    s = np.asarray(samples, dtype=np.int16)
+    return _ULAW_ENCODE[s.view(np.uint16)].tobytes()
+
+
+def ulaw_decode(data: bytes) -> np.ndarray:
+    """G.711 μ-law bytes → int16 samples."""
+    return _ULAW_DECODE[np.frombuffer(data, dtype=np.uint8)]
+
+
+# --- encode / decode ------------------------------------------------------------------
+
+
+def encode(samples: np.ndarray, fmt: AudioFormat) -> bytes:
+    """Mono int16 samples → wire bytes (s16le PCM or μ-law) for ``fmt``."""
+    s = np.asarray(samples, dtype=np.int16).reshape(-1)
+    if fmt.encoding == "ulaw":
+        return ulaw_encode(s)
+    return s.astype("<i2", copy=False).tobytes()
+
+
+def decode(data: bytes, fmt: AudioFormat) -> np.ndarray:
+    """Wire bytes → mono int16 samples (an odd trailing PCM byte is dropped)."""
+    if fmt.encoding == "ulaw":
+        return ulaw_decode(data)
+    usable = len(data) - (len(data) % 2)
+    return np.frombuffer(data, dtype="<i2", count=usable // 2).astype(np.int16)
+
+
+# --- channels and levels --------------------------------------------------------------
+
+
+def to_mono(samples: np.ndarray, channels: int) -> np.ndarray:
+    """Interleaved int16 with ``channels`` channels → mono int16 (rounded average).
+
+    A trailing partial frame (fewer than ``channels`` samples) is dropped.
+    """
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+    s = np.asarray(samples, dtype=np.int16).reshape(-1)
+    if channels == 1:
+        return s.copy()
+    frames = len(s) // channels
+    wide = s[: frames * channels].reshape(frames, channels).astype(np.int32)
+    return np.round(wide.mean(axis=1)).astype(np.int16)
+
+
+def dbfs(samples: np.ndarray) -> float:
+    """RMS level in dBFS (full-scale square wave = 0 dBFS); :data:`SILENCE_DBFS` floor."""
+    s = np.asarray(samples)
+    if s.size == 0:
+        return SILENCE_DBFS
+    rms = math.sqrt(float(np.mean(np.square(s.astype(np.float64)))))
+    if rms <= 0.0:
+        return SILENCE_DBFS
+    return max(SILENCE_DBFS, 20.0 * math.log10(rms / FULL_SCALE))
+
+
+# --- resampling -----------------------------------------------------------------------
+
+
+class Resampler:
+    """Streaming int16 resampler (soxr) keeping filter state across calls.
+
+    Input and output are interleaved int16 (1-D) or ``(frames, channels)`` arrays; the
+    output is always interleaved 1-D. Equal rates are an identity fast path (a copy).
+    Pass ``last=True`` once at the end of a stream to flush the filter's tail; the
+    resampler then starts a fresh stream.
+    """
+
+    def __init__(self, in_rate: int, out_rate: int, channels: int = 1) -> None:
+        """Create a resampler from ``in_rate`` to ``out_rate`` for ``channels`` channels."""
+        if in_rate <= 0 or out_rate <= 0:
+            raise ValueError(f"rates must be positive, got {in_rate} -> {out_rate}")
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        self.in_rate = in_rate
+        self.out_rate = out_rate
+        self.channels = channels
+        self._stream: soxr.ResampleStream | None = None
+        if in_rate != out_rate:
+            self._stream = self._new_stream()
+
+    def _new_stream(self) -> soxr.ResampleStream:
+        return soxr.ResampleStream(
+            self.in_rate, self.out_rate, self.channels, dtype="int16", quality=RESAMPLE_QUALITY
+        )
+
+    @property
+    def identity(self) -> bool:
+        """True when input and output rates are equal (no filtering)."""
+        return self._stream is None
+
+    def process(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
+        """Resample the next chunk of the stream; returns interleaved int16."""
+        s = np.asarray(samples, dtype=np.int16)
+        flat = s.reshape(-1)
+        if self._stream is None:
+            return flat.copy()
+        frames = len(flat) // self.channels
+        x = flat[: frames * self.channels]
+        x = x.reshape(frames, self.channels) if self.channels > 1 else x
+        out = self._stream.resample_chunk(np.ascontiguousarray(x), last=last)
+        if last:
+            self._stream = self._new_stream()
+        return np.asarray(out, dtype=np.int16).reshape(-1)
