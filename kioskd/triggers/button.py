@@ -1,0 +1,262 @@
+"""The GPIO button: presses become :class:`~kioskd.state.Command` values for the supervisor.
+
+Two layers:
+
+* :class:`ButtonLogic` is pure: ``press(now)`` / ``release(now)`` / ``held(now)`` /
+  ``settle(now, pressed)`` return the commands to send. It holds the mode rules, the
+  long press and a software debounce guard. Time is passed in.
+* :class:`ButtonTrigger` is the gpiozero adapter. gpiozero calls its callbacks on its own
+  thread; they only hand the edge to Trio with ``run_sync_soon`` (never blocking the GPIO
+  thread), and the Trio side timestamps it with ``trio.current_time()`` and asks the logic.
+
+Modes (``button.mode``):
+
+* ``toggle``: a short press sends ``TOGGLE`` **on release**. Deciding on release is what
+  lets a long press mean "end" without first toggling: a press held ``long_press``
+  seconds sends ``END`` (when gpiozero reports it held, or at the release if that report
+  was lost) and its release sends nothing. The microphone pre-roll covers the press time.
+* ``hold`` (push-to-talk): press → ``START`` then ``MIC_ON``; release → ``MIC_OFF``; the
+  conversation stays open. A push-to-talk user holds the button while speaking, often
+  longer than ``long_press``, so by default a long press does **not** end the
+  conversation in this mode (``long_press_ends_in_hold=True`` makes it send ``MIC_OFF``,
+  ``END``, and nothing at the release).
+
+Debounce: gpiozero's ``bounce_time`` (``bounce_ms``) filters at the pin; on top, an edge
+that arrives within ``bounce_ms`` of the last accepted edge is not acted on at once. The
+logic then asks for a :meth:`ButtonLogic.settle` at :attr:`ButtonLogic.settle_at`, where
+the real pin level decides, so a bouncing contact gives one press and a very short tap
+is never lost (in hold mode the microphone is never left on).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from kioskd.config import ButtonConfig, ButtonMode
+from kioskd.state import Command
+
+__all__ = ["ButtonLogic", "ButtonTrigger"]
+
+log = logging.getLogger(__name__)
+
+#: Errors gpiozero (or the pin library under it) raises when there is no usable GPIO.
+_NO_GPIO_ERRORS: tuple[type[BaseException], ...] = (ImportError, OSError, RuntimeError)
+
+#: A held report may reach Trio a little earlier, relative to the press, than gpiozero saw
+#: it (thread hand-off latency); reports this much early still count.
+HELD_SLACK = 0.25
+
+
+class ButtonLogic:
+    """Pure press/release/held → commands decision, with a software debounce guard.
+
+    ``now`` is any monotonic time in seconds (the adapter uses ``trio.current_time()``).
+    """
+
+    def __init__(
+        self,
+        mode: ButtonMode,
+        long_press: float,
+        bounce: float,
+        *,
+        long_press_ends_in_hold: bool = False,
+    ) -> None:
+        self.mode = mode
+        self.long_press = long_press
+        self.bounce = bounce
+        self.long_press_ends_in_hold = long_press_ends_in_hold
+        self.pressed = False  # debounced level
+        self._raw_pressed = False  # level of the last edge seen
+        self._last_edge = -math.inf  # time of the last accepted edge
+        self._pressed_at = -math.inf
+        self._long = False  # the current press has already counted as a long press
+        #: When not None, call :meth:`settle` at this time: an edge was held back.
+        self.settle_at: float | None = None
+
+    # ------------------------------------------------------------------ edges
+
+    def press(self, now: float) -> list[Command]:
+        """The contact closed (gpiozero ``when_pressed``)."""
+        return self._edge(True, now)
+
+    def release(self, now: float) -> list[Command]:
+        """The contact opened (gpiozero ``when_released``)."""
+        return self._edge(False, now)
+
+    def held(self, now: float) -> list[Command]:
+        """The button has been down ``long_press`` seconds (gpiozero ``when_held``)."""
+        if not self.pressed or self._long:
+            return []
+        if now - self._pressed_at < self.long_press - HELD_SLACK:
+            return []  # a stale report from an earlier press
+        return self._long_press()
+
+    def settle(self, now: float, pressed: bool) -> list[Command]:
+        """The debounce window is over: act on the real pin level ``pressed``."""
+        self.settle_at = None
+        self._raw_pressed = pressed
+        if pressed == self.pressed:
+            return []
+        return self._accept(pressed, now)
+
+    # ------------------------------------------------------------------ inside
+
+    def _edge(self, pressed: bool, now: float) -> list[Command]:
+        self._raw_pressed = pressed
+        if now - self._last_edge < self.bounce:
+            self.settle_at = self._last_edge + self.bounce
+            return []
+        if pressed == self.pressed:
+            return []  # a duplicate report
+        return self._accept(pressed, now)
+
+    def _accept(self, pressed: bool, now: float) -> list[Command]:
+        self.pressed = pressed
+        self._last_edge = now
+        if pressed:
+            self._pressed_at = now
+            self._long = False
+            return [Command.START, Command.MIC_ON] if self.mode == "hold" else []
+        was_long = self._long
+        self._long = False
+        if was_long:
+            return []
+        if self.mode == "hold":
+            if self.long_press_ends_in_hold and now - self._pressed_at >= self.long_press:
+                return [Command.MIC_OFF, Command.END]
+            return [Command.MIC_OFF]
+        if now - self._pressed_at >= self.long_press:
+            return [Command.END]  # the held report was lost: still a long press
+        return [Command.TOGGLE]
+
+    def _long_press(self) -> list[Command]:
+        if self.mode == "hold":
+            if not self.long_press_ends_in_hold:
+                return []
+            self._long = True
+            return [Command.MIC_OFF, Command.END]
+        self._long = True
+        return [Command.END]
+
+
+class ButtonTrigger:
+    """gpiozero button → commands, delivered on the Trio thread through ``send``.
+
+    Wire it with ``await nursery.start(ButtonTrigger(config.button, supervisor.send).run)``.
+    On a machine without GPIO, ``run`` logs once and sleeps; the other triggers still work.
+    """
+
+    def __init__(
+        self,
+        config: ButtonConfig,
+        send: Callable[[Command], None],
+        *,
+        pin_factory: Any = None,
+        long_press_ends_in_hold: bool = False,
+    ) -> None:
+        self.config = config
+        self.send = send
+        self.pin_factory = pin_factory
+        self.logic = ButtonLogic(
+            config.mode,
+            config.long_press,
+            config.bounce_ms / 1000.0,
+            long_press_ends_in_hold=long_press_ends_in_hold,
+        )
+        self.available = False  # True once the button is open
+        self._button: Any = None  # strong reference: gpiozero must not lose its callbacks
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._settle_wakeup = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the button, deliver its commands until cancelled, then close it."""
+        self._token = trio.lowlevel.current_trio_token()
+        try:
+            self._button = self._open()
+        except _NO_GPIO_ERRORS as exc:
+            log.warning("button unavailable: %s; running on the other triggers", _reason(exc))
+            task_status.started()
+            await trio.sleep_forever()
+        self.available = True
+        log.info("button ready pin=%d mode=%s", self.config.pin, self.config.mode)
+        try:
+            task_status.started()
+            await self._settle_loop()
+        finally:
+            button, self._button = self._button, None
+            self.available = False
+            button.when_pressed = button.when_released = button.when_held = None
+            button.close()
+
+    def _open(self) -> Any:
+        from gpiozero import Button  # imported late: a broken GPIO stack must not break imports
+        from gpiozero.exc import GPIOZeroError
+
+        kwargs: dict[str, Any] = {
+            "pull_up": self.config.pull_up,
+            "bounce_time": (self.config.bounce_ms / 1000.0) or None,
+            "hold_time": self.config.long_press,
+        }
+        if self.pin_factory is not None:
+            kwargs["pin_factory"] = self.pin_factory
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PinFactoryFallback chatter on a PC
+            try:
+                button = Button(self.config.pin, **kwargs)
+            except GPIOZeroError as exc:
+                raise RuntimeError(str(exc) or type(exc).__name__) from exc
+        button.when_pressed = lambda *_: self._from_gpio(self._on_press)
+        button.when_released = lambda *_: self._from_gpio(self._on_release)
+        button.when_held = lambda *_: self._from_gpio(self._on_held)
+        return button
+
+    # ------------------------------------------------------------------ GPIO thread
+
+    def _from_gpio(self, fn: Callable[[], None]) -> None:
+        """Called on gpiozero's thread: hand ``fn`` to Trio without waiting."""
+        token = self._token
+        if token is None:
+            return
+        try:
+            token.run_sync_soon(fn)
+        except trio.RunFinishedError:
+            pass  # a press during shutdown
+
+    # ------------------------------------------------------------------ Trio thread
+
+    def _on_press(self) -> None:
+        self._deliver(self.logic.press(trio.current_time()))
+
+    def _on_release(self) -> None:
+        self._deliver(self.logic.release(trio.current_time()))
+
+    def _on_held(self) -> None:
+        self._deliver(self.logic.held(trio.current_time()))
+
+    def _deliver(self, commands: list[Command]) -> None:
+        if self.logic.settle_at is not None:
+            self._settle_wakeup.set()
+        for command in commands:
+            log.info("button command=%s", command)
+            self.send(command)
+
+    async def _settle_loop(self) -> None:
+        """Re-read the pin when the debounce window of a held-back edge is over."""
+        while True:
+            await self._settle_wakeup.wait()
+            self._settle_wakeup = trio.Event()
+            while (at := self.logic.settle_at) is not None:
+                await trio.sleep_until(at)
+                if self.logic.settle_at is not None and self.logic.settle_at <= trio.current_time():
+                    pressed = bool(self._button.is_pressed) if self._button is not None else False
+                    self._deliver(self.logic.settle(trio.current_time(), pressed))
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
