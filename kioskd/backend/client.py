@@ -1,0 +1,257 @@
+"""Where conversation URLs come from: the kiosk's signing backend, or a public agent's URL.
+
+The kiosk never holds the ElevenLabs API key. With a ``[backend]`` it asks
+``GET {url}?agent_id=ID`` with ``Authorization: Bearer <kiosk token>`` and gets
+``{"signed_url": "wss://…"}``. Failures become :class:`SignedUrlError` values that
+say what went wrong and how long to wait before asking again.
+
+:class:`SignedUrlProvider` keeps one fresh signed URL ready while idle (prefetch), so a
+button press needs no backend round trip, and its success or failure doubles as the
+backend health check that drives the "offline" light.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Literal, Protocol
+from urllib.parse import quote, urlsplit
+
+import httpx
+import msgspec
+import trio
+
+from kioskd.backoff import Backoff
+from kioskd.config import BackendConfig, NetworkConfig
+
+__all__ = [
+    "PublicAgentUrl",
+    "SignedUrlError",
+    "SignedUrlProvider",
+    "UrlSource",
+    "fetch_signed_url",
+    "public_agent_url",
+]
+
+log = logging.getLogger(__name__)
+
+#: How long to wait after the backend rejected this kiosk's token (401/403).
+UNAUTHORIZED_RETRY = 60.0
+#: Longest Retry-After honoured (a broken header must not park the kiosk for a day).
+MAX_RETRY_AFTER = 600.0
+
+ErrorKind = Literal["unauthorized", "forbidden", "rate_limited", "server", "timeout", "network", "bad_reply"]
+
+
+@dataclass(eq=False)
+class SignedUrlError(Exception):
+    """The backend did not give a usable signed URL."""
+
+    kind: ErrorKind
+    detail: str
+    retry_after: float | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.detail}"
+
+    def wait(self, backoff: Backoff) -> float:
+        """Seconds to wait before the next try: Retry-After, a slow pace for auth errors, else backoff."""
+        if self.retry_after is not None:
+            return self.retry_after
+        if self.kind in ("unauthorized", "forbidden"):
+            return UNAUTHORIZED_RETRY
+        return backoff.next_delay()
+
+
+class _SignedUrlReply(msgspec.Struct):
+    signed_url: str
+
+
+_reply_decoder = msgspec.json.Decoder(_SignedUrlReply)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # HTTP-date form: fall back to backoff rather than parse calendars here
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER)
+
+
+def parse_reply(status: int, body: bytes, headers: httpx.Headers | dict[str, str]) -> str:
+    """Interpret one backend reply (pure). Returns the signed URL or raises SignedUrlError."""
+    if status == 401:
+        raise SignedUrlError("unauthorized", "the backend rejected this kiosk's token (HTTP 401)")
+    if status == 403:
+        raise SignedUrlError("forbidden", "the backend does not allow this kiosk to use this agent (HTTP 403)")
+    if status == 429:
+        retry = _retry_after(headers.get("retry-after"))
+        raise SignedUrlError("rate_limited", "the backend is rate-limiting this kiosk (HTTP 429)", retry)
+    if status >= 500:
+        raise SignedUrlError("server", f"the backend failed (HTTP {status})", _retry_after(headers.get("retry-after")))
+    if status != 200:
+        raise SignedUrlError("bad_reply", f"unexpected HTTP {status} from the backend")
+    try:
+        url = _reply_decoder.decode(body).signed_url
+    except msgspec.DecodeError as exc:
+        raise SignedUrlError("bad_reply", f"the backend's reply is not {{\"signed_url\": ...}}: {exc}") from None
+    if urlsplit(url).scheme not in ("wss", "ws"):
+        raise SignedUrlError("bad_reply", "the backend's signed_url is not a ws:// or wss:// URL")
+    return url
+
+
+async def fetch_signed_url(
+    client: httpx.AsyncClient, backend: BackendConfig, agent_id: str, token: str
+) -> str:
+    """One request to the kiosk's backend. Raises only :class:`SignedUrlError`."""
+    try:
+        response = await client.get(
+            backend.url,
+            params={"agent_id": agent_id},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=backend.timeout,
+        )
+    except httpx.TimeoutException:
+        raise SignedUrlError("timeout", f"no answer from the backend within {backend.timeout:g} s") from None
+    except httpx.HTTPError as exc:
+        raise SignedUrlError("network", f"cannot reach the backend: {type(exc).__name__}: {exc}") from None
+    return parse_reply(response.status_code, response.content, response.headers)
+
+
+def public_agent_url(server: str, agent_id: str) -> str:
+    """The WebSocket URL of a public agent (no backend, no token)."""
+    return f"{server.rstrip('/')}/v1/convai/conversation?agent_id={quote(agent_id)}"
+
+
+class UrlSource(Protocol):
+    """Gives the URL for the next conversation."""
+
+    healthy: bool
+    last_error: str
+
+    async def take(self) -> str:
+        """A URL for one new conversation. Raises SignedUrlError."""
+        ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background upkeep (prefetch, health checks); returns never."""
+        ...
+
+
+class PublicAgentUrl:
+    """A public agent: the same URL every time, nothing to prefetch."""
+
+    healthy = True
+    last_error = ""
+
+    def __init__(self, server: str, agent_id: str) -> None:
+        self._url = public_agent_url(server, agent_id)
+
+    async def take(self) -> str:
+        return self._url
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+
+class SignedUrlProvider:
+    """Signed URLs from the backend, one per conversation, with one kept ready while idle.
+
+    A prefetched URL is used for at most one conversation and only while younger
+    than ``backend.url_max_age`` (a signed URL is valid 15 minutes to *start* a
+    conversation). :meth:`run` refreshes it and, when prefetch is off, still checks
+    the backend every ``health_interval`` seconds so the offline light tells the truth.
+    """
+
+    def __init__(
+        self,
+        backend: BackendConfig,
+        network: NetworkConfig,
+        agent_id: str,
+        token: str,
+        *,
+        client: httpx.AsyncClient | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._backend = backend
+        self._agent_id = agent_id
+        self._token = token
+        self._client = client or httpx.AsyncClient(follow_redirects=False)
+        self._backoff = backoff or Backoff(network.backoff_base, network.backoff_cap)
+        self._ready: tuple[str, float] | None = None  # (url, fetched_at)
+        self._wanted = trio.Event()
+        self.healthy = True
+        self.last_error = ""
+        self.fetches = 0
+
+    def set_token(self, token: str) -> None:
+        """Use a new kiosk token (after a config reload); drops any prefetched URL."""
+        self._token = token
+        self._ready = None
+        self._wanted.set()
+
+    async def _fetch(self) -> str:
+        self.fetches += 1
+        try:
+            url = await fetch_signed_url(self._client, self._backend, self._agent_id, self._token)
+        except SignedUrlError as exc:
+            self.healthy = False
+            self.last_error = str(exc)
+            raise
+        self.healthy = True
+        self.last_error = ""
+        self._backoff.reset()
+        return url
+
+    def _fresh(self) -> str | None:
+        if self._ready is None:
+            return None
+        url, fetched_at = self._ready
+        if trio.current_time() - fetched_at >= self._backend.url_max_age:
+            self._ready = None
+            return None
+        return url
+
+    async def take(self) -> str:
+        """A signed URL for one conversation: the prefetched one if fresh, else a new fetch."""
+        url = self._fresh()
+        self._ready = None
+        self._wanted.set()  # refill in the background
+        if url is not None:
+            return url
+        return await self._fetch()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep one URL ready (or, without prefetch, check health); never returns."""
+        task_status.started()
+        while True:
+            wait = self._backend.health_interval
+            if self._backend.prefetch and self._fresh() is None:
+                try:
+                    self._ready = (await self._fetch(), trio.current_time())
+                    log.debug("signed URL prefetched")
+                except SignedUrlError as exc:
+                    wait = exc.wait(self._backoff)
+                    log.warning("backend unavailable, retrying in %.1f s: %s", wait, exc)
+            elif self._backend.prefetch:
+                _, fetched_at = self._ready  # type: ignore[misc]
+                wait = fetched_at + self._backend.url_max_age - trio.current_time()
+            else:
+                try:
+                    # Without prefetch, a fetch is still the honest health check; the URL is dropped.
+                    await self._fetch()
+                except SignedUrlError as exc:
+                    wait = min(wait, exc.wait(self._backoff))
+                    log.warning("backend health check failed: %s", exc)
+            self._wanted = trio.Event()
+            with trio.move_on_after(max(wait, 0.0)):
+                await self._wanted.wait()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
