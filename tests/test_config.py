@@ -1,0 +1,129 @@
+"""config.toml → typed settings; every problem is named by its key; check-config exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from kioskd.check_config import main as check_config
+from kioskd.config import Config, ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def problems(data: dict) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    return info.value.problems
+
+
+def test_shipped_config_is_valid_and_documents_every_key() -> None:
+    config = load_config(ROOT / "config.toml")
+    assert config.backend is not None and config.agent.agent_id
+    text = (ROOT / "config.toml").read_text()
+    defaults = Config()
+    for section in ("kiosk", "agent", "audio", "conversation", "network", "trigger", "button", "vad",
+                    "leds", "control", "tools", "log"):
+        assert f"[{section}]" in text
+        for key in vars(getattr(defaults, section)):
+            assert f"\n{key} =" in text or f"[{section}.{key}]" in text, f"{section}.{key} undocumented"
+
+
+def test_shipped_config_shows_the_defaults() -> None:
+    data = tomllib.loads((ROOT / "config.toml").read_text())
+    defaults = Config()
+    for section in ("audio", "conversation", "network", "button", "vad", "leds", "control", "log"):
+        for key, value in vars(getattr(defaults, section)).items():
+            assert data[section][key] == value, f"{section}.{key}"
+
+
+def test_minimal_config() -> None:
+    config = parse_config({"agent": {"agent_id": "a1"}})
+    assert config.backend is None and config.audio.input == "default" and config.trigger.mode == "button"
+
+
+def test_unknown_keys_are_errors() -> None:
+    assert problems({"agent": {"agent_id": "a", "sever": "x"}, "audoi": {}}) == [
+        "audoi: unknown key (known: agent, audio, backend, button, control, conversation, kiosk, leds, log, network,"
+        " tools, trigger, vad)",
+        "agent.sever: unknown key (known: agent_id, dynamic_variables, first_message, language, prompt, server,"
+        " voice_id)",
+    ]
+
+
+def test_every_problem_is_reported_with_its_key() -> None:
+    found = problems({
+        "agent": {"agent_id": ""},
+        "audio": {"input": "", "chunk_ms": 33},
+        "button": {"mode": "press", "pin": "17"},
+        "backend": {"url": "ftp://x"},
+        "network": {"backoff_base": 0},
+    })
+    assert found == [
+        "agent.agent_id: must be set to your agent's id",
+        "backend.url: must be an https:// URL, got 'ftp://x'",
+        "audio.input: must be a device name, 'default' or 'wav:PATH'",
+        "audio.chunk_ms: must be 10, 20, 30, 40 or 50",
+        "network.backoff_base: needs 0 < backoff_base <= backoff_cap",
+        "button.pin: expected an integer, got str '17'",
+        "button.mode: expected one of 'toggle', 'hold', got 'press'",
+    ]
+
+
+def test_wrong_section_type() -> None:
+    assert problems({"agent": "x"}) == ["agent: expected a table, got str"]
+
+
+def test_dynamic_variables_are_scalars() -> None:
+    config = parse_config({"agent": {"agent_id": "a", "dynamic_variables": {"floor": 2, "open": True, "n": "x"}}})
+    assert config.agent.dynamic_variables == {"floor": 2, "open": True, "n": "x"}
+    assert problems({"agent": {"agent_id": "a", "dynamic_variables": {"x": [1]}}}) == [
+        "agent.dynamic_variables.x: expected a string or an integer or a number or true or false, got list"]
+
+
+def test_int_is_accepted_where_a_float_is_expected() -> None:
+    assert parse_config({"agent": {"agent_id": "a"}, "conversation": {"idle_timeout": 5}}).conversation.idle_timeout == 5.0
+
+
+def test_token_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KIOSKD_TOKEN", raising=False)
+    token = tmp_path / "token"
+    config = parse_config({"agent": {"agent_id": "a"},
+                           "backend": {"url": "https://b/signed-url", "token_file": str(token)}})
+    with pytest.raises(ConfigError, match="backend.token_file: cannot read"):
+        config.kiosk_token()
+    token.write_text("")
+    with pytest.raises(ConfigError, match="backend.token_file: .* is empty"):
+        config.kiosk_token()
+    token.write_text("secret-1\n")
+    assert config.kiosk_token() == "secret-1"
+    monkeypatch.setenv("KIOSKD_TOKEN", "secret-2")
+    assert config.kiosk_token() == "secret-2"
+
+
+def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIOSKD_TOKEN", "t")
+    assert check_config(["--config", str(ROOT / "config.toml")]) == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[agent]\nagent_id = "a"\n[audio]\ninput = 5\n')
+    assert check_config(["--config", str(bad)]) == 2
+    assert capsys.readouterr().err.strip() == "audio.input: expected a string, got int 5"
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[agent\n")
+    assert check_config(["--config", str(broken)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    assert check_config(["--config", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_check_config_command_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[agent]\nagent_id = "a"\n[leds]\nkind = "rgb"\nred = 5\ngreen = 5\n')
+    result = subprocess.run([sys.executable, "-m", "kioskd", "check-config", "--config", str(bad)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "leds.red: red, green and blue must be three different pins"
