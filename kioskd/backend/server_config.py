@@ -1,0 +1,148 @@
+"""``backend.toml`` for the reference signing backend, and the per-kiosk token bucket.
+
+Both are pure: the config is validated the same way as ``config.toml`` (every
+problem named by its dotted key, unknown keys rejected); the bucket takes the
+time as an argument.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from kioskd.config import ConfigError
+from kioskd.config import _convert as convert  # TODO: ask for a public name in kioskd.config
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "BackendServerConfig",
+    "KioskEntry",
+    "TokenBucket",
+    "load_server_config",
+    "parse_listen",
+    "parse_server_config",
+]
+
+DEFAULT_LISTEN = "127.0.0.1:8700"
+DEFAULT_API_BASE = "https://api.elevenlabs.io"
+DEFAULT_RATE_PER_MINUTE = 6.0
+DEFAULT_BURST = 3
+DEFAULT_UPSTREAM_TIMEOUT = 5.0
+SECONDS_PER_MINUTE = 60.0
+
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[::1]:8700"`` for IPv6) → ``(host, port)``. Raises ValueError."""
+    host, sep, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be HOST:PORT such as {DEFAULT_LISTEN!r}, got {listen!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class KioskEntry:
+    """One kiosk allowed to ask for signed URLs: its id, its token's SHA-256, its agents."""
+
+    id: str = ""
+    token_sha256: str = ""
+    agents: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if not self.id.strip():
+            out.append(("id", "must not be empty"))
+        if not _SHA256_HEX.fullmatch(self.token_sha256):
+            out.append(("token_sha256", "must be 64 hex digits (run `kioskd backend hash-token`)"))
+        if not self.agents or any(not a.strip() for a in self.agents):
+            out.append(("agents", "must list at least one agent id, none empty"))
+        return out
+
+
+@dataclass(frozen=True)
+class BackendServerConfig:
+    """Where to listen, where the ElevenLabs API is, rate limits, and the kiosks."""
+
+    listen: str = DEFAULT_LISTEN
+    api_base: str = DEFAULT_API_BASE
+    rate_per_minute: float = DEFAULT_RATE_PER_MINUTE
+    burst: int = DEFAULT_BURST
+    upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
+    kiosk: list[KioskEntry] = field(default_factory=list)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        try:
+            parse_listen(self.listen)
+        except ValueError as exc:
+            out.append(("listen", str(exc)))
+        if not self.api_base.startswith(("https://", "http://")):
+            out.append(("api_base", f"must be an https:// URL, got {self.api_base!r}"))
+        if not self.rate_per_minute > 0:
+            out.append(("rate_per_minute", "must be positive"))
+        if self.burst < 1:
+            out.append(("burst", "must be at least 1"))
+        if not self.upstream_timeout > 0:
+            out.append(("upstream_timeout", "must be positive"))
+        if not self.kiosk:
+            out.append(("kiosk", "add at least one [[kiosk]] table"))
+        ids = [k.id for k in self.kiosk]
+        hashes = [k.token_sha256.lower() for k in self.kiosk]
+        for i, entry in enumerate(self.kiosk):
+            if ids.index(entry.id) != i:
+                out.append((f"kiosk[{i}].id", f"duplicate kiosk id {entry.id!r}"))
+            if hashes.index(entry.token_sha256.lower()) != i:
+                out.append((f"kiosk[{i}].token_sha256", "same token hash as another kiosk"))
+        return out
+
+
+def parse_server_config(data: dict[str, Any]) -> BackendServerConfig:
+    """Validate a parsed TOML tree. Raises ConfigError naming every bad key."""
+    errors: list[str] = []
+    config = convert(BackendServerConfig, data, "", errors)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def load_server_config(path: str | os.PathLike[str]) -> BackendServerConfig:
+    """Read and validate ``backend.toml``. Raises ConfigError naming every bad key."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    return parse_server_config(data)
+
+
+class TokenBucket:
+    """``rate_per_minute`` requests on average, up to ``burst`` at once. Time is passed in."""
+
+    def __init__(self, rate_per_minute: float, burst: int, now: float) -> None:
+        self.rate = rate_per_minute / SECONDS_PER_MINUTE  # tokens per second
+        self.burst = burst
+        self.tokens = float(burst)
+        self.updated = now
+
+    def take(self, now: float) -> float:
+        """Spend one token: 0.0 if allowed, else the seconds until one is available (nothing spent)."""
+        elapsed = max(0.0, now - self.updated)
+        self.tokens = min(float(self.burst), self.tokens + elapsed * self.rate)
+        self.updated = max(self.updated, now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+    @staticmethod
+    def retry_after(wait: float) -> int:
+        """A wait as a ``Retry-After`` value: whole seconds, rounded up, at least 1."""
+        return max(1, math.ceil(wait))
