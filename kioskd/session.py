@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,6 +40,7 @@ from kioskd.protocol import (
     Ping,
     Pong,
     ProtocolError,
+    ServerEvent,
     TtsOverride,
     UnknownEvent,
     UserAudioChunk,
@@ -176,6 +178,7 @@ class Session:
         board: StatusBoard,
         *,
         context: str | None = None,
+        observers: Sequence[Callable[[ServerEvent | UnknownEvent], None]] = (),
     ) -> None:
         self._config = config
         self._audio = audio
@@ -183,6 +186,7 @@ class Session:
         self._tools = tools
         self._board = board
         self._context = context
+        self._observers = tuple(observers)
         self.stats = SessionStats()
         self.conversation_id: str | None = None
         self._transcript: deque[str] = deque(maxlen=max(config.conversation.context_lines, 1))
@@ -300,6 +304,8 @@ class Session:
                 log.warning("malformed server message skipped id=%s error=%r", self.conversation_id, str(exc)[:200])
                 continue
             await self._handle(event, ws, nursery)
+            for observer in self._observers:
+                observer(event)
 
     async def _handle(self, event: object, ws: trio_websocket.WebSocketConnection, nursery: trio.Nursery) -> None:
         match event:

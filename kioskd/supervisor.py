@@ -9,6 +9,7 @@ far. It is the only writer of ``StatusBoard.state``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
@@ -16,6 +17,7 @@ import trio
 from kioskd.backend.client import SignedUrlError, UrlSource
 from kioskd.backoff import Backoff
 from kioskd.config import Config
+from kioskd.protocol import ServerEvent, UnknownEvent
 from kioskd.session import AudioPort, Session, SessionOutcome, Uplink
 from kioskd.state import Command, KioskState, StatusBoard
 from kioskd.tools import ToolRegistry
@@ -76,6 +78,8 @@ class Supervisor:
         self._error: str | None = None
         self.counters = {"conversations": 0, "resumed": 0, "failed_starts": 0, "dropped_commands": 0}
         self.last_outcome: SessionOutcome | None = None
+        #: called with every server event of every conversation (the demo prints them)
+        self.observers: list[Callable[[ServerEvent | UnknownEvent], None]] = []
         self._heartbeat = trio.current_time()
         self._idle = trio.Event()
 
@@ -231,7 +235,9 @@ class Supervisor:
                 self._error = str(exc)
             self._board.update(reason=str(exc))
             return None
-        session = Session(self.config, self._audio, uplink, self._tools, self._board, context=context)
+        session = Session(
+            self.config, self._audio, uplink, self._tools, self._board, context=context, observers=self.observers
+        )
         self._session = session
         try:
             return await session.run(url)
