@@ -1,0 +1,482 @@
+"""Sound devices: PyAudio (PortAudio/ALSA) streams and the threads that drive them.
+
+A *stream* is one open device in one direction (:class:`Stream`): ``read(frames)`` /
+``write(samples)`` of interleaved int16 at the device's own rate and channels. The
+``wav:PATH`` streams in :mod:`kioskd.audio.wavio` have the same shape.
+
+A *device thread* (:class:`CaptureThread`, :class:`PlaybackThread`) owns one stream for
+one open-to-failure lifetime: it opens the stream, loops over device periods, and reports
+everything to Trio as values through ``TrioToken.run_sync_soon`` (never blocking):
+:class:`DeviceOpened` once, then data, then at most one :class:`DeviceFailed`. The engine
+reopens with backoff by starting a new thread. A thread never dies silently: any
+exception, even a bug, becomes a :class:`DeviceFailed`.
+
+Clocks: device threads use ``time.monotonic()``. Clockless devices (ALSA ``type file``
+PCMs, WAV files) return at once from reads and writes; :class:`Pacer` then paces the
+loop against the monotonic clock so the same code serves real and clockless devices.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import trio
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CaptureThread",
+    "DeviceError",
+    "DeviceFailed",
+    "DeviceInfo",
+    "DeviceOpened",
+    "Direction",
+    "Pacer",
+    "Pacing",
+    "PlaybackThread",
+    "PyAudioStream",
+    "Stream",
+    "list_devices",
+    "open_stream",
+    "quiet_alsa",
+]
+
+Direction = Literal["input", "output"]
+Pacing = Literal["auto", "clock", "device"]
+"""``clock``: pace on the monotonic clock; ``device``: the device blocks; ``auto``: detect."""
+
+DETECT_SECONDS = 0.3
+"""Audio time over which ``auto`` pacing measures whether the device blocks."""
+BLOCKED_FRACTION = 0.2
+"""A device that blocked for less than this share of the audio time has no clock."""
+DETECT_SLACK_PERIODS = 3
+"""While detecting, sleep only when this many periods ahead of the monotonic clock."""
+MAX_LAG_SECONDS = 0.2
+"""A paced loop further behind than this re-anchors instead of bursting to catch up."""
+DEFAULT_CHANNELS_CAP = 2
+"""Channels to open when a device refuses mono."""
+JOIN_TIMEOUT = 2.0
+"""Longest wait for a device thread to close its stream on shutdown."""
+
+_PA_LOCK = threading.Lock()
+"""PortAudio's init/open/close are not thread-safe: one at a time, process-wide."""
+
+
+class DeviceError(Exception):
+    """A device could not be opened, read or written; the message names it and why."""
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One PortAudio device as ``kioskd devices`` shows it."""
+
+    index: int
+    name: str
+    max_input_channels: int
+    max_output_channels: int
+    default_rate: int
+
+
+@dataclass(frozen=True)
+class DeviceOpened:
+    """Reported once when a device thread has its stream open."""
+
+    direction: Direction
+    name: str
+    rate: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class DeviceFailed:
+    """Reported once when a device thread ends on an error (open, read, write, bug)."""
+
+    direction: Direction
+    name: str
+    message: str
+
+
+class Stream(Protocol):
+    """One open device in one direction; interleaved int16 at ``rate``/``channels``."""
+
+    name: str
+    rate: int
+    channels: int
+    clocked: bool | None
+    """True: I/O blocks in real time; False: returns at once (pace it); None: detect."""
+
+    def read(self, frames: int) -> np.ndarray:
+        """``frames`` frames of interleaved int16 (capture streams)."""
+        ...
+
+    def write(self, samples: np.ndarray) -> None:
+        """Play interleaved int16 (playback streams)."""
+        ...
+
+    def close(self) -> None:
+        """Release the device; safe to call twice."""
+        ...
+
+
+# --------------------------------------------------------------------------- ALSA noise
+
+_alsa_handler: Any = None
+
+
+def quiet_alsa() -> None:
+    """Silence libasound's stderr chatter about absent cards (harmless, but noisy)."""
+    global _alsa_handler
+    if _alsa_handler is not None:
+        return
+    path = ctypes.util.find_library("asound")
+    if not path:
+        return
+    try:
+        lib = ctypes.CDLL(path)
+        proto = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p)
+        _alsa_handler = proto(lambda *args: None)
+        lib.snd_lib_error_set_handler(_alsa_handler)
+    except (OSError, AttributeError):  # pragma: no cover - no ALSA here
+        _alsa_handler = False
+
+
+# --------------------------------------------------------------------------- PyAudio
+
+
+def _pyaudio() -> Any:
+    import pyaudio  # late import: `kioskd ctl` and the pure modules must not need PortAudio
+
+    quiet_alsa()
+    return pyaudio
+
+
+def list_devices() -> list[DeviceInfo]:
+    """Every PortAudio device with its channels and default rate (opens PortAudio briefly)."""
+    pyaudio = _pyaudio()
+    with _PA_LOCK:
+        pa = pyaudio.PyAudio()
+        try:
+            return [_info(pa.get_device_info_by_index(i)) for i in range(pa.get_device_count())]
+        finally:
+            pa.terminate()
+
+
+def _info(d: dict[str, Any]) -> DeviceInfo:
+    return DeviceInfo(
+        index=int(d["index"]),
+        name=str(d["name"]),
+        max_input_channels=int(d["maxInputChannels"]),
+        max_output_channels=int(d["maxOutputChannels"]),
+        default_rate=int(d["defaultSampleRate"]),
+    )
+
+
+def find_device(devices: list[DeviceInfo], name: str, direction: Direction) -> DeviceInfo | None:
+    """The device named ``name``: exact name first, then a case-insensitive substring."""
+    usable = [d for d in devices if (d.max_input_channels if direction == "input" else d.max_output_channels) > 0]
+    for d in usable:
+        if d.name == name:
+            return d
+    for d in usable:
+        if name.lower() in d.name.lower():
+            return d
+    return None
+
+
+class PyAudioStream:
+    """A blocking PortAudio stream on its own ``PyAudio`` instance (see :func:`open_stream`)."""
+
+    clocked: bool | None = None
+
+    def __init__(self, pa: Any, stream: Any, name: str, rate: int, channels: int) -> None:
+        """Wrap an already started stream; use :func:`open_stream`."""
+        self._pa = pa
+        self._stream = stream
+        self.name = name
+        self.rate = rate
+        self.channels = channels
+
+    def read(self, frames: int) -> np.ndarray:
+        """Read ``frames`` frames (overflows are not errors: the data is simply older)."""
+        data = self._stream.read(frames, exception_on_overflow=False)
+        return np.frombuffer(data, dtype="<i2").astype(np.int16)
+
+    def write(self, samples: np.ndarray) -> None:
+        """Write interleaved int16; blocks while the device buffer is full."""
+        self._stream.write(np.asarray(samples, dtype="<i2").tobytes(), exception_on_underflow=False)
+
+    def close(self) -> None:
+        """Stop and close the stream and terminate this PortAudio instance."""
+        with _PA_LOCK:
+            stream, self._stream = self._stream, None
+            if stream is not None:
+                for step in (stream.stop_stream, stream.close):
+                    try:
+                        step()
+                    except Exception as exc:  # closing a vanished device may fail; it is gone anyway
+                        log.debug("audio close step failed device=%s error=%r", self.name, exc)
+            if self._pa is not None:
+                self._pa.terminate()
+                self._pa = None
+
+
+def open_stream(name: str, direction: Direction, rate: int, period_frames_ms: int) -> Stream:
+    """Open device ``name`` (``wav:PATH``, ``default`` or a PortAudio name/substring).
+
+    ``rate`` 0 means the device's default rate. Mono is used when the device accepts it,
+    otherwise up to two channels. Raises :class:`DeviceError` naming the device.
+    """
+    if name.startswith("wav:"):
+        from kioskd.audio import wavio
+
+        return wavio.open_wav(name[4:], direction, rate)
+    pyaudio = _pyaudio()
+    with _PA_LOCK:
+        pa = pyaudio.PyAudio()
+        try:
+            return _open_pa(pyaudio, pa, name, direction, rate, period_frames_ms)
+        except BaseException:
+            pa.terminate()
+            raise
+
+
+def _open_pa(pyaudio: Any, pa: Any, name: str, direction: Direction, rate: int, period_ms: int) -> Stream:
+    devices = [_info(pa.get_device_info_by_index(i)) for i in range(pa.get_device_count())]
+    info = find_device(devices, name, direction)
+    if info is None and name == "default":
+        try:
+            default = pa.get_default_input_device_info() if direction == "input" else pa.get_default_output_device_info()
+            info = _info(default)
+        except (OSError, IOError):
+            info = None
+    if info is None:
+        known = ", ".join(d.name for d in find_usable(devices, direction)) or "none"
+        raise DeviceError(f"no {direction} device matches {name!r} (available: {known})")
+    rate = rate or info.default_rate
+    max_ch = info.max_input_channels if direction == "input" else info.max_output_channels
+    channels = 1 if _supported(pa, pyaudio, info.index, direction, rate, 1) else min(max_ch, DEFAULT_CHANNELS_CAP)
+    period = max(1, rate * period_ms // 1000)
+    kwargs: dict[str, Any] = {
+        "format": pyaudio.paInt16,
+        "channels": channels,
+        "rate": rate,
+        "frames_per_buffer": period,
+        direction: True,
+        f"{direction}_device_index": info.index,
+    }
+    try:
+        stream = pa.open(**kwargs)
+    except (OSError, ValueError) as exc:
+        raise DeviceError(f"cannot open {direction} device {info.name!r} at {rate} Hz x{channels}: {exc}") from None
+    return PyAudioStream(pa, stream, info.name, rate, channels)
+
+
+def find_usable(devices: list[DeviceInfo], direction: Direction) -> list[DeviceInfo]:
+    """The devices that have channels in ``direction``."""
+    return [d for d in devices if (d.max_input_channels if direction == "input" else d.max_output_channels) > 0]
+
+
+def _supported(pa: Any, pyaudio: Any, index: int, direction: Direction, rate: int, channels: int) -> bool:
+    key = "input" if direction == "input" else "output"
+    try:
+        return bool(
+            pa.is_format_supported(
+                rate,
+                **{f"{key}_device": index, f"{key}_channels": channels, f"{key}_format": pyaudio.paInt16},
+            )
+        )
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------- pacing
+
+
+class Pacer:
+    """Keeps a device loop in real time on the monotonic clock when the device has none.
+
+    Call :meth:`io_done` after every read/write with the frames moved and the seconds the
+    call itself took. ``clock`` mode always paces; ``device`` never does; ``auto``
+    watches the first :data:`DETECT_SECONDS` of audio: a device that blocked for less
+    than :data:`BLOCKED_FRACTION` of it has no clock and is paced from then on (meanwhile
+    it is paced loosely, with :data:`DETECT_SLACK_PERIODS` of slack, so a real device
+    never waits on us). Pure: the clock and sleep are injected.
+    """
+
+    def __init__(
+        self,
+        rate: int,
+        period_frames: int,
+        mode: Pacing = "auto",
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """Start the schedule now."""
+        self.rate = rate
+        self.mode: Pacing = mode
+        self._clock = clock
+        self._sleep = sleep
+        self._slack = DETECT_SLACK_PERIODS * period_frames / rate
+        self._t0 = clock()
+        self._frames = 0
+        self._blocked = 0.0
+        self._audio = 0.0
+
+    @property
+    def paced(self) -> bool | None:
+        """Whether the loop is paced on the clock (None while ``auto`` is still deciding)."""
+        return {"clock": True, "device": False}.get(self.mode)
+
+    def io_done(self, frames: int, io_seconds: float) -> None:
+        """Account for one I/O call; sleep if the loop runs ahead of real time."""
+        if self.mode == "device":
+            return
+        self._frames += frames
+        audio = self._frames / self.rate
+        if self.mode == "auto":
+            self._blocked += io_seconds
+            if audio >= DETECT_SECONDS:
+                self.mode = "clock" if self._blocked < BLOCKED_FRACTION * audio else "device"
+                log.debug("audio pacing decided mode=%s blocked=%.3f audio=%.3f", self.mode, self._blocked, audio)
+                if self.mode == "device":
+                    return
+        now = self._clock()
+        ahead = self._t0 + audio - now
+        if ahead < -MAX_LAG_SECONDS:  # stalled (or a very slow device): start a new schedule
+            self._t0, self._frames = now, 0
+        elif ahead > (self._slack if self.mode == "auto" else 0.0):
+            self._sleep(ahead)
+
+
+# --------------------------------------------------------------------------- threads
+
+
+class _Port:
+    """Hands values to the Trio thread without ever blocking the device thread."""
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self._token = token
+        self.alive = True
+
+    def post(self, fn: Callable[..., object], *args: object) -> None:
+        """Run ``fn(*args)`` on the Trio thread soon; after Trio has exited, mark dead."""
+        if not self.alive:
+            return
+        try:
+            self._token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            self.alive = False
+
+
+class _DeviceThread:
+    """Common life cycle: open → loop periods → close; every end is reported once."""
+
+    direction: Direction
+
+    def __init__(
+        self,
+        name: str,
+        rate: int,
+        period_ms: int,
+        token: trio.lowlevel.TrioToken,
+        on_event: Callable[[DeviceOpened | DeviceFailed], object],
+        pacing: Pacing = "auto",
+        opener: Callable[[str, Direction, int, int], Stream] = open_stream,
+    ) -> None:
+        """Prepare (not start) a thread for device ``name``."""
+        self.name = name
+        self.rate = rate
+        self.period_ms = period_ms
+        self.pacing: Pacing = pacing
+        self._port = _Port(token)
+        self._on_event = on_event
+        self._opener = opener
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=f"kioskd-{self.direction}", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread; it opens the device itself (opening can block)."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to close its stream and end (returns at once)."""
+        self._stop.set()
+
+    def join(self, timeout: float = JOIN_TIMEOUT) -> bool:
+        """Wait (blocking) for the thread to end; True if it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _main(self) -> None:
+        stream: Stream | None = None
+        try:
+            stream = self._opener(self.name, self.direction, self.rate, self.period_ms)
+            self._port.post(self._on_event, DeviceOpened(self.direction, stream.name, stream.rate, stream.channels))
+            period = max(1, stream.rate * self.period_ms // 1000)
+            mode: Pacing = self.pacing
+            if mode == "auto" and stream.clocked is not None:
+                mode = "device" if stream.clocked else "clock"
+            pacer = Pacer(stream.rate, period, mode)
+            self._setup(stream)
+            while not self._stop.is_set() and self._port.alive:
+                t = time.monotonic()
+                self._period(stream, period)
+                pacer.io_done(period, time.monotonic() - t)
+        except BaseException as exc:  # every end of the thread becomes a reported value
+            message = str(exc) if isinstance(exc, DeviceError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, (DeviceError, OSError)):
+                log.error("audio thread crashed direction=%s device=%s", self.direction, self.name, exc_info=True)
+            self._port.post(self._on_event, DeviceFailed(self.direction, self.name, message))
+        finally:
+            if stream is not None:
+                try:
+                    stream.close()
+                except Exception as exc:
+                    log.warning("audio close failed direction=%s device=%s error=%r", self.direction, self.name, exc)
+
+    def _setup(self, stream: Stream) -> None:
+        """Called once the stream is open (threads set up their converters here)."""
+
+    def _period(self, stream: Stream, frames: int) -> None:
+        raise NotImplementedError
+
+
+class CaptureThread(_DeviceThread):
+    """Reads device periods and posts ``on_data(samples, rate, channels)`` to Trio."""
+
+    direction: Direction = "input"
+
+    def __init__(self, *args: Any, on_data: Callable[[np.ndarray, int, int], object], **kwargs: Any) -> None:
+        """Like :class:`_DeviceThread`, plus the data callback (run on the Trio thread)."""
+        super().__init__(*args, **kwargs)
+        self._on_data = on_data
+
+    def _period(self, stream: Stream, frames: int) -> None:
+        data = stream.read(frames)
+        self._port.post(self._on_data, data, stream.rate, stream.channels)
+
+
+class PlaybackThread(_DeviceThread):
+    """Writes what ``source(frames, rate, channels)`` returns (called in this thread).
+
+    ``source`` must be thread-safe and quick (it takes a lock for a copy, never waits on
+    Trio); it returns interleaved int16 of exactly ``frames`` frames.
+    """
+
+    direction: Direction = "output"
+
+    def __init__(self, *args: Any, source: Callable[[int, int, int], np.ndarray], **kwargs: Any) -> None:
+        """Like :class:`_DeviceThread`, plus the sample source."""
+        super().__init__(*args, **kwargs)
+        self._source = source
+
+    def _period(self, stream: Stream, frames: int) -> None:
+        stream.write(self._source(frames, stream.rate, stream.channels))

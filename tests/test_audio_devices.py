@@ -1,0 +1,267 @@
+"""Devices: ALSA file PCMs through PortAudio, wav: devices, pacing, device threads."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+from kioskd.audio import devices, wavio
+from kioskd.audio.devices import (
+    CaptureThread,
+    DeviceError,
+    DeviceFailed,
+    DeviceOpened,
+    Pacer,
+    PlaybackThread,
+    find_device,
+    list_devices,
+    open_stream,
+)
+from tests.alsa_pcm import AlsaFiles, alsa_devices
+
+
+@pytest.fixture(scope="session")
+def alsa(tmp_path_factory: pytest.TempPathFactory) -> AlsaFiles:
+    return alsa_devices(tmp_path_factory.getbasetemp() / "alsa")
+
+
+def noise(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-20000, 20000, n).astype(np.int16)
+
+
+# ------------------------------------------------------------------ PortAudio / ALSA
+
+
+def test_list_devices_sees_file_pcms(alsa: AlsaFiles) -> None:
+    found = {d.name: d for d in list_devices()}
+    assert {"kiosk_mic", "kiosk_mic48", "kiosk_spk", "kiosk_spk48"} <= set(found)
+    assert found["kiosk_mic48"].max_input_channels == 2
+    assert found["kiosk_mic"].default_rate > 0
+    assert find_device(list(found.values()), "spk4", "output") == found["kiosk_spk48"]
+    assert find_device(list(found.values()), "kiosk_mic", "input") == found["kiosk_mic"]
+
+
+def test_capture_reads_the_infile_exactly(alsa: AlsaFiles) -> None:
+    signal = noise(3200)
+    alsa.write_input("kiosk_mic", signal)
+    stream = open_stream("kiosk_mic", "input", 16000, 10)
+    try:
+        assert (stream.rate, stream.channels) == (16000, 1)
+        got = np.concatenate([stream.read(160) for _ in range(20)])
+    finally:
+        stream.close()
+    assert np.array_equal(got, signal)
+
+
+def test_playback_writes_the_outfile_exactly(alsa: AlsaFiles) -> None:
+    signal = noise(4800, seed=2)
+    stream = open_stream("kiosk_spk", "output", 24000, 10)
+    try:
+        for i in range(0, len(signal), 240):
+            stream.write(signal[i : i + 240])
+    finally:
+        stream.close()
+    assert np.array_equal(alsa.read_output("kiosk_spk")[: len(signal)], signal)
+
+
+def test_unknown_device_is_a_named_error(alsa: AlsaFiles) -> None:
+    with pytest.raises(DeviceError, match="no_such_mic"):
+        open_stream("no_such_mic", "input", 16000, 10)
+
+
+def test_missing_infile_fails_to_open(alsa: AlsaFiles) -> None:
+    alsa.infile("kiosk_mic_gone").unlink(missing_ok=True)
+    with pytest.raises(DeviceError, match="kiosk_mic_gone"):
+        open_stream("kiosk_mic_gone", "input", 16000, 10)
+
+
+# ------------------------------------------------------------------ wav: devices
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int, channels: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.astype("<i2").tobytes())
+
+
+def test_wav_source_plays_once_then_silence(tmp_path: Path) -> None:
+    signal = noise(1000)
+    write_wav(tmp_path / "in.wav", signal, 22050, 2)
+    src = open_stream(f"wav:{tmp_path / 'in.wav'}", "input", 0, 10)
+    assert (src.rate, src.channels, src.clocked) == (22050, 2, False)
+    got = np.concatenate([src.read(300), src.read(300)])
+    assert np.array_equal(got[:1000], signal)
+    assert not got[1000:].any()
+
+
+def test_wav_source_rejects_missing_and_8bit(tmp_path: Path) -> None:
+    with pytest.raises(DeviceError, match="cannot read"):
+        open_stream(f"wav:{tmp_path / 'nope.wav'}", "input", 0, 10)
+    with wave.open(str(tmp_path / "u8.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(1), w.setframerate(8000), w.writeframes(b"\x80" * 10)
+    with pytest.raises(DeviceError, match="16-bit"):
+        open_stream(f"wav:{tmp_path / 'u8.wav'}", "input", 0, 10)
+
+
+def test_wav_sink_header_is_valid_after_every_write(tmp_path: Path) -> None:
+    path = tmp_path / "out.wav"
+    sink = wavio.open_wav(str(path), "output", 0)
+    assert sink.rate == wavio.WAV_OUTPUT_RATE
+    written = []
+    for i in range(3):
+        chunk = noise(160, seed=i)
+        sink.write(chunk)
+        written.append(chunk)
+        with wave.open(str(path), "rb") as w:  # read while still open for writing
+            assert w.getnframes() == 160 * (i + 1)
+            data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        assert np.array_equal(data, np.concatenate(written))
+    sink.close()
+
+
+# ------------------------------------------------------------------ pacing (pure)
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.sleeps.append(s)
+        self.now += s
+
+
+def run_pacer(mode: Any, io_cost: float, periods: int) -> tuple[Pacer, FakeTime]:
+    ft = FakeTime()
+    pacer = Pacer(16000, 160, mode, clock=ft.clock, sleep=ft.sleep)
+    for _ in range(periods):
+        ft.now += io_cost
+        pacer.io_done(160, io_cost)
+    return pacer, ft
+
+
+def test_pacer_detects_a_clockless_device_and_paces_it() -> None:
+    pacer, ft = run_pacer("auto", 0.0, 200)
+    assert pacer.paced is True
+    assert ft.now - 100.0 == pytest.approx(2.0, abs=0.011)
+
+
+def test_pacer_leaves_a_blocking_device_alone() -> None:
+    pacer, ft = run_pacer("auto", 0.010, 200)
+    assert pacer.paced is False
+    assert ft.sleeps == []
+
+
+def test_pacer_explicit_modes() -> None:
+    _, ft = run_pacer("device", 0.0, 50)
+    assert ft.sleeps == []
+    _, ft = run_pacer("clock", 0.0, 50)
+    assert ft.now - 100.0 == pytest.approx(0.5)
+
+
+def test_pacer_reanchors_after_a_stall() -> None:
+    ft = FakeTime()
+    pacer = Pacer(16000, 160, "clock", clock=ft.clock, sleep=ft.sleep)
+    pacer.io_done(160, 0.0)
+    ft.now += 5.0  # stalled: no burst of catch-up afterwards
+    pacer.io_done(160, 0.0)
+    ft.sleeps.clear()
+    pacer.io_done(160, 0.0)
+    assert ft.sleeps and ft.sleeps[0] == pytest.approx(0.01)
+
+
+# ------------------------------------------------------------------ device threads
+
+
+class FakeStream:
+    clocked = False
+
+    def __init__(self, fail_after: int = 10**9, exc: BaseException | None = None) -> None:
+        self.name, self.rate, self.channels = "fake", 16000, 1
+        self.reads = 0
+        self.writes: list[np.ndarray] = []
+        self.fail_after = fail_after
+        self.exc = exc or OSError("device vanished")
+        self.closed = False
+
+    def read(self, frames: int) -> np.ndarray:
+        self.reads += 1
+        if self.reads > self.fail_after:
+            raise self.exc
+        return np.full(frames, self.reads, dtype=np.int16)
+
+    def write(self, samples: np.ndarray) -> None:
+        if len(self.writes) >= self.fail_after:
+            raise self.exc
+        self.writes.append(samples)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def run_thread(kind: type, stream: FakeStream, **kw: Any) -> tuple[list[Any], list[Any]]:
+    events: list[Any] = []
+    data: list[Any] = []
+    done = trio.Event()
+
+    def on_event(ev: Any) -> None:
+        events.append(ev)
+        if isinstance(ev, DeviceFailed):
+            done.set()
+
+    extra = {"on_data": lambda *a: data.append(a)} if kind is CaptureThread else {"source": kw.pop("source")}
+    thread = kind("fake", 16000, 10, trio.lowlevel.current_trio_token(), on_event, opener=lambda *a: stream, **extra)
+    thread.start()
+    with trio.fail_after(5):
+        await done.wait()
+    assert await trio.to_thread.run_sync(thread.join)
+    return events, data
+
+
+async def test_capture_thread_reports_data_then_the_read_error() -> None:
+    stream = FakeStream(fail_after=5)
+    events, data = await run_thread(CaptureThread, stream)
+    assert isinstance(events[0], DeviceOpened) and isinstance(events[1], DeviceFailed)
+    assert "device vanished" in events[1].message
+    assert [int(d[0][0]) for d in data] == [1, 2, 3, 4, 5]
+    assert stream.closed
+
+
+async def test_a_bug_in_the_thread_is_reported_not_lost() -> None:
+    stream = FakeStream()
+
+    def source(frames: int, rate: int, channels: int) -> np.ndarray:
+        raise ZeroDivisionError("oops")
+
+    events, _ = await run_thread(PlaybackThread, stream, source=source)
+    assert isinstance(events[-1], DeviceFailed) and "ZeroDivisionError" in events[-1].message
+
+
+async def test_open_failure_is_reported() -> None:
+    events: list[Any] = []
+    done = trio.Event()
+
+    def opener(*a: Any) -> Any:
+        raise DeviceError("no input device matches 'x'")
+
+    def on_event(ev: Any) -> None:
+        events.append(ev)
+        done.set()
+
+    t = CaptureThread("x", 0, 10, trio.lowlevel.current_trio_token(), on_event, opener=opener, on_data=print)
+    t.start()
+    with trio.fail_after(5):
+        await done.wait()
+    assert events == [DeviceFailed("input", "x", "no input device matches 'x'")]
+    assert devices.DeviceError is DeviceError
