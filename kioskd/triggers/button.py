@@ -181,6 +181,7 @@ class ButtonTrigger:
             self._button = self._open()
         except _NO_GPIO_ERRORS as exc:
             log.warning("button unavailable: %s; running on the other triggers", _reason(exc))
+        if self._button is None:
             task_status.started()
             await trio.sleep_forever()
         self.available = True

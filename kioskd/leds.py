@@ -1,0 +1,352 @@
+"""Status light: kiosk state → light pattern (pure), and the gpiozero driver.
+
+Patterns (``pattern(state, t, vad_score)``; colour for an RGB LED, brightness = the
+largest channel for a single PWM LED):
+
+=============  ======  =======================================================
+state          colour  pattern
+=============  ======  =======================================================
+idle           white   slow breathing, dim: 0.05–0.25 over a 4 s period
+connecting     blue    fast blink: 4 Hz, half on
+listening      green   steady, 0.3 + 0.7 × smoothed VAD score (never below 0.3)
+speaking       cyan    steady, full
+reconnecting   amber   double blink every 1.5 s (150 ms on, 150 ms off, 150 ms on)
+offline        red     slow blink: 0.5 s on every 2 s
+error          red     fast flash: 80 ms on every 250 ms
+=============  ======  =======================================================
+
+PRIVACY RULE: whenever microphone audio is being sent (``Status.mic_live``) the light is
+never fully off: :func:`light_value` raises any darker value (a blink's off phase) to the
+listening colour at :data:`PRIVACY_MIN_BRIGHTNESS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import logging
+import math
+import os
+import sys
+import warnings
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from kioskd.config import ConfigError, LedConfig, load_config
+from kioskd.state import KioskState, Status, StatusBoard
+
+__all__ = [
+    "EXAMPLE_STATUS",
+    "PRIVACY_MIN_BRIGHTNESS",
+    "RGB",
+    "LedValue",
+    "LedDriver",
+    "LightState",
+    "VadSmoother",
+    "brightness",
+    "light_state",
+    "light_value",
+    "pattern",
+    "test_leds_main",
+]
+
+log = logging.getLogger(__name__)
+
+RGB = tuple[float, float, float]
+#: What the driver writes: a brightness for a PWM LED, a colour for an RGB LED.
+LedValue = float | RGB
+OFF: RGB = (0.0, 0.0, 0.0)
+
+#: Lowest brightness while the microphone is live (privacy rule).
+PRIVACY_MIN_BRIGHTNESS = 0.3
+#: Listening: brightness = PRIVACY_MIN_BRIGHTNESS + LISTEN_SPAN × smoothed VAD score.
+LISTEN_SPAN = 1.0 - PRIVACY_MIN_BRIGHTNESS
+IDLE_MIN, IDLE_MAX, IDLE_PERIOD = 0.05, 0.25, 4.0
+CONNECTING_HZ = 4.0
+RECONNECT_PERIOD, RECONNECT_PULSE = 1.5, 0.15
+OFFLINE_PERIOD, OFFLINE_ON = 2.0, 0.5
+ERROR_PERIOD, ERROR_ON = 0.25, 0.08
+#: Time constant of the VAD score smoothing (seconds to ~63 % of a step).
+VAD_TAU = 0.15
+#: Driver: at most this many updates a second.
+UPDATE_HZ = 30.0
+#: Values are rounded to this many steps per channel, so "changed" means visibly changed.
+LEVELS = 255
+#: How many (t, value) changes the driver keeps for tests and diagnostics.
+HISTORY_LEN = 4096
+#: ``kioskd test-leds`` defaults.
+DEFAULT_CONFIG_PATH = "/etc/kioskd/config.toml"
+DEFAULT_SECONDS_PER_PATTERN = 3.0
+
+_NO_GPIO_ERRORS: tuple[type[BaseException], ...] = (ImportError, OSError, RuntimeError)
+
+
+class LightState(enum.StrEnum):
+    """What the light shows."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    LISTENING = "listening"
+    SPEAKING = "speaking"  # the agent is speaking
+    RECONNECTING = "reconnecting"
+    OFFLINE = "offline"
+    ERROR = "error"
+
+
+COLOURS: dict[LightState, RGB] = {
+    LightState.IDLE: (1.0, 1.0, 1.0),
+    LightState.CONNECTING: (0.0, 0.3, 1.0),
+    LightState.LISTENING: (0.0, 1.0, 0.0),
+    LightState.SPEAKING: (0.0, 1.0, 1.0),
+    LightState.RECONNECTING: (1.0, 0.5, 0.0),
+    LightState.OFFLINE: (1.0, 0.0, 0.0),
+    LightState.ERROR: (1.0, 0.0, 0.0),
+}
+
+#: One status per light state (``kioskd test-leds`` and tests).
+EXAMPLE_STATUS: dict[LightState, Status] = {
+    LightState.IDLE: Status(),
+    LightState.CONNECTING: Status(state=KioskState.CONNECTING),
+    LightState.LISTENING: Status(state=KioskState.CONVERSATION, mic_live=True),
+    LightState.SPEAKING: Status(state=KioskState.CONVERSATION, agent_speaking=True, mic_live=True),
+    LightState.RECONNECTING: Status(state=KioskState.RECONNECTING),
+    LightState.OFFLINE: Status(state=KioskState.OFFLINE),
+    LightState.ERROR: Status(state=KioskState.ERROR),
+}
+
+
+def light_state(status: Status) -> LightState:
+    """Which pattern a status shows; in a conversation, speaking wins over listening."""
+    if status.state == KioskState.CONVERSATION:
+        return LightState.SPEAKING if status.agent_speaking else LightState.LISTENING
+    return {
+        KioskState.IDLE: LightState.IDLE,
+        KioskState.CONNECTING: LightState.CONNECTING,
+        KioskState.RECONNECTING: LightState.RECONNECTING,
+        KioskState.OFFLINE: LightState.OFFLINE,
+        KioskState.ERROR: LightState.ERROR,
+    }[status.state]
+
+
+def _level(state: LightState, t: float, vad_score: float) -> float:
+    """Brightness 0–1 of ``state`` at time ``t``."""
+    if state == LightState.IDLE:
+        phase = (1.0 - math.cos(2.0 * math.pi * t / IDLE_PERIOD)) / 2.0
+        return IDLE_MIN + (IDLE_MAX - IDLE_MIN) * phase
+    if state == LightState.CONNECTING:
+        return 1.0 if (t * CONNECTING_HZ) % 1.0 < 0.5 else 0.0
+    if state == LightState.LISTENING:
+        return PRIVACY_MIN_BRIGHTNESS + LISTEN_SPAN * min(1.0, max(0.0, vad_score))
+    if state == LightState.SPEAKING:
+        return 1.0
+    if state == LightState.RECONNECTING:
+        x = t % RECONNECT_PERIOD
+        return 1.0 if x < RECONNECT_PULSE or 2 * RECONNECT_PULSE <= x < 3 * RECONNECT_PULSE else 0.0
+    if state == LightState.OFFLINE:
+        return 1.0 if t % OFFLINE_PERIOD < OFFLINE_ON else 0.0
+    return 1.0 if t % ERROR_PERIOD < ERROR_ON else 0.0
+
+
+def pattern(state: LightState, t: float, vad_score: float = 0.0) -> RGB:
+    """The colour (0–1 per channel) ``state`` shows at time ``t``; ``vad_score`` is already smoothed."""
+    level = _level(state, t, vad_score)
+    r, g, b = COLOURS[state]
+    return (r * level, g * level, b * level)
+
+
+def brightness(rgb: RGB) -> float:
+    """Single-LED brightness of a colour: its largest channel."""
+    return max(rgb)
+
+
+def light_value(status: Status, t: float, vad_score: float) -> RGB:
+    """The pattern for ``status`` with the privacy rule applied (never off while ``mic_live``)."""
+    rgb = pattern(light_state(status), t, vad_score)
+    if status.mic_live and brightness(rgb) < PRIVACY_MIN_BRIGHTNESS:
+        r, g, b = COLOURS[LightState.LISTENING]
+        return (r * PRIVACY_MIN_BRIGHTNESS, g * PRIVACY_MIN_BRIGHTNESS, b * PRIVACY_MIN_BRIGHTNESS)
+    return rgb
+
+
+class VadSmoother:
+    """Exponential smoothing with time constant ``tau``: ``update(value, now) -> smoothed``."""
+
+    def __init__(self, tau: float = VAD_TAU) -> None:
+        self.tau = tau
+        self.value = 0.0
+        self._last: float | None = None
+
+    def update(self, value: float, now: float) -> float:
+        """Move towards ``value`` by ``1 - exp(-dt / tau)`` of the way."""
+        if self._last is None or self.tau <= 0:
+            self.value = value
+        else:
+            dt = max(0.0, now - self._last)
+            self.value += (value - self.value) * (1.0 - math.exp(-dt / self.tau))
+        self._last = now
+        return self.value
+
+
+def _quantise(rgb: RGB, scale: float) -> RGB:
+    r, g, b = (round(min(1.0, max(0.0, c * scale)) * LEVELS) / LEVELS for c in rgb)
+    return (r, g, b)
+
+
+class LedDriver:
+    """Shows the :class:`StatusBoard` on a PWM or RGB LED, at most ``UPDATE_HZ`` times a second.
+
+    ``history`` keeps the last ``HISTORY_LEN`` writes as ``(trio time, value)`` — a brightness
+    (pwm) or a colour (rgb), already scaled by ``leds.brightness``; ``on_change`` (optional) is
+    called with the same. The light follows the board within one update period.
+    Wire it with ``await nursery.start(LedDriver(config.leds, board).run)``.
+    """
+
+    def __init__(
+        self,
+        config: LedConfig,
+        board: StatusBoard,
+        *,
+        pin_factory: Any = None,
+        on_change: Callable[[float, LedValue], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.board = board
+        self.pin_factory = pin_factory
+        self.on_change = on_change
+        self.history: deque[tuple[float, LedValue]] = deque(maxlen=HISTORY_LEN)
+        self.available = False  # a light is open and being driven
+        self.smoother = VadSmoother()
+        self._device: Any = None
+        self._last: LedValue | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Drive the light until cancelled (then turn it off and close it)."""
+        if self.config.kind == "none":
+            task_status.started()
+            await trio.sleep_forever()
+        try:
+            self._device = self._open()
+        except _NO_GPIO_ERRORS as exc:
+            log.warning("status light unavailable: %s; running without a light", str(exc) or type(exc).__name__)
+        if self._device is None:
+            task_status.started()
+            await trio.sleep_forever()
+        self.available = True
+        log.info("status light ready kind=%s", self.config.kind)
+        try:
+            task_status.started()
+            period = 1.0 / UPDATE_HZ
+            next_tick = trio.current_time()
+            while True:
+                self.tick(trio.current_time())
+                next_tick = max(next_tick + period, trio.current_time())
+                await trio.sleep_until(next_tick)
+        finally:
+            device, self._device = self._device, None
+            self.available = False
+            try:
+                device.off()
+            finally:
+                device.close()
+
+    def tick(self, now: float) -> LedValue:
+        """Compute the value for ``now`` and write it if it changed; returns it."""
+        status = self.board.status
+        vad = self.smoother.update(status.vad_score, now)
+        rgb = _quantise(light_value(status, now, vad), self.config.brightness)
+        value: LedValue = rgb if self.config.kind == "rgb" else brightness(rgb)
+        if value != self._last:
+            self._last = value
+            self._write(value)
+            self.history.append((now, value))
+            if self.on_change is not None:
+                self.on_change(now, value)
+        return value
+
+    def _write(self, value: LedValue) -> None:
+        if self._device is not None:
+            self._device.value = value
+
+    def _open(self) -> Any:
+        from gpiozero import PWMLED, RGBLED  # imported late: a broken GPIO stack must not break imports
+        from gpiozero.exc import GPIOZeroError
+
+        kwargs: dict[str, Any] = {"active_high": self.config.active_high}
+        if self.pin_factory is not None:
+            kwargs["pin_factory"] = self.pin_factory
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PinFactoryFallback chatter on a PC
+            try:
+                if self.config.kind == "rgb":
+                    return RGBLED(self.config.red, self.config.green, self.config.blue, **kwargs)
+                return PWMLED(self.config.pin, **kwargs)
+            except GPIOZeroError as exc:
+                raise RuntimeError(str(exc) or type(exc).__name__) from exc
+
+
+# --------------------------------------------------------------------------- kioskd test-leds
+
+
+async def _step_through(config: LedConfig, seconds: float, out: Any) -> int:
+    board = StatusBoard()
+    driver = LedDriver(config, board)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        if config.kind != "none" and not driver.available:
+            print("test-leds: no usable GPIO here (see the log line above)", file=out)
+            nursery.cancel_scope.cancel()
+            return 1
+        for state in LightState:
+            print(f"{state}: {_describe(state)}", file=out, flush=True)
+            status = EXAMPLE_STATUS[state]
+            board.update(**{f: getattr(status, f) for f in ("state", "agent_speaking", "mic_live")}, vad_score=0.0)
+            end = trio.current_time() + seconds
+            while (now := trio.current_time()) < end:
+                if state == LightState.LISTENING:  # sweep the VAD score so the level is visible
+                    board.update(vad_score=(1.0 - math.cos(2 * math.pi * now / 2.0)) / 2.0)
+                await trio.sleep(1.0 / UPDATE_HZ)
+        nursery.cancel_scope.cancel()
+    return 0
+
+
+_DESCRIPTIONS: dict[LightState, str] = {
+    LightState.IDLE: "slow dim breathing (white)",
+    LightState.CONNECTING: "fast blink (blue)",
+    LightState.LISTENING: "steady, brightness follows the voice; never below 30 % (green)",
+    LightState.SPEAKING: "steady full (cyan)",
+    LightState.RECONNECTING: "double blink (amber)",
+    LightState.OFFLINE: "slow blink (red)",
+    LightState.ERROR: "fast flash (red)",
+}
+
+
+def _describe(state: LightState) -> str:
+    return _DESCRIPTIONS[state]
+
+
+def test_leds_main(argv: list[str]) -> int:
+    """``kioskd test-leds [--config PATH] [--seconds-per-pattern N]``: show every pattern in turn."""
+    parser = argparse.ArgumentParser(prog="kioskd test-leds", description="step the status light through every pattern")
+    parser.add_argument("--config", help=f"config.toml (default: {DEFAULT_CONFIG_PATH} if it exists)")
+    parser.add_argument("--seconds-per-pattern", type=float, default=DEFAULT_SECONDS_PER_PATTERN, metavar="N")
+    args = parser.parse_args(argv)
+    if args.seconds_per_pattern <= 0:
+        parser.error("--seconds-per-pattern must be positive")
+    path = args.config or (DEFAULT_CONFIG_PATH if os.path.exists(DEFAULT_CONFIG_PATH) else None)
+    config = LedConfig()
+    if path is not None:
+        try:
+            config = load_config(path).leds
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(f"test-leds: {problem}", file=sys.stderr)
+            return 2
+    if config.kind == "none":
+        print("test-leds: leds.kind is \"none\": no light configured; showing the pattern names only")
+    return trio.run(_step_through, config, args.seconds_per_pattern, sys.stdout)
+
+
+test_leds_main.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite its name
