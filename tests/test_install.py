@@ -1,0 +1,100 @@
+"""scripts/install.sh --prefix: installs into a directory, twice, without touching the system.
+
+The two installs (each a real ``pip install`` of this repository; pip's cache and
+``PIP_*`` settings are passed through) run once per module and the tests share them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "install.sh"
+INSTALL_TIMEOUT = 900  # a cold pip cache may build wheels
+TOKEN = "kiosk-install-test-token-7c7c7c7c"
+KEPT_MARKER = "# edited by the operator: must survive an upgrade\n"
+
+
+@dataclass(frozen=True)
+class Installed:
+    prefix: Path
+    first: subprocess.CompletedProcess[str]
+    second: subprocess.CompletedProcess[str]
+
+
+def run_install(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "KIOSKD_TOKEN"}
+    environment.update(PYTHON=sys.executable, **env)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=environment, timeout=INSTALL_TIMEOUT
+    )
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """First install without a token; the operator edits config.toml; second install with $KIOSKD_TOKEN."""
+    prefix = tmp_path_factory.mktemp("prefix")
+    first = run_install("--prefix", str(prefix))
+    assert first.returncode == 0, first.stdout + first.stderr
+    config = prefix / "etc/kioskd/config.toml"
+    config.write_text(config.read_text() + KEPT_MARKER)
+    second = run_install("--prefix", str(prefix), KIOSKD_TOKEN=TOKEN)
+    assert second.returncode == 0, second.stdout + second.stderr
+    return Installed(prefix, first, second)
+
+
+def test_first_run_installs_config_and_empty_token(installed: Installed) -> None:
+    assert "installed" in installed.first.stdout and "config.toml" in installed.first.stdout
+    assert "created empty" in installed.first.stdout
+
+
+def test_config_is_not_overwritten(installed: Installed) -> None:
+    text = (installed.prefix / "etc/kioskd/config.toml").read_text()
+    assert text.endswith(KEPT_MARKER)
+    assert text.removesuffix(KEPT_MARKER) == (ROOT / "config.toml").read_text()
+    assert "kept existing" in installed.second.stdout
+
+
+def test_token_from_env_mode_0600_never_printed(installed: Installed) -> None:
+    token = installed.prefix / "etc/kioskd/token"
+    assert token.read_text() == TOKEN + "\n"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    for run in (installed.first, installed.second):
+        assert TOKEN not in run.stdout + run.stderr
+
+
+def test_unit_file_installed(installed: Installed) -> None:
+    unit = installed.prefix / "etc/systemd/system/kioskd.service"
+    assert unit.read_text() == (ROOT / "systemd/kioskd.service").read_text()
+
+
+def test_system_steps_are_skipped_and_said(installed: Installed) -> None:
+    for run in (installed.first, installed.second):
+        for step in ("apt packages", "useradd", "systemctl"):
+            assert f"skipped: {step}" in run.stdout, step
+
+
+def test_venv_kioskd_runs(installed: Installed) -> None:
+    exe = installed.prefix / "opt/kioskd/venv/bin/kioskd"
+    result = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("kioskd "), result.stderr
+
+
+def test_help_and_bad_option() -> None:
+    help_ = run_install("--help")
+    assert help_.returncode == 0 and "--prefix DIR" in help_.stdout
+    bad = run_install("--frobnicate")
+    assert bad.returncode == 2 and "unknown option" in bad.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="runs as root: a system install would be allowed")
+def test_system_install_needs_root() -> None:
+    result = run_install("--no-apt")
+    assert result.returncode == 1 and "run as root" in result.stderr
