@@ -218,6 +218,7 @@ class LedDriver:
         self.on_change = on_change
         self.history: deque[tuple[float, LedValue]] = deque(maxlen=HISTORY_LEN)
         self.available = False  # a light is open and being driven
+        self.unavailable_reason = ""  # why not, when the GPIO could not be opened
         self.smoother = VadSmoother()
         self._device: Any = None
         self._last: LedValue | None = None
@@ -230,7 +231,8 @@ class LedDriver:
         try:
             self._device = self._open()
         except _NO_GPIO_ERRORS as exc:
-            log.warning("status light unavailable: %s; running without a light", str(exc) or type(exc).__name__)
+            self.unavailable_reason = str(exc) or type(exc).__name__
+            log.warning("status light unavailable: %s; running without a light", self.unavailable_reason)
         if self._device is None:
             task_status.started()
             await trio.sleep_forever()
@@ -296,7 +298,7 @@ async def _step_through(config: LedConfig, seconds: float, out: Any) -> int:
     async with trio.open_nursery() as nursery:
         await nursery.start(driver.run)
         if config.kind != "none" and not driver.available:
-            print("test-leds: no usable GPIO here (see the log line above)", file=out)
+            print(f"test-leds: status light unavailable: {driver.unavailable_reason}", file=sys.stderr)
             nursery.cancel_scope.cancel()
             return 1
         for state in LightState:
