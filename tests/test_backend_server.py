@@ -306,3 +306,28 @@ def test_bad_config_exits_2_naming_the_key(
     assert server.main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "burst: expected an integer" in err and API_KEY not in err
+
+
+# --------------------------------------------------------------------------- against the simulator
+
+
+async def test_against_the_simulator_upstream(log_output: io.StringIO) -> None:
+    """The real contract check: kioskd.simulator's ElevenLabs endpoint, its API key and signed URLs."""
+    from kioskd.simulator import SimulatorConfig, open_simulator
+
+    sim_config = SimulatorConfig(api_key=API_KEY)
+    with trio.fail_after(IO_TIMEOUT):
+        async with open_simulator(sim_config) as sim:
+            kiosk = KioskEntry(id="sim", token_sha256=sha(TOKEN_A), agents=[sim_config.agent_id])
+            config = backend_config(sim.api_base, kiosk=[kiosk], upstream_timeout=0.5)
+            async with serving_backend(config) as client:
+                ok = await client.get("/signed-url", params={"agent_id": sim_config.agent_id}, headers=bearer(TOKEN_A))
+                sim.upstream_faults.set("timeout", times=1)
+                slow = await client.get("/signed-url", params={"agent_id": sim_config.agent_id}, headers=bearer(TOKEN_A))
+    assert ok.status_code == 200, ok.text
+    signed = ok.json()["signed_url"]
+    assert signed.startswith(sim.ws_base) and "token=" in signed
+    assert slow.status_code == 502
+    signed_token = signed.split("token=")[1].split("&")[0]
+    text = log_output.getvalue()
+    assert "status=200" in text and signed_token not in text and API_KEY not in text
