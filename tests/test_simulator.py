@@ -1,0 +1,597 @@
+"""The simulated agent and signing backend, driven by a real trio-websocket client and httpx on loopback."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+import pytest
+import soxr
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from kioskd import protocol as p
+from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
+from kioskd.simulator.codec import SimFormat, ulaw_decode, ulaw_encode
+from kioskd.simulator.faults import BackendFaults
+from kioskd.simulator.speech import silence, synth_speech
+from kioskd.simulator.turns import EndOfSpeech, FrameSplitter, TurnDetector, VadScoreWindow
+
+TIMEOUT = 10
+E = TypeVar("E")
+
+FAST = dict(ping_interval=30.0, client_data_wait=0.2, reply_seconds=1.0, reply_speedup=10.0)
+
+
+def fast_config(**overrides: Any) -> SimulatorConfig:
+    """A simulator tuned for quick tests (overrides win)."""
+    return SimulatorConfig(**{**FAST, **overrides})
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with open_simulator(fast_config()) as s:
+        yield s
+
+
+class Client:
+    """A test client: keeps every server event it saw, answers pings when asked to."""
+
+    def __init__(self, ws: WebSocketConnection, *, answer_pings: bool = True) -> None:
+        self.ws = ws
+        self.answer_pings = answer_pings
+        self.events: list[p.ServerEvent | p.UnknownEvent] = []
+
+    async def send(self, message: p.ClientMessage) -> None:
+        await self.ws.send_message(p.encode(message))
+
+    async def send_audio(self, samples: np.ndarray, fmt: str = "pcm_16000", chunk_ms: int = 100) -> bytes:
+        """Send samples in ``fmt`` as user_audio_chunk messages; returns the bytes sent."""
+        f = SimFormat.parse(fmt)
+        step = f.rate * chunk_ms // 1000
+        sent = bytearray()
+        for i in range(0, len(samples), step):
+            data = f.encode(samples[i : i + step])
+            sent += data
+            await self.send(p.UserAudioChunk(user_audio_chunk=data))
+        return bytes(sent)
+
+    async def next(self) -> p.ServerEvent | p.UnknownEvent:
+        event = p.decode_server_event(await self.ws.get_message())
+        self.events.append(event)
+        if self.answer_pings and isinstance(event, p.Ping):
+            await self.send(p.Pong(event_id=event.ping_event.event_id))
+        return event
+
+    async def until(self, kind: type[E]) -> E:
+        while True:
+            event = await self.next()
+            if isinstance(event, kind):
+                return event
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+async def close_code(ws: WebSocketConnection) -> int | None:
+    """Read until the server closes; the close code it sent (1006 for a dead socket)."""
+    try:
+        while True:
+            await ws.get_message()
+    except ConnectionClosed as exc:
+        return exc.reason.code if exc.reason else None
+
+
+def utterance(seconds: float = 1.5, pause: float = 0.8, rate: int = 16000, seed: int = 0) -> np.ndarray:
+    return np.concatenate([synth_speech(seconds, rate, seed=seed), silence(pause, rate)])
+
+
+# ------------------------------------------------------------------ pure parts
+
+
+def test_ulaw_roundtrip_error_is_within_one_step() -> None:
+    x = np.arange(-32768, 32768, 7, dtype=np.int16)
+    y = ulaw_decode(ulaw_encode(x)).astype(np.int32)
+    err = np.abs(y - x)
+    # µ-law steps double per segment: the error is at most half the step at that level (+ clipping at the top).
+    assert np.all(err <= np.maximum(4, np.abs(x.astype(np.int32)) // 16 + 8) + np.where(np.abs(x) > 32000, 700, 0))
+    assert ulaw_encode(np.zeros(1, dtype=np.int16)) == b"\xff"
+
+
+def test_formats_parse_and_reject() -> None:
+    assert SimFormat.parse("pcm_44100") == SimFormat("pcm", 44100)
+    with pytest.raises(ValueError, match="pcm_11025"):
+        SimFormat.parse("pcm_11025")
+    with pytest.raises(ValueError):
+        SimulatorConfig(output_format="mp3_44100")
+
+
+def test_synth_speech_is_deterministic_and_speech_to_webrtcvad() -> None:
+    import webrtcvad
+
+    a, b = synth_speech(1.0, 16000, seed=3), synth_speech(1.0, 16000, seed=3)
+    assert a.dtype == np.int16 and len(a) == 16000 and np.array_equal(a, b)
+    assert not np.array_equal(a, synth_speech(1.0, 16000, seed=4))
+    vad = webrtcvad.Vad(2)
+    frames = [a[i : i + 160].tobytes() for i in range(0, 16000, 160)]
+    assert np.mean([vad.is_speech(f, 16000) for f in frames]) > 0.9
+    fresh = webrtcvad.Vad(2)  # (a used one has a hangover after speech)
+    assert not any(fresh.is_speech(f.tobytes(), 16000) for f in FrameSplitter(160).feed(silence(0.5)))
+
+
+def test_turn_detector_needs_enough_silence_and_enough_speech() -> None:
+    det = TurnDetector(end_of_speech_ms=600)
+    assert all(det.feed(True) is None for _ in range(50))
+    assert all(det.feed(False) is None for _ in range(59))
+    det.feed(True)  # speech again: the silence count restarts
+    assert all(det.feed(False) is None for _ in range(59))
+    assert det.feed(False) == EndOfSpeech(speech_ms=510)
+    assert not det.in_speech
+    # A 50 ms blip is not an utterance.
+    for _ in range(5):
+        det.feed(True)
+    assert [det.feed(False) for _ in range(60)] == [None] * 60
+
+
+def test_vad_score_window_and_frame_splitter() -> None:
+    win = VadScoreWindow(100)
+    scores = [win.feed(i % 2 == 0) for i in range(20)]
+    assert scores == [None] * 9 + [0.5] + [None] * 9 + [0.5]
+    split = FrameSplitter(160)
+    assert split.feed(np.zeros(100, dtype=np.int16)) == []
+    frames = split.feed(np.ones(300, dtype=np.int16))
+    assert len(frames) == 2 and frames[0][:100].sum() == 0 and frames[0][100:].sum() == 60
+
+
+def test_backend_faults_count_down_and_reject_unknown_modes() -> None:
+    faults = BackendFaults()
+    faults.set("503", times=2)
+    assert [faults.take(), faults.take(), faults.take()] == ["503", "503", None]
+    with pytest.raises(ValueError, match="418"):
+        faults.set("418")
+
+
+# ------------------------------------------------------------------ conversation
+
+
+@pytest.mark.parametrize(("input_format", "output_format"), [("pcm_16000", "pcm_16000"), ("ulaw_8000", "pcm_44100")])
+async def test_metadata_first_with_configured_formats_and_client_data_recorded(input_format: str, output_format: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(fast_config(input_format=input_format, output_format=output_format)) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                data = p.ConversationInitiationClientData(dynamic_variables={"kiosk": "lobby", "floor": 2})
+                await client.send(data)
+                first = await client.next()
+                assert isinstance(first, p.ConversationInitiationMetadata)
+                body = first.conversation_initiation_metadata_event
+                assert body.conversation_id == "conv_sim_1"
+                assert (body.user_input_audio_format, body.agent_output_audio_format) == (input_format, output_format)
+                conv = await sim.wait_for_conversation(0)
+                assert conv.client_data == data
+                assert conv.open
+
+
+async def test_metadata_is_sent_without_client_data_after_the_wait(sim: Simulator) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_websocket_url(sim.signed_url()) as ws:
+            start = trio.current_time()
+            first = await Client(ws).next()
+            assert isinstance(first, p.ConversationInitiationMetadata)
+            assert trio.current_time() - start >= sim.config.client_data_wait * 0.9
+            assert sim.conversations[0].client_data is None
+
+
+async def test_pings_rise_pongs_are_recorded_and_rtt_reported() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(fast_config(ping_interval=0.1)) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                pings = [await client.until(p.Ping) for _ in range(3)]
+                ids = [ping.ping_event.event_id for ping in pings]
+                assert ids == sorted(ids) and len(set(ids)) == 3
+                assert pings[0].ping_event.ping_ms is None
+                assert pings[2].ping_event.ping_ms is not None and pings[2].ping_event.ping_ms >= 0
+                conv = sim.conversations[0]
+                await sim.wait_for(lambda: len(conv.pongs) >= 3)
+                assert [pong.event_id for pong in conv.pongs[:3]] == ids
+                assert all(pong.rtt is not None and pong.rtt >= 0 for pong in conv.pongs)
+
+
+@pytest.mark.parametrize("input_format", ["pcm_16000", "ulaw_8000", "pcm_44100"])
+async def test_audio_round_trip_gives_transcript_response_and_rising_audio(input_format: str) -> None:
+    cfg = fast_config(input_format=input_format, transcripts=("where is the library",), replies=("Second floor.",))
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(cfg) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                await client.until(p.ConversationInitiationMetadata)
+                rate = SimFormat.parse(input_format).rate
+                sent = await client.send_audio(utterance(rate=rate), input_format)
+                transcript = await client.until(p.UserTranscript)
+                assert transcript.user_transcription_event.user_transcript == "where is the library"
+                response = await client.until(p.AgentResponse)
+                assert response.agent_response_event.agent_response == "Second floor."
+                audio = bytearray()
+                ids: list[int] = []
+                while len(audio) < 2 * 16000 * cfg.reply_seconds:
+                    event = await client.until(p.AudioEvent)
+                    ids.append(event.audio_event.event_id)
+                    audio += event.audio_event.audio_base_64
+                assert len(ids) >= 4 and ids == sorted(ids) and len(set(ids)) == len(ids)
+                assert len(audio) == 2 * 16000 * cfg.reply_seconds
+                assert client.of(p.VadScore) and max(e.vad_score_event.vad_score for e in client.of(p.VadScore)) > 0.8
+                conv = sim.conversations[0]
+                await sim.wait_for(lambda: len(conv.audio_raw) == len(sent))
+                assert bytes(conv.audio_raw) == sent
+                assert np.array_equal(conv.audio_pcm, SimFormat.parse(input_format).decode(sent))
+                assert len(conv.turns) == 1 and 1200 <= conv.turns[0].speech_ms <= 1800
+
+
+async def test_espeak_speech_is_heard_as_a_turn(tmp_path: Path) -> None:
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed")
+    wav = tmp_path / "hello.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "hello, where can I find the coffee machine"], check=True)
+    with wave.open(str(wav)) as w:
+        speech = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        rate = w.getframerate()
+    speech16 = soxr.resample(speech, rate, 16000).astype(np.int16)
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(fast_config()) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                await client.send_audio(np.concatenate([speech16, silence(0.8)]))
+                transcript = await client.until(p.UserTranscript)
+                assert transcript.user_transcription_event.user_transcript.startswith("(simulated transcript: ")
+                assert sim.conversations[0].turns[0].speech_ms >= 1000
+
+
+async def test_speaking_over_the_agent_interrupts_it() -> None:
+    cfg = fast_config(reply_seconds=3.0, reply_speedup=2.0, tool_call=None)
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(cfg) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                await client.send_audio(utterance())
+                await client.until(p.AudioEvent)
+                await client.send_audio(utterance(0.5, 0.8, seed=7))  # barge in
+                interruption = await client.until(p.Interruption)
+                audio_ids = [e.audio_event.event_id for e in client.of(p.AudioEvent)]
+                assert interruption.interruption_event.event_id == max(audio_ids)
+                correction = await client.until(p.AgentResponseCorrection)
+                body = correction.agent_response_correction_event
+                assert body.original_agent_response == cfg.replies[0]
+                assert body.corrected_agent_response.endswith("...")
+                # The barge-in utterance is a turn of its own; its reply continues the ids.
+                await client.until(p.UserTranscript)
+                nxt = await client.until(p.AudioEvent)
+                assert nxt.audio_event.event_id > interruption.interruption_event.event_id
+                between = client.events[client.events.index(interruption) : -1]
+                assert not any(isinstance(e, p.AudioEvent) for e in between), "audio of the interrupted reply kept coming"
+                conv = sim.conversations[0]
+                assert conv.interruptions == [interruption.interruption_event.event_id]
+                assert len(conv.turns) == 2
+
+
+async def test_no_interruption_when_the_agent_has_finished() -> None:
+    cfg = fast_config(reply_seconds=0.3, tool_call=None)
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(cfg) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                await client.send_audio(utterance())
+                await client.until(p.AgentResponse)
+                await sim.wait_for(lambda: len(sim.conversations[0].audio_event_ids) >= 2)
+                await trio.sleep(0.4)  # the 0.3 s reply has played out
+                await client.send_audio(utterance(0.6, 0.8, seed=9))
+                await client.until(p.UserTranscript)
+                assert len(client.of(p.UserTranscript)) == 2
+                assert not client.of(p.Interruption)
+                assert sim.conversations[0].interruptions == []
+
+
+async def test_scripted_tool_call_result_is_recorded() -> None:
+    cfg = fast_config(tool_call=("show_map", {"floor": 2}))
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(cfg) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                await client.send_audio(utterance())
+                call = await client.until(p.ClientToolCall)
+                assert call.client_tool_call.tool_name == "show_map"
+                assert call.client_tool_call.parameters == {"floor": 2}
+                await client.send(p.ClientToolResult(tool_call_id=call.client_tool_call.tool_call_id, result="shown"))
+                conv = sim.conversations[0]
+                await sim.wait_for(lambda: bool(conv.tool_results))
+                assert conv.tool_results == [
+                    p.ClientToolResult(tool_call_id=call.client_tool_call.tool_call_id, result="shown", is_error=False)
+                ]
+                assert conv.tool_calls == [call.client_tool_call.tool_call_id]
+
+
+async def test_text_messages_are_recorded_and_user_message_is_a_turn(sim: Simulator) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.until(p.ConversationInitiationMetadata)
+            await client.send(p.ContextualUpdate(text="visitor is holding a map"))
+            await client.send(p.UserActivity())
+            await client.send(p.UserMessage(text="what time is it?"))
+            response = await client.until(p.AgentResponse)
+            assert response.agent_response_event.agent_response == sim.config.replies[0]
+            await client.until(p.AudioEvent)
+            conv = sim.conversations[0]
+            assert conv.contextual_updates == ["visitor is holding a map"]
+            assert len(conv.user_activity) == 1
+            assert conv.user_messages == ["what time is it?"]
+            assert not client.of(p.UserTranscript)
+            assert [type(m) for _, m in conv.messages] == [p.ContextualUpdate, p.UserActivity, p.UserMessage]
+
+
+# ------------------------------------------------------------------ authorisation and closes
+
+
+@pytest.mark.parametrize(
+    "make_url",
+    [
+        lambda sim: sim.signed_url().rsplit("token=", 1)[0] + "token=forged",
+        lambda sim: sim.public_url(),
+        lambda sim: sim.signed_url().replace("agent_id=agent_sim", "agent_id=agent_other"),
+        lambda sim: sim.public_url("agent_other"),
+    ],
+    ids=["bad-token", "missing-token", "token-for-other-agent", "unknown-agent"],
+)
+async def test_unauthorised_connections_are_closed_1008(sim: Simulator, make_url: Any) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_websocket_url(make_url(sim)) as ws:
+            assert await close_code(ws) == 1008
+        assert sim.conversations == []
+        assert len(sim.rejected) == 1
+
+
+async def test_public_agent_accepts_a_missing_token_but_not_a_bad_one() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(fast_config(require_token=False)) as sim:
+            async with open_websocket_url(sim.public_url()) as ws:
+                assert isinstance(await Client(ws).next(), p.ConversationInitiationMetadata)
+            async with open_websocket_url(sim.public_url() + "&token=bad") as ws:
+                assert await close_code(ws) == 1008
+
+
+async def test_expired_token_cannot_start_a_conversation() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(fast_config(token_ttl=0.1)) as sim:
+            url = sim.signed_url()
+            await trio.sleep(0.2)
+            async with open_websocket_url(url) as ws:
+                assert await close_code(ws) == 1008
+            assert sim.rejected[0][1] == "token expired"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "{not json",
+        '{"user_audio_chunk": "***not base64***"}',
+        '{"type": "pong", "event_id": "three"}',
+        '{"type": "no_such_message"}',
+        "[1, 2, 3]",
+    ],
+    ids=["json", "base64", "wrong-type", "unknown-type", "not-object"],
+)
+async def test_invalid_client_message_closes_1008_and_the_simulator_keeps_serving(sim: Simulator, bad: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_websocket_url(sim.signed_url()) as ws:
+            await Client(ws).until(p.ConversationInitiationMetadata)
+            await ws.send_message(bad)
+            assert await close_code(ws) == 1008
+        assert sim.conversations[0].close_code == 1008
+        async with open_websocket_url(sim.signed_url()) as ws:
+            assert isinstance(await Client(ws).next(), p.ConversationInitiationMetadata)
+        assert sim.conversations[1].conversation_id == "conv_sim_2"
+
+
+async def test_silence_timeout_closes_1002_and_audio_keeps_it_open() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(fast_config(silence_timeout=0.5)) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                start = trio.current_time()
+                for _ in range(8):  # 0.8 s of keep-alive silence
+                    await client.send_audio(silence(0.1))
+                    await trio.sleep(0.1)
+                assert sim.conversations[0].open
+                assert await close_code(ws) == 1002
+                # The last audio went out after 0.7 s; the close comes the timeout after it.
+                assert trio.current_time() - start >= 0.7 + 0.5 * 0.9
+            assert sim.conversations[0].close_code == 1002
+
+
+async def test_max_duration_sends_error_then_closes_1000() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(fast_config(max_duration=0.4)) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                error = await client.until(p.ErrorEvent)
+                assert error.error_event.error_type == "max_duration_exceeded"
+                assert await close_code(ws) == 1000
+            assert sim.conversations[0].close_code == 1000
+
+
+# ------------------------------------------------------------------ agent faults
+
+
+async def test_fault_drop_kills_the_tcp_connection(sim: Simulator) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_websocket_url(sim.signed_url()) as ws:
+            await Client(ws).until(p.ConversationInitiationMetadata)
+            assert sim.faults.drop() == 1
+            assert await close_code(ws) == 1006  # abnormal: no close frame
+        conv = sim.conversations[0]
+        assert conv.dropped and not conv.open and conv.close_code is None
+
+
+async def test_fault_close_with_code(sim: Simulator) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_websocket_url(sim.signed_url()) as ws:
+            await Client(ws).until(p.ConversationInitiationMetadata)
+            assert sim.faults.close(1011) == 1
+            assert await close_code(ws) == 1011
+        assert sim.conversations[0].close_code == 1011
+
+
+async def test_fault_stall_sends_nothing_and_ignores_input_then_resumes() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(fast_config(ping_interval=0.1)) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                await client.until(p.Ping)
+                sim.faults.stall = True
+                await trio.sleep(0.15)  # let anything already in flight land
+                client.events.clear()
+                await client.send(p.UserMessage(text="anyone there?"))
+                with trio.move_on_after(0.5) as quiet:
+                    await client.next()
+                assert quiet.cancelled_caught, f"stalled agent sent {client.events}"
+                conv = sim.conversations[0]
+                assert conv.open and conv.user_messages == [] and conv.ignored_messages >= 1
+                sim.faults.stall = False
+                await client.until(p.Ping)
+
+
+async def test_fault_delay_holds_each_outgoing_message(sim: Simulator) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.until(p.ConversationInitiationMetadata)
+            sim.faults.delay = 0.3
+            start = trio.current_time()
+            await client.send(p.UserMessage(text="hi"))
+            await client.until(p.AgentResponse)
+            # tentative response, then agent_response: two messages, each delayed.
+            assert trio.current_time() - start >= 2 * 0.3 * 0.9
+
+
+async def test_fault_malformed_events_reach_the_client() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(fast_config(ping_interval=0.2)) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                await client.until(p.ConversationInitiationMetadata)
+                assert sim.faults.malformed(8) == 1
+                errors = unknown = 0
+                while errors + unknown < 8:
+                    try:
+                        event = p.decode_server_event(await ws.get_message())
+                    except p.ProtocolError:
+                        errors += 1
+                        continue
+                    unknown += isinstance(event, p.UnknownEvent)
+                assert (errors, unknown) == (6, 2)  # json, type, base64 are errors; unknown-type decodes
+                # The conversation carries on.
+                await client.until(p.Ping)
+                assert sum(t.startswith("malformed:") for t in sim.conversations[0].sent_types) == 8
+
+
+# ------------------------------------------------------------------ signing backend
+
+
+KIOSK_AUTH = {"Authorization": "Bearer sim-kiosk-token"}
+
+
+async def test_backend_signed_url_starts_a_conversation(sim: Simulator) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with httpx.AsyncClient() as http:
+            r = await http.get(sim.backend_url, params={"agent_id": "agent_sim"}, headers=KIOSK_AUTH)
+        assert r.status_code == 200
+        url = r.json()["signed_url"]
+        assert url.startswith(f"{sim.ws_base}/v1/convai/conversation?agent_id=agent_sim&token=")
+        async with open_websocket_url(url) as ws:
+            assert isinstance(await Client(ws).next(), p.ConversationInitiationMetadata)
+        assert sim.backend_requests[-1].status == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "agent_id", "status"),
+    [({"Authorization": "Bearer wrong"}, "agent_sim", 401), ({}, "agent_sim", 401), (KIOSK_AUTH, "agent_x", 403)],
+)
+async def test_backend_refuses_bad_token_and_unknown_agent(
+    sim: Simulator, headers: dict[str, str], agent_id: str, status: int
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with httpx.AsyncClient() as http:
+            r = await http.get(sim.backend_url, params={"agent_id": agent_id}, headers=headers)
+        assert r.status_code == status
+        assert "signed_url" not in r.json()
+
+
+@pytest.mark.parametrize("mode", ["401", "429", "500", "503"])
+async def test_backend_status_faults(sim: Simulator, mode: str) -> None:
+    sim.backend_faults.set(mode, times=1, retry_after=17)
+    with trio.fail_after(TIMEOUT):
+        async with httpx.AsyncClient() as http:
+            r = await http.get(sim.backend_url, params={"agent_id": "agent_sim"}, headers=KIOSK_AUTH)
+            assert r.status_code == int(mode)
+            assert r.headers.get("Retry-After") == ("17" if mode == "429" else None)
+            again = await http.get(sim.backend_url, params={"agent_id": "agent_sim"}, headers=KIOSK_AUTH)
+            assert again.status_code == 200  # times=1: the fault cleared itself
+
+
+async def test_backend_garbage_and_bad_json_faults(sim: Simulator) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with httpx.AsyncClient() as http:
+            sim.backend_faults.set("garbage")
+            r = await http.get(sim.backend_url, params={"agent_id": "agent_sim"}, headers=KIOSK_AUTH)
+            assert r.status_code == 200
+            with pytest.raises(json.JSONDecodeError):
+                r.json()
+            sim.backend_faults.set("bad_json")
+            r = await http.get(sim.backend_url, params={"agent_id": "agent_sim"}, headers=KIOSK_AUTH)
+            assert r.status_code == 200 and "signed_url" not in r.json()
+
+
+async def test_backend_timeout_and_delay_faults(sim: Simulator) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with httpx.AsyncClient() as http:
+            sim.backend_faults.set("timeout")
+            with pytest.raises(httpx.ReadTimeout):
+                await http.get(sim.backend_url, params={"agent_id": "agent_sim"}, headers=KIOSK_AUTH, timeout=0.3)
+            sim.backend_faults.reset()
+            sim.backend_faults.delay = 0.3
+            start = trio.current_time()
+            r = await http.get(sim.backend_url, params={"agent_id": "agent_sim"}, headers=KIOSK_AUTH)
+            assert r.status_code == 200
+            assert trio.current_time() - start >= 0.3
+
+
+@pytest.mark.parametrize("spelling", ["get_signed_url", "get-signed-url"])
+async def test_upstream_endpoint_good_and_bad_key(sim: Simulator, spelling: str) -> None:
+    url = f"{sim.api_base}/v1/convai/conversation/{spelling}"
+    with trio.fail_after(TIMEOUT):
+        async with httpx.AsyncClient() as http:
+            r = await http.get(url, params={"agent_id": "agent_sim"}, headers={"xi-api-key": "sim-api-key"})
+            assert r.status_code == 200
+            signed = r.json()["signed_url"]
+            assert signed.startswith(sim.ws_base) and "token=" in signed
+            bad = await http.get(url, params={"agent_id": "agent_sim"}, headers={"xi-api-key": "nope"})
+            assert bad.status_code == 401
+            unknown = await http.get(url, params={"agent_id": "agent_x"}, headers={"xi-api-key": "sim-api-key"})
+            assert unknown.status_code == 404
+            sim.upstream_faults.set("503", times=1)
+            assert (await http.get(url, params={"agent_id": "agent_sim"}, headers={"xi-api-key": "sim-api-key"})).status_code == 503
+        async with open_websocket_url(signed) as ws:
+            assert isinstance(await Client(ws).next(), p.ConversationInitiationMetadata)
+
+
+def test_config_is_a_plain_dataclass() -> None:
+    fields = {f.name for f in dataclasses.fields(SimulatorConfig)}
+    assert {"agent_id", "kiosk_token", "api_key", "input_format", "output_format", "ping_interval"} <= fields
