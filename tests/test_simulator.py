@@ -592,6 +592,30 @@ async def test_upstream_endpoint_good_and_bad_key(sim: Simulator, spelling: str)
             assert isinstance(await Client(ws).next(), p.ConversationInitiationMetadata)
 
 
+async def test_cli_description_names_the_urls_and_kiosk_config(sim: Simulator) -> None:
+    from kioskd.simulator.cli import describe
+
+    text = describe(sim)
+    assert f'server = "{sim.ws_base}"' in text
+    assert f'url = "{sim.backend_url}"' in text
+    assert sim.config.kiosk_token not in text
+
+
+def test_cli_rejects_unknown_format_and_reports_a_busy_port(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from kioskd.simulator.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--input-format", "mp3_44100"])
+    assert exc.value.code == 2
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["--port", str(busy.getsockname()[1]), "--backend-port", "0"]) == 2
+    assert "cannot listen" in capsys.readouterr().err
+
+
 def test_config_is_a_plain_dataclass() -> None:
     fields = {f.name for f in dataclasses.fields(SimulatorConfig)}
     assert {"agent_id", "kiosk_token", "api_key", "input_format", "output_format", "ping_interval"} <= fields

@@ -1,0 +1,100 @@
+"""``kioskd simulator``: run the simulated agent and signing backend until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import trio
+
+from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
+from kioskd.simulator.codec import SUPPORTED_FORMATS
+
+__all__ = ["build_parser", "describe", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options."""
+    parser = argparse.ArgumentParser(prog="kioskd simulator", description=__doc__)
+    defaults = SimulatorConfig()
+    parser.add_argument("--host", default=defaults.host, help="address to listen on (default %(default)s)")
+    parser.add_argument("--port", type=int, default=8765, help="agent WebSocket port, 0 = any (default %(default)s)")
+    parser.add_argument("--backend-port", type=int, default=8766, help="signing backend port, 0 = any (default %(default)s)")
+    parser.add_argument("--input-format", choices=SUPPORTED_FORMATS, default=defaults.input_format)
+    parser.add_argument("--output-format", choices=SUPPORTED_FORMATS, default=defaults.output_format)
+    parser.add_argument("--agent-id", default=defaults.agent_id)
+    parser.add_argument("--kiosk-token", default=defaults.kiosk_token, help="bearer token the backend accepts")
+    parser.add_argument("--api-key", default=defaults.api_key, help="xi-api-key the upstream endpoint accepts")
+    parser.add_argument("--public", action="store_true", help="accept conversations without a signed-URL token")
+    parser.add_argument("--reply-seconds", type=float, default=defaults.reply_seconds)
+    parser.add_argument("--silence-timeout", type=float, default=defaults.silence_timeout)
+    parser.add_argument("--no-tool-call", action="store_true", help="do not send the scripted client_tool_call")
+    return parser
+
+
+def describe(sim: Simulator) -> str:
+    """What to tell the user: where things listen and how to point a kiosk at them (no secrets beyond the demo token)."""
+    cfg = sim.config
+    return "\n".join(
+        [
+            f"agent (WebSocket):  {sim.ws_base}/v1/convai/conversation?agent_id={cfg.agent_id}",
+            f"signing backend:    {sim.backend_url}?agent_id={cfg.agent_id}   (Authorization: Bearer <kiosk token>)",
+            f"ElevenLabs-style:   {sim.api_base}/v1/convai/conversation/get_signed_url   (xi-api-key)",
+            f"agent id:           {cfg.agent_id}",
+            f"audio formats:      in {cfg.input_format}, out {cfg.output_format}",
+            "",
+            "kiosk config hint:",
+            "  [agent]",
+            f'  agent_id = "{cfg.agent_id}"',
+            f'  server = "{sim.ws_base}"' + ("   # public agent: no backend needed" if not cfg.require_token else ""),
+            "  [backend]",
+            f'  url = "{sim.backend_url}"',
+            '  token_file = "…"   # containing the kiosk token',
+            "",
+            "Ctrl-C to stop.",
+        ]
+    )
+
+
+async def _serve(config: SimulatorConfig) -> None:
+    async with open_simulator(config) as sim:
+        print(describe(sim), flush=True)
+        await trio.sleep_forever()
+
+
+def main(argv: list[str]) -> int:
+    """Run until Ctrl-C; exit 2 on bad arguments or a port in use."""
+    args = build_parser().parse_args(argv)
+    config = SimulatorConfig(
+        host=args.host,
+        port=args.port,
+        backend_port=args.backend_port,
+        agent_id=args.agent_id,
+        kiosk_token=args.kiosk_token,
+        api_key=args.api_key,
+        require_token=not args.public,
+        input_format=args.input_format,
+        output_format=args.output_format,
+        reply_seconds=args.reply_seconds,
+        silence_timeout=args.silence_timeout,
+        tool_call=None if args.no_tool_call else SimulatorConfig().tool_call,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    status = 0
+    try:
+        trio.run(_serve, config)
+    except* KeyboardInterrupt:
+        pass
+    except* OSError as group:
+        print(f"kioskd simulator: cannot listen: {_leaf(group)}", file=sys.stderr)
+        status = 2
+    return status
+
+
+def _leaf(error: BaseException) -> BaseException:
+    """The first real error inside (possibly nested) exception groups."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
