@@ -3,8 +3,10 @@
 :func:`alsa_devices` writes one ALSA config defining, for each device, a capture PCM
 that reads raw S16_LE from ``<dir>/<name>.in.raw`` and/or a playback PCM that writes
 raw S16_LE to ``<dir>/<name>.out.raw``, both over the ``null`` PCM (which accepts any
-rate). ``channels=2`` devices sit on a two-channel ``multi`` over ``null``, so they
-expose exactly two channels like a stereo-only USB device. It then points
+rate and channel count). ``DEVICES`` records the channels a test writes/expects; a file
+PCM reports many channels, so stereo tests make kioskd choose two (monkeypatching
+``devices.choose_channels``). A two-channel ``multi`` wrapped around or under the file
+PCM garbles the data (alsa-lib 1.2.8), so it is not used. It then points
 ``ALSA_CONFIG_PATH`` at the system ``alsa.conf`` followed by this file; alsa-lib reads
 it at every PortAudio initialisation, and kioskd initialises PortAudio per open, so
 setting it in the test process before the first open is enough.
@@ -70,19 +72,15 @@ class AlsaFiles:
 
 def render_config(files: AlsaFiles) -> str:
     """The ALSA config text for :data:`DEVICES` under ``files.directory``."""
-    parts = [
-        "pcm.kiosk_null2 {\n  type multi\n  slaves.a.pcm \"null\"\n  slaves.a.channels 2\n"
-        "  bindings.0 { slave a channel 0 }\n  bindings.1 { slave a channel 1 }\n}\n"
-    ]
-    for name, (direction, channels) in DEVICES.items():
-        slave = "kiosk_null2" if channels == 2 else "null"
+    parts = []
+    for name, (direction, _) in DEVICES.items():
         if direction == "input":
             io = f'  file "/dev/null"\n  infile "{files.infile(name)}"\n'
         else:
             io = f'  file "{files.outfile(name)}"\n'
         parts.append(
-            f"pcm.{name} {{\n  type file\n  slave.pcm \"{slave}\"\n{io}  format \"raw\"\n"
-            f"  hint {{ show on description \"{name}\" }}\n}}\n"
+            f'pcm.{name} {{\n  type file\n  slave.pcm "null"\n{io}  format "raw"\n'
+            f'  hint {{ show on description "{name}" }}\n}}\n'
         )
     return "\n".join(parts)
 

@@ -61,8 +61,8 @@ DETECT_SLACK_PERIODS = 3
 """While detecting, sleep only when this many periods ahead of the monotonic clock."""
 MAX_LAG_SECONDS = 0.2
 """A paced loop further behind than this re-anchors instead of bursting to catch up."""
-DEFAULT_CHANNELS_CAP = 2
-"""Channels to open when a device refuses mono."""
+STEREO = 2
+"""A device with exactly this many channels is opened in stereo (see :func:`choose_channels`)."""
 JOIN_TIMEOUT = 2.0
 """Longest wait for a device thread to close its stream on shutdown."""
 
@@ -231,8 +231,7 @@ class PyAudioStream:
 def open_stream(name: str, direction: Direction, rate: int, period_frames_ms: int) -> Stream:
     """Open device ``name`` (``wav:PATH``, ``default`` or a PortAudio name/substring).
 
-    ``rate`` 0 means the device's default rate. Mono is used when the device accepts it,
-    otherwise up to two channels. Raises :class:`DeviceError` naming the device.
+    ``rate`` 0 means the device's default rate; channels per :func:`choose_channels`. Raises :class:`DeviceError` naming the device.
     """
     if name.startswith("wav:"):
         from kioskd.audio import wavio
@@ -262,7 +261,7 @@ def _open_pa(pyaudio: Any, pa: Any, name: str, direction: Direction, rate: int, 
         raise DeviceError(f"no {direction} device matches {name!r} (available: {known})")
     rate = rate or info.default_rate
     max_ch = info.max_input_channels if direction == "input" else info.max_output_channels
-    channels = 1 if _supported(pa, pyaudio, info.index, direction, rate, 1) else min(max_ch, DEFAULT_CHANNELS_CAP)
+    channels = choose_channels(max_ch)
     period = max(1, rate * period_ms // 1000)
     kwargs: dict[str, Any] = {
         "format": pyaudio.paInt16,
@@ -284,17 +283,11 @@ def find_usable(devices: list[DeviceInfo], direction: Direction) -> list[DeviceI
     return [d for d in devices if (d.max_input_channels if direction == "input" else d.max_output_channels) > 0]
 
 
-def _supported(pa: Any, pyaudio: Any, index: int, direction: Direction, rate: int, channels: int) -> bool:
-    key = "input" if direction == "input" else "output"
-    try:
-        return bool(
-            pa.is_format_supported(
-                rate,
-                **{f"{key}_device": index, f"{key}_channels": channels, f"{key}_format": pyaudio.paInt16},
-            )
-        )
-    except ValueError:
-        return False
+def choose_channels(max_channels: int) -> int:
+    """Channels to open: 2 on a device with exactly two (a stereo card or USB device:
+    both mic channels are averaged, both speakers get the signal), else mono. Devices
+    reporting more are ALSA plugins (``default``, ``plug``, PulseAudio) that convert."""
+    return STEREO if max_channels == STEREO else 1
 
 
 # --------------------------------------------------------------------------- pacing
