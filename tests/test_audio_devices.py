@@ -282,3 +282,30 @@ async def test_open_failure_is_reported() -> None:
         await done.wait()
     assert events == [DeviceFailed("input", "x", "no input device matches 'x'")]
     assert devices.DeviceError is DeviceError
+
+
+# ------------------------------------------------------------------ kioskd devices / test-mic / test-speaker
+
+
+def test_devices_command_lists_both_directions(alsa: AlsaFiles, capsys: pytest.CaptureFixture[str]) -> None:
+    from kioskd.audio.tools import devices_main
+
+    assert devices_main([]) == 0
+    out = capsys.readouterr().out
+    assert "input devices:" in out and "output devices:" in out and "kiosk_mic" in out
+
+
+def test_speaker_command_plays_a_faded_tone(alsa: AlsaFiles) -> None:
+    from kioskd.audio.tools import test_speaker_main
+
+    assert test_speaker_main(["--device", "kiosk_spk", "--rate", "16000"]) == 0
+    out = alsa.read_output("kiosk_spk")
+    assert len(out) >= 16000 and abs(int(out[0])) < 50 and np.abs(out).max() > 9000
+
+
+def test_mic_command_shows_a_level(alsa: AlsaFiles, capsys: pytest.CaptureFixture[str]) -> None:
+    from kioskd.audio.tools import test_mic_main
+
+    alsa.write_input("kiosk_mic", np.full(16000, 3000, dtype=np.int16))
+    assert test_mic_main(["--device", "kiosk_mic", "--seconds", "0.3"]) == 0
+    assert "dBFS" in capsys.readouterr().out

@@ -1,0 +1,139 @@
+"""``kioskd devices``, ``kioskd test-mic``, ``kioskd test-speaker``: check the sound hardware."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import trio
+
+from kioskd.audio.devices import DeviceError, list_devices, open_stream
+from kioskd.audio.formats import dbfs
+
+__all__ = ["devices_main", "test_mic_main", "test_speaker_main"]
+
+METER_INTERVAL_S = 0.1
+"""How often ``test-mic`` redraws its meter line."""
+METER_FLOOR_DBFS = -60.0
+"""Left end of the meter bar."""
+METER_WIDTH = 40
+"""Characters in the meter bar."""
+TONE_HZ = 440.0
+"""``test-speaker`` tone frequency."""
+TONE_SECONDS = 1.0
+"""``test-speaker`` tone length."""
+TONE_FADE_S = 0.02
+"""Fade in/out of the tone (no clicks)."""
+TONE_AMPLITUDE = 0.3
+"""Tone peak as a fraction of full scale."""
+
+
+def devices_main(argv: list[str]) -> int:
+    """Print input and output devices with their channels and default rates."""
+    argparse.ArgumentParser(prog="kioskd devices", description="list audio devices").parse_args(argv)
+    try:
+        found = list_devices()
+    except Exception as exc:  # PortAudio missing or broken: say so, do not trace back
+        print(f"kioskd devices: cannot list devices: {exc}", file=sys.stderr)
+        return 1
+    for title, key in (("input", "max_input_channels"), ("output", "max_output_channels")):
+        print(f"{title} devices:")
+        rows = [d for d in found if getattr(d, key) > 0]
+        for d in rows:
+            print(f"  {d.index:>3}  {d.name:<40} channels={getattr(d, key):<4} rate={d.default_rate}")
+        if not rows:
+            print("  (none)")
+    print('use a name (or a unique part of it) as audio.input / audio.output, or "wav:/path.wav"')
+    return 0
+
+
+def meter_line(level: float) -> str:
+    """One redraw of the meter: a bar and the level in dBFS."""
+    fill = int(round(METER_WIDTH * (max(level, METER_FLOOR_DBFS) - METER_FLOOR_DBFS) / -METER_FLOOR_DBFS))
+    return f"\r[{'#' * fill}{' ' * (METER_WIDTH - fill)}] {level:6.1f} dBFS"
+
+
+def test_mic_main(argv: list[str]) -> int:
+    """Show a live microphone level meter through the real AudioEngine."""
+    parser = argparse.ArgumentParser(prog="kioskd test-mic", description="live microphone level meter")
+    parser.add_argument("--config", help="config.toml (its [audio] section)")
+    parser.add_argument("--device", help="input device name (overrides the config)")
+    parser.add_argument("--seconds", type=float, default=0.0, help="stop after N seconds (default: until Ctrl-C)")
+    args = parser.parse_args(argv)
+    import dataclasses
+
+    from kioskd.config import AudioConfig, ConfigError, load_config
+
+    try:
+        audio = load_config(args.config).audio if args.config else AudioConfig()
+    except ConfigError as exc:
+        print(f"kioskd test-mic: {exc}", file=sys.stderr)
+        return 2
+    audio = dataclasses.replace(audio, echo="off", **({"input": args.device} if args.device else {}))
+    try:
+        return trio.run(_meter, audio, args.seconds)
+    except KeyboardInterrupt:
+        print()
+        return 0
+
+
+async def _meter(audio: object, seconds: float) -> int:
+    from kioskd.audio.engine import AudioEngine
+
+    engine = AudioEngine(audio)  # type: ignore[arg-type]
+    window: list[np.ndarray] = []
+    engine.add_frame_listener(lambda frame, t: window.append(frame))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        status = engine.status()
+        print(f"input {status['input_device']!r}: {status['input_format'] or status['last_device_error']}")
+        deadline = trio.current_time() + seconds if seconds > 0 else float("inf")
+        while trio.current_time() < deadline:
+            await trio.sleep(METER_INTERVAL_S)
+            level = dbfs(np.concatenate(window)) if window else float("nan")
+            window.clear()
+            sys.stdout.write("\r(no audio)" if np.isnan(level) else meter_line(level))
+            sys.stdout.flush()
+        nursery.cancel_scope.cancel()
+    print()
+    return 0 if engine.status()["input_ok"] else 1
+
+
+def tone(rate: int) -> np.ndarray:
+    """The ``test-speaker`` tone: :data:`TONE_HZ` for :data:`TONE_SECONDS`, faded in and out."""
+    n = int(rate * TONE_SECONDS)
+    wave = TONE_AMPLITUDE * 32767 * np.sin(2 * np.pi * TONE_HZ * np.arange(n) / rate)
+    fade = min(n // 2, int(rate * TONE_FADE_S))
+    ramp = np.linspace(0.0, 1.0, fade)
+    wave[:fade] *= ramp
+    wave[n - fade :] *= ramp[::-1]
+    return wave.astype(np.int16)
+
+
+def test_speaker_main(argv: list[str]) -> int:
+    """Play a 1 s 440 Hz tone on the speaker (device default rate)."""
+    parser = argparse.ArgumentParser(prog="kioskd test-speaker", description="play a short tone")
+    parser.add_argument("--device", default="default", help="output device name (default: default)")
+    parser.add_argument("--rate", type=int, default=0, help="sample rate (default: the device's)")
+    args = parser.parse_args(argv)
+    try:
+        stream = open_stream(args.device, "output", args.rate, 10)
+    except DeviceError as exc:
+        print(f"kioskd test-speaker: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(f"playing {TONE_HZ:.0f} Hz on {stream.name!r} at {stream.rate} Hz x{stream.channels}")
+        samples = tone(stream.rate)
+        period = stream.rate // 100
+        silence = np.zeros(period * 10, dtype=np.int16)  # let the device drain the tone
+        for block in (samples, silence):
+            for i in range(0, len(block), period):
+                part = block[i : i + period]
+                stream.write(np.repeat(part, stream.channels) if stream.channels > 1 else part)
+    except (DeviceError, OSError) as exc:
+        print(f"kioskd test-speaker: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stream.close()
+    return 0
