@@ -117,6 +117,7 @@ class Kiosk:
             if config.trigger.mode in ("vad", "both"):
                 wake = VadWakeTrigger(config.vad, self.supervisor.command, self.board)
                 self.audio.add_frame_listener(wake.on_frame)
+                self.board.listen(lambda status: wake.playback_active(status.agent_speaking))
             leds = LedDriver(config.leds, self.board, pin_factory=self._pin_factory)
             await nursery.start(leds.run)
             await nursery.start(systemd.watchdog_task, self.supervisor.healthy)

@@ -35,7 +35,7 @@ LEVELS: dict[str, int] = {
 }
 
 #: Chatty third-party loggers held at INFO or above even when kioskd logs at debug.
-QUIET_LOGGERS = ("hpack", "httpcore")
+QUIET_LOGGERS = ("hpack", "httpcore", "trio-websocket")
 
 #: Secret-bearing patterns; group 1 is kept, the rest of the match becomes REDACTED.
 _PATTERNS: tuple[re.Pattern[str], ...] = (

@@ -42,6 +42,7 @@ from kioskd.audio.devices import (
     Stream,
     open_stream,
 )
+from kioskd.audio.cues import cue
 from kioskd.audio.formats import FRAME_SAMPLES, INTERNAL_RATE, AudioFormat, Resampler, decode, encode, to_mono
 from kioskd.audio.jitter import JitterBuffer
 from kioskd.audio.uplink import UplinkBuffer
@@ -57,6 +58,8 @@ FrameListener = Callable[[np.ndarray, float], object]
 
 FRAME_MS = 10
 """Length of one internal frame."""
+DEFAULT_FORMAT = AudioFormat("pcm", INTERNAL_RATE)
+"""An uplink's format until the conversation says otherwise (the protocol's default)."""
 VAD_AGGRESSIVENESS = 2
 """webrtcvad mode for the uplink's speech flags (0 least, 3 most aggressive)."""
 DEVICE_BACKOFF_BASE = 0.5
@@ -99,6 +102,7 @@ class Uplink:
         """Start with ``preroll`` frames already queued."""
         c = engine.config
         self.format = fmt
+        self._sent = False
         self._engine = engine
         self._buffer = UplinkBuffer(
             frame_ms=FRAME_MS,
@@ -112,6 +116,18 @@ class Uplink:
         self.closed = False
         for frame, speech in preroll:
             self._buffer.push(frame, speech)
+
+    def set_format(self, fmt: AudioFormat) -> None:
+        """Encode in ``fmt`` from now on (the conversation's format is known only once it opens).
+
+        The uplink is opened at the trigger, so nothing said while connecting is lost;
+        the audio queued so far is still 16 kHz and is encoded when received.
+        """
+        if fmt != self.format:
+            if self._sent:
+                raise RuntimeError("an uplink's format cannot change once audio was sent")
+            self.format = fmt
+            self._resampler = Resampler(INTERNAL_RATE, fmt.rate)
 
     def push(self, frame: np.ndarray, speech: bool) -> None:
         """Queue one 16 kHz frame (called by the engine on the Trio thread; never waits)."""
@@ -128,6 +144,7 @@ class Uplink:
             if samples is not None:
                 out = self._resampler.process(samples)
                 if len(out):
+                    self._sent = True
                     return encode(out, self.format)
                 continue  # the resampler is still filling: wait for more
             self._wake = trio.Event()
@@ -272,7 +289,7 @@ class AudioEngine:
         if fn in self._listeners:
             self._listeners.remove(fn)
 
-    def open_uplink(self, fmt: AudioFormat) -> Uplink:
+    def open_uplink(self, fmt: AudioFormat = DEFAULT_FORMAT) -> Uplink:
         """Microphone audio in ``fmt``, starting with the last ``preroll_ms`` of frames."""
         uplink = Uplink(self, fmt, list(self._preroll))
         self._uplinks.add(uplink)
@@ -286,6 +303,10 @@ class AudioEngine:
             self._jitter.reset()
         self._playback = Playback(self, fmt)
         return self._playback
+
+    def play_cue(self, name: str) -> None:
+        """Play a local cue (see :mod:`kioskd.audio.cues`); the next :meth:`open_playback` cuts it."""
+        self.open_playback(DEFAULT_FORMAT).push(0, encode(cue(name), DEFAULT_FORMAT))
 
     @property
     def speaking(self) -> bool:
