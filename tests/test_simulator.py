@@ -619,3 +619,19 @@ def test_cli_rejects_unknown_format_and_reports_a_busy_port(capsys: pytest.Captu
 def test_config_is_a_plain_dataclass() -> None:
     fields = {f.name for f in dataclasses.fields(SimulatorConfig)}
     assert {"agent_id", "kiosk_token", "api_key", "input_format", "output_format", "ping_interval"} <= fields
+
+
+async def test_default_silence_timeout_in_virtual_time(mock_clock: trio.testing.MockClock) -> None:
+    """The service's 60 s no-audio close, without waiting 60 s (loopback I/O completes inside one step)."""
+    mock_clock.autojump_threshold = 0
+    with trio.fail_after(120):
+        async with open_simulator(SimulatorConfig(ping_interval=30.0)) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                start = trio.current_time()
+                client = Client(ws)
+                await client.until(p.ConversationInitiationMetadata)
+                assert await close_code(ws) == 1002
+                assert 60.0 <= trio.current_time() - start <= 61.5
+            conv = sim.conversations[0]
+            assert conv.close_code == 1002
+            assert "ping" in conv.sent_types  # the 30 s ping went out on the way

@@ -309,12 +309,14 @@ class _Session:
         async for item in self._out_recv:
             if self.faults.delay > 0:
                 await trio.sleep(self.faults.delay)
-            if self.faults.stall:
-                continue
-            if isinstance(item, _Close):
+            if isinstance(item, _Close):  # an explicit close beats a stall
                 await self._close(item.code, item.reason)
                 return
             now = trio.current_time()
+            if self.faults.stall:
+                if isinstance(item, _AudioItem) and item.reply.first_sent is None:
+                    item.reply.first_sent = now  # lost audio still "plays" (and ends)
+                continue
             if isinstance(item, _AudioItem):
                 if item.reply.interrupted:
                     continue
