@@ -28,6 +28,8 @@ from kioskd.state import KioskState, Status
 
 __all__ = ["main"]
 
+#: What the bundled WAV says (the simulator has no speech recognition: it is told).
+VISITOR_SAYS = "Hello! Where can I find the dinosaur exhibition?"
 #: The whole demo must finish within this many seconds, or it fails loudly.
 DEMO_TIMEOUT = 60.0
 
@@ -68,7 +70,13 @@ class _Printer:
 
 async def _demo(out_dir: Path, speech: Path, fmt: str) -> int:
     printer = _Printer()
-    sim_config = SimulatorConfig(input_format=fmt, output_format=fmt, ping_interval=1.0)
+    sim_config = SimulatorConfig(
+        input_format=fmt,
+        output_format=fmt,
+        ping_interval=1.0,
+        transcripts=(VISITOR_SAYS,),
+        replies=("The dinosaur exhibition is on the first floor, straight up the main stairs.",),
+    )
     async with open_simulator(sim_config) as sim:
         with tempfile.TemporaryDirectory(prefix="kioskd-demo-") as tmp:
             token = Path(tmp) / "token"

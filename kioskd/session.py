@@ -220,8 +220,7 @@ class Session:
         now = trio.current_time()
         self._opened_at = self._last_heard = self._last_activity = now
         try:
-            async with trio.open_nursery() as nursery:
-                self._scope = nursery.cancel_scope
+            async with trio.open_nursery() as nursery:  # holds trio-websocket's reader task
                 try:
                     with trio.fail_after(net.connect_timeout):
                         ws = await trio_websocket.connect_websocket_url(
@@ -278,8 +277,16 @@ class Session:
         self._board.update(agent_speaking=False, mic_live=False)
 
     async def _converse(self, ws: trio_websocket.WebSocketConnection) -> None:
+        """Run the conversation's tasks until one of them (or :meth:`end`) finishes it.
+
+        Only this inner scope is cancelled then: the socket's reader must live on for
+        the close handshake.
+        """
+        if self._outcome is not None:
+            return  # ended while connecting
         await ws.send_message(encode(client_data(self._config)))
         async with trio.open_nursery() as nursery:
+            self._scope = nursery.cancel_scope
             nursery.start_soon(self._receive_loop, ws, nursery)
             nursery.start_soon(self._keepalive, ws)
             nursery.start_soon(self._watch)
