@@ -31,3 +31,7 @@ class TokenStore:
         if now > entry[1]:
             return "token expired"
         return None
+
+    def issued(self) -> list[str]:
+        """Every token minted so far (for tests that check no token leaks into logs)."""
+        return list(self._tokens)
