@@ -32,6 +32,7 @@ __all__ = [
     "ToolsConfig",
     "TriggerConfig",
     "VadWakeConfig",
+    "convert",
     "load_config",
     "parse_config",
 ]
@@ -389,8 +390,13 @@ def _describe(tp: Any) -> str:
     return str(tp)
 
 
-def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
-    """Convert ``value`` to ``tp``; on failure, append ``"path: message"`` and return None."""
+def convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
+    """Convert ``value`` (parsed TOML) to ``tp``; on failure, append ``"path: message"`` and return None.
+
+    ``tp`` is a dataclass with a ``problems()`` method, a scalar, ``Literal``, ``Optional``,
+    ``list[...]`` or ``dict[str, ...]``. Any config file of kioskd (the kiosk's, the
+    backend's) is validated with it, so every error names its dotted key the same way.
+    """
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -405,7 +411,7 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
         before = len(errors)
         for f in dataclasses.fields(tp):
             if f.name in value:
-                kwargs[f.name] = _convert(hints[f.name], value[f.name], _join(path, f.name), errors)
+                kwargs[f.name] = convert(hints[f.name], value[f.name], _join(path, f.name), errors)
         if len(errors) > before:
             return None
         obj = tp(**kwargs)
@@ -420,10 +426,10 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
     if origin in (Union, types.UnionType):
         options = [a for a in get_args(tp) if a is not type(None)]
         if len(options) == 1:
-            return _convert(options[0], value, path, errors)
+            return convert(options[0], value, path, errors)
         for option in options:
             trial: list[str] = []
-            result = _convert(option, value, path, trial)
+            result = convert(option, value, path, trial)
             if not trial:
                 return result
         errors.append(f"{path}: expected {_describe(tp)}, got {type(value).__name__}")
@@ -433,13 +439,13 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
             errors.append(f"{path}: expected a list, got {type(value).__name__}")
             return None
         (item,) = get_args(tp)
-        return [_convert(item, v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+        return [convert(item, v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             errors.append(f"{path}: expected a table, got {type(value).__name__}")
             return None
         _, item = get_args(tp)
-        return {k: _convert(item, v, _join(path, k), errors) for k, v in value.items()}
+        return {k: convert(item, v, _join(path, k), errors) for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (str, int, bool, float) and type(value) is tp:
@@ -455,7 +461,7 @@ def _join(path: str, key: str) -> str:
 def parse_config(data: dict[str, Any]) -> Config:
     """Validate a parsed TOML tree. Raises :class:`ConfigError` listing every problem."""
     errors: list[str] = []
-    config = _convert(Config, data, "", errors)
+    config = convert(Config, data, "", errors)
     if errors:
         raise ConfigError(errors)
     return config

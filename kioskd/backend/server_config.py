@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kioskd.config import ConfigError
-from kioskd.config import _convert as convert  # TODO: ask for a public name in kioskd.config
+from kioskd.config import convert
 
 __all__ = [
     "DEFAULT_LISTEN",
