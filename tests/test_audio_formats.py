@@ -209,3 +209,42 @@ def test_resampler_rejects_bad_rates() -> None:
         Resampler(0, 16000)
     with pytest.raises(ValueError):
         Resampler(16000, 16000, channels=0)
+
+
+STREAM_PAIRS = [(48000, 16000), (16000, 8000), (16000, 22050), (16000, 24000), (16000, 44100),
+                (16000, 48000), (8000, 16000), (44100, 16000)]
+MAX_RESAMPLER_DELAY_S = 0.006
+"""Most audio the resampler may hold back (its filter delay), in seconds."""
+
+
+@pytest.mark.parametrize(("src", "dst"), STREAM_PAIRS)
+def test_resampler_gives_output_on_every_10ms_call(src: int, dst: int) -> None:
+    """No bursts: each 10 ms in gives 10 ms out (±1 sample), after a first call short by the delay."""
+    r = Resampler(src, dst)
+    x = _sine(440, src, 0.5)
+    chunk = src // 100
+    sizes = [len(r.process(x[i : i + chunk])) for i in range(0, len(x), chunk)]
+    per_call = dst / 100
+    assert all(abs(n - per_call) <= 1 for n in sizes[1:]), sizes
+    assert per_call - MAX_RESAMPLER_DELAY_S * dst <= sizes[0] < per_call
+    tail = r.process(np.zeros(0, np.int16), last=True)
+    assert sum(sizes) + len(tail) == round(len(x) * dst / src)
+
+
+@pytest.mark.parametrize(("src", "dst"), [(48000, 16000), (44100, 16000), (16000, 8000), (24000, 16000)])
+def test_resampler_rejects_aliases(src: int, dst: int) -> None:
+    """A tone 1.5 kHz above the output's Nyquist is gone (it would alias into the pass band)."""
+    above = dst / 2 + 1500
+    r = Resampler(src, dst)
+    x = _sine(above, src, 0.5)
+    chunk = src // 100
+    out = np.concatenate([r.process(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+    assert dbfs(out[len(out) // 4 :]) < dbfs(x) - 60
+
+
+def test_resampler_keeps_the_upper_speech_band() -> None:
+    """7 kHz passes 48k → 16k within 1 dB (speech keeps its sibilants)."""
+    r = Resampler(48000, 16000)
+    x = _sine(7000, 48000, 0.5)
+    out = np.concatenate([r.process(x[i : i + 480]) for i in range(0, len(x), 480)])
+    assert dbfs(out[len(out) // 4 :]) == pytest.approx(dbfs(x), abs=1.0)

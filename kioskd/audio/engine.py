@@ -71,7 +71,7 @@ STABLE_SECONDS = 5.0
 HALF_DUPLEX_TAIL_S = 0.3
 """In half-duplex mode the mic stays muted this long after the speaker falls silent."""
 PLAYBACK_FLUSH_IDLE_S = 0.04
-"""Agent audio idle this long: flush the resampler's held-back tail (soxr holds ~50 ms)."""
+"""Agent audio idle this long: flush the resampler's held-back tail (its filter delay, 3–6 ms)."""
 PLAYBACK_FLUSH_CHECK_S = 0.01
 """How often the engine looks for a playback resampler to flush."""
 DEVICE_LATENCY_PERIODS = 2
