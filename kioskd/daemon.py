@@ -105,6 +105,7 @@ class Kiosk:
 
         config = self.config
         self.board.listen(self._announce)
+        self._announce(self.board.status)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.audio.run)
             await nursery.start(self.urls.run)
@@ -129,7 +130,13 @@ class Kiosk:
             await self.supervisor.end_and_wait()
 
 
-async def _serve(kiosk: Kiosk, config_path: str) -> int:
+async def _serve(config: Config, config_path: str) -> int:
+    try:
+        kiosk = Kiosk(config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"kioskd: {problem}", file=sys.stderr)
+        return 2
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             await nursery.start(kiosk.run)
@@ -157,11 +164,10 @@ def main(argv: list[str]) -> int:
     setup_logging("info")
     try:
         config = load_config(args.config)
-        setup_logging(config.log.level)
-        kiosk = Kiosk(config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"kioskd: {problem}", file=sys.stderr)
         return 2
-    return trio.run(_serve, kiosk, args.config)
+    setup_logging(config.log.level)
+    return trio.run(_serve, config, args.config)
 
