@@ -14,7 +14,7 @@ import tomllib
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 __all__ = [
     "AgentConfig",
@@ -33,11 +33,14 @@ __all__ = [
     "TriggerConfig",
     "VadWakeConfig",
     "convert",
+    "load_as",
     "load_config",
+    "parse_as",
     "parse_config",
 ]
 
 SCALAR = Union[str, int, float, bool]
+T = TypeVar("T")
 
 
 class ConfigError(Exception):
@@ -458,17 +461,17 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def parse_config(data: dict[str, Any]) -> Config:
-    """Validate a parsed TOML tree. Raises :class:`ConfigError` listing every problem."""
+def parse_as(tp: type[T], data: dict[str, Any]) -> T:
+    """Validate a parsed TOML tree as ``tp``. Raises :class:`ConfigError` listing every problem."""
     errors: list[str] = []
-    config = convert(Config, data, "", errors)
+    result = convert(tp, data, "", errors)
     if errors:
         raise ConfigError(errors)
-    return config
+    return result
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate ``path``. Raises :class:`ConfigError` naming every bad key."""
+def load_as(tp: type[T], path: str | os.PathLike[str]) -> T:
+    """Read the TOML file ``path`` and validate it as ``tp``. Raises :class:`ConfigError`."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -476,4 +479,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
-    return parse_config(data)
+    return parse_as(tp, data)
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    """Validate a parsed kiosk config. Raises :class:`ConfigError` listing every problem."""
+    return parse_as(Config, data)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a kiosk's ``config.toml``. Raises :class:`ConfigError` naming every bad key."""
+    return load_as(Config, path)

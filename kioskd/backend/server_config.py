@@ -10,12 +10,10 @@ from __future__ import annotations
 import math
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from kioskd.config import ConfigError
-from kioskd.config import convert
+from kioskd.config import load_as, parse_as
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -104,23 +102,12 @@ class BackendServerConfig:
 
 def parse_server_config(data: dict[str, Any]) -> BackendServerConfig:
     """Validate a parsed TOML tree. Raises ConfigError naming every bad key."""
-    errors: list[str] = []
-    config = convert(BackendServerConfig, data, "", errors)
-    if errors:
-        raise ConfigError(errors)
-    return config
+    return parse_as(BackendServerConfig, data)
 
 
 def load_server_config(path: str | os.PathLike[str]) -> BackendServerConfig:
     """Read and validate ``backend.toml``. Raises ConfigError naming every bad key."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
-    return parse_server_config(data)
+    return load_as(BackendServerConfig, path)
 
 
 class TokenBucket:
