@@ -15,9 +15,16 @@ offline        red     slow blink: 0.5 s on every 2 s
 error          red     fast flash: 80 ms on every 250 ms
 =============  ======  =======================================================
 
+Pattern time starts when the state is entered, so every state shows at once (a blink
+starts with its "on" phase, breathing with its dimmest level).
+
 PRIVACY RULE: whenever microphone audio is being sent (``Status.mic_live``) the light is
 never fully off: :func:`light_value` raises any darker value (a blink's off phase) to the
-listening colour at :data:`PRIVACY_MIN_BRIGHTNESS`.
+listening colour at :data:`PRIVACY_MIN_BRIGHTNESS`. The driver writes a new pattern (a new
+state, or the microphone going live) synchronously from the board's listener, before the
+writer of that change (the session, about to send audio) runs on: a conversation's
+first audio never goes out under the previous pattern. Only the animation (blinks,
+breathing, the VAD level) is limited to :data:`UPDATE_HZ`.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any
 
 import trio
 
+from kioskd.check_config import DEFAULT_CONFIG
 from kioskd.config import ConfigError, LedConfig, load_config
 from kioskd.state import KioskState, Status, StatusBoard
 
@@ -78,7 +86,7 @@ LEVELS = 255
 #: How many (t, value) changes the driver keeps for tests and diagnostics.
 HISTORY_LEN = 4096
 #: ``kioskd test-leds`` defaults.
-DEFAULT_CONFIG_PATH = "/etc/kioskd/config.toml"
+DEFAULT_CONFIG_PATH = DEFAULT_CONFIG  # the daemon's own default
 DEFAULT_SECONDS_PER_PATTERN = 3.0
 
 _NO_GPIO_ERRORS: tuple[type[BaseException], ...] = (ImportError, OSError, RuntimeError)
@@ -200,7 +208,8 @@ class LedDriver:
 
     ``history`` keeps the last ``HISTORY_LEN`` writes as ``(trio time, value)`` — a brightness
     (pwm) or a colour (rgb), already scaled by ``leds.brightness``; ``on_change`` (optional) is
-    called with the same. The light follows the board within one update period.
+    called with the same. A new pattern (state or ``mic_live`` change) is written from the
+    board's listener at once; animation follows within one update period.
     Wire it with ``await nursery.start(LedDriver(config.leds, board).run)``.
     """
 
@@ -222,6 +231,8 @@ class LedDriver:
         self.smoother = VadSmoother()
         self._device: Any = None
         self._last: LedValue | None = None
+        self._shown: tuple[LightState, bool] | None = None  # (pattern, mic_live) on the light now
+        self._entered = 0.0  # when the current pattern started (its time origin)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Drive the light until cancelled (then turn it off and close it)."""
@@ -238,6 +249,7 @@ class LedDriver:
             await trio.sleep_forever()
         self.available = True
         log.info("status light ready kind=%s", self.config.kind)
+        unlisten = self.board.listen(self._on_status)
         try:
             task_status.started()
             period = 1.0 / UPDATE_HZ
@@ -247,6 +259,7 @@ class LedDriver:
                 next_tick = max(next_tick + period, trio.current_time())
                 await trio.sleep_until(next_tick)
         finally:
+            unlisten()
             device, self._device = self._device, None
             self.available = False
             try:
@@ -257,8 +270,12 @@ class LedDriver:
     def tick(self, now: float) -> LedValue:
         """Compute the value for ``now`` and write it if it changed; returns it."""
         status = self.board.status
+        shown = (light_state(status), status.mic_live)
+        if self._shown is None or shown[0] != self._shown[0]:
+            self._entered = now  # a new pattern starts from its beginning
+        self._shown = shown
         vad = self.smoother.update(status.vad_score, now)
-        rgb = _quantise(light_value(status, now, vad), self.config.brightness)
+        rgb = _quantise(light_value(status, now - self._entered, vad), self.config.brightness)
         value: LedValue = rgb if self.config.kind == "rgb" else brightness(rgb)
         if value != self._last:
             self._last = value
@@ -267,6 +284,11 @@ class LedDriver:
             if self.on_change is not None:
                 self.on_change(now, value)
         return value
+
+    def _on_status(self, status: Status) -> None:
+        """Board listener (Trio thread): a new pattern or the microphone going live shows at once."""
+        if self._device is not None and (light_state(status), status.mic_live) != self._shown:
+            self.tick(trio.current_time())
 
     def _write(self, value: LedValue) -> None:
         if self._device is not None:

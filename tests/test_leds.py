@@ -24,6 +24,8 @@ from kioskd.leds import (
     IDLE_MIN,
     IDLE_PERIOD,
     LEVELS,
+    OFFLINE_ON,
+    OFFLINE_PERIOD,
     PRIVACY_MIN_BRIGHTNESS,
     RECONNECT_PERIOD,
     UPDATE_HZ,
@@ -162,7 +164,7 @@ async def test_pwm_pin_follows_status_changes(factory: MockFactory, autojump_clo
             await trio.sleep(1.0)
             assert len(driver.history) == n  # steady: nothing written
             board.update(state=KioskState.OFFLINE, agent_speaking=False, mic_live=False)
-            await trio.sleep(2.0)
+            await trio.sleep(OFFLINE_PERIOD + OFFLINE_ON / 2)
             assert {level(v) for _, v in list(driver.history)[n:]} == {0.0, 1.0}
         # the mock pin saw exactly the driver's changes, then off at the end
         written = [level(v) for _, v in driver.history]
@@ -171,15 +173,37 @@ async def test_pwm_pin_follows_status_changes(factory: MockFactory, autojump_clo
 
 async def test_at_most_update_hz(factory: MockFactory, autojump_clock: trio.testing.MockClock) -> None:
     board = StatusBoard()
+    board.update(state=KioskState.CONVERSATION, mic_live=True)
     driver = LedDriver(LedConfig(kind="pwm", pin=PIN), board, pin_factory=factory)
     seconds = 3.0
     with trio.fail_after(TEST_TIMEOUT):
         async with driving(driver):
-            board.update(state=KioskState.CONNECTING)  # changes often
-            await trio.sleep(seconds)
+            for i in range(int(seconds * 1000)):  # a VAD score changing every millisecond
+                board.update(vad_score=(i % 100) / 100)
+                await trio.sleep(0.001)
     times = [t for t, _ in driver.history]
     gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(times) > seconds * UPDATE_HZ / 2  # it did follow
     assert min(gaps) >= 1.0 / UPDATE_HZ - 1e-9
+
+
+async def test_new_pattern_is_written_at_once_and_starts_on(
+    factory: MockFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    board = StatusBoard()
+    driver = LedDriver(LedConfig(kind="rgb"), board, pin_factory=factory)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with driving(driver):
+            await trio.sleep(0.4 / UPDATE_HZ)  # between two animation ticks
+            idle, *others = EXAMPLE_STATUS.values()  # the board starts idle
+            for status in [*others, idle]:
+                board.update(state=status.state, agent_speaking=status.agent_speaking, mic_live=status.mic_live)
+                # on the pins before update() returned (the board listener wrote it), at the
+                # pattern's beginning: a blink starts with its "on" phase
+                on_pins = tuple(float(factory.pin(p).state) for p in (5, 6, 13))
+                assert on_pins == pytest.approx(light_value(status, 0.0, 0.0), abs=QUANTUM)
+                assert max(on_pins) > 0.0
+                await trio.sleep(0.3 / UPDATE_HZ)
 
 
 async def test_brightness_follows_vad_and_never_off_while_mic_live(
@@ -189,6 +213,7 @@ async def test_brightness_follows_vad_and_never_off_while_mic_live(
     driver = LedDriver(LedConfig(kind="pwm", pin=PIN), board, pin_factory=factory)
     with trio.fail_after(TEST_TIMEOUT):
         async with driving(driver):
+            before = len(driver.history)
             board.update(state=KioskState.CONVERSATION, mic_live=True, vad_score=0.0)
             live_from = trio.current_time()
             await trio.sleep(0.5)
@@ -207,9 +232,9 @@ async def test_brightness_follows_vad_and_never_off_while_mic_live(
             board.update(mic_live=False)
             live_until = trio.current_time()
             await trio.sleep(RECONNECT_PERIOD)
-    # the light follows the board at the next update (within 1/UPDATE_HZ)
-    live = [(t, level(v)) for t, v in driver.history if live_from < t < live_until]
-    assert live[0][0] - live_from <= 1.0 / UPDATE_HZ + 1e-9
+    # the listening light came on at once, with the board change
+    live = [(t, level(v)) for t, v in list(driver.history)[before:] if t < live_until]
+    assert live[0][0] == live_from
     live = [b for _, b in live]
     dead = [level(v) for t, v in driver.history if t > live_until]
     assert min(live) >= PRIVACY_MIN_BRIGHTNESS - QUANTUM
@@ -265,3 +290,10 @@ def test_test_leds_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     config.write_text('[agent]\nagent_id = "x"\n[leds]\nkind = "pwm"\nbrightness = 2.0\n')
     assert test_leds_main(["--config", str(config)]) == 2
     assert "leds.brightness" in capsys.readouterr().err
+
+
+def test_test_leds_reads_the_daemons_config_by_default() -> None:
+    from kioskd import leds
+    from kioskd.check_config import DEFAULT_CONFIG
+
+    assert leds.DEFAULT_CONFIG_PATH == DEFAULT_CONFIG == "/etc/kioskd/config.toml"
