@@ -1,0 +1,122 @@
+"""The audio path end to end: ALSA file PCMs → PortAudio → kioskd → simulator, and back.
+
+A whole kiosk (``kiosk_harness``) runs against the simulator with its microphone and
+speaker on ALSA ``type file`` PCMs (``alsa_pcm``), once per conversation format. The
+microphone device runs at 16 kHz, so ``pcm_16000`` must reach the agent sample for
+sample; the speaker runs at 48 kHz, so ``pcm_48000`` agent audio must reach the file
+sample for sample. Every other format goes through a resampler (and μ-law) and must
+match the ideal conversion closely once aligned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+import trio
+
+from kioskd.audio.formats import AudioFormat, decode, encode
+from kioskd.simulator import SimulatorConfig, open_simulator
+from kioskd.simulator.speech import synth_speech
+from kioskd.state import KioskState
+from tests.alsa_pcm import AlsaFiles, alsa_devices
+from tests.kiosk_harness import kiosk_config, running_kiosk
+
+FORMATS = ["pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000"]
+LIMIT = 20.0
+"""Bound on one format's run (seconds)."""
+MIC_RATE = 16000
+"""The capture device's rate: no conversion before the conversation's format."""
+SPEAKER_RATE = 48000
+"""The playback device's rate (a typical USB/HDMI device)."""
+LEAD_S = 0.3
+"""Silence in the infile before the visitor speaks."""
+SPEECH_S = 1.2
+"""The visitor's utterance."""
+TAIL_S = 6.0
+"""Silence after it (a file PCM repeats stale data past its end: keep it out of the test)."""
+REPLY_S = 1.0
+"""The agent's reply."""
+MIN_CORRELATION = 0.999
+"""Normalised correlation required where a resampler sits in the path."""
+
+
+@pytest.fixture(scope="session")
+def alsa(tmp_path_factory: pytest.TempPathFactory) -> AlsaFiles:
+    return alsa_devices(tmp_path_factory.getbasetemp() / "alsa")
+
+
+def find(haystack: np.ndarray, needle: np.ndarray) -> int:
+    """Index where ``needle`` starts inside ``haystack`` exactly, or -1."""
+    first = int(np.flatnonzero(needle)[0])
+    for start in np.flatnonzero(haystack == needle[first]) - first:
+        if start >= 0 and np.array_equal(haystack[start : start + len(needle)], needle):
+            return int(start)
+    return -1
+
+
+def aligned_correlation(got: np.ndarray, ref: np.ndarray) -> float:
+    """Normalised correlation of ``ref`` with ``got`` at the best lag (FFT cross-correlation)."""
+    g, r = got.astype(np.float64), ref.astype(np.float64)
+    if len(g) < len(r):
+        return 0.0
+    n = 1 << (len(g) + len(r)).bit_length()
+    xc = np.fft.irfft(np.fft.rfft(g, n) * np.conj(np.fft.rfft(r, n)), n)[: len(g) - len(r) + 1]
+    lag = int(np.argmax(xc))
+    window = g[lag : lag + len(r)]
+    return float(window @ r / (np.linalg.norm(window) * np.linalg.norm(r)))
+
+
+def through(fmt: AudioFormat, samples: np.ndarray) -> np.ndarray:
+    """What ``samples`` become on the wire in ``fmt`` (μ-law quantisation), decoded."""
+    return decode(encode(samples, fmt), fmt)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+async def test_mic_and_agent_audio_cross_intact_in_every_format(alsa: AlsaFiles, tmp_path: Path, name: str) -> None:
+    fmt = AudioFormat.parse(name)
+    speech = synth_speech(SPEECH_S, MIC_RATE, seed=7)
+    lead, tail = np.zeros(int(LEAD_S * MIC_RATE), np.int16), np.zeros(int(TAIL_S * MIC_RATE), np.int16)
+    alsa.write_input("kiosk_mic", np.concatenate([lead, speech, tail]))
+    sim_config = SimulatorConfig(
+        input_format=name, output_format=name, end_of_speech_ms=300, reply_seconds=REPLY_S,
+        tool_call=None, vad_score_ms=0, ping_interval=5.0,
+    )  # fmt: skip
+    async with open_simulator(sim_config) as sim:
+        audio = {"input": "kiosk_mic", "input_rate": MIC_RATE, "output": "kiosk_spk", "output_rate": SPEAKER_RATE,
+                 "preroll_ms": 3000, "max_backlog_ms": 6000}
+        config = kiosk_config(sim, tmp_path, audio=audio)
+        with trio.fail_after(LIMIT):
+            async with running_kiosk(config) as k:
+                assert (await k.ctl("start"))["ok"] is True
+                conv = await sim.wait_for_conversation()
+                await k.wait_state(KioskState.CONVERSATION)
+                await sim.wait_for(lambda: len(conv.turns) >= 1 and len(conv.audio_event_ids) > 0)
+                while not k.kiosk.board.status.agent_speaking:
+                    await trio.sleep(0.01)
+                while k.kiosk.board.status.agent_speaking:
+                    await trio.sleep(0.01)
+                await trio.sleep(0.1)  # the resampler's flushed tail
+                await k.ctl("end")
+                await sim.wait_for(lambda: not conv.open)
+    assert conv.input_format == conv.output_format == name
+    assert conv.interruptions == []  # nothing of the reply was cut
+
+    # microphone → agent
+    heard = conv.audio_pcm
+    if fmt.rate == MIC_RATE and fmt.encoding == "pcm":
+        assert find(heard, speech) >= 0
+    else:
+        ideal = through(fmt, soxr.resample(speech, MIC_RATE, fmt.rate, "VHQ").astype(np.int16))
+        assert aligned_correlation(heard, ideal) > MIN_CORRELATION
+
+    # agent → speaker
+    reply = through(fmt, synth_speech(REPLY_S, fmt.rate, seed=0))
+    out = alsa.read_output("kiosk_spk")
+    if fmt.rate == SPEAKER_RATE:
+        assert find(out, reply) >= 0
+    else:
+        ideal = soxr.resample(reply, fmt.rate, SPEAKER_RATE, "VHQ").astype(np.int16)
+        assert aligned_correlation(out, ideal) > MIN_CORRELATION
