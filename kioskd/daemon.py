@@ -109,18 +109,21 @@ class Kiosk:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.audio.run)
             await nursery.start(self.urls.run)
+            # the light first: it must be driven before anything can send microphone audio
+            self.leds = LedDriver(config.leds, self.board, pin_factory=self._pin_factory)
+            await nursery.start(self.leds.run)
             await nursery.start(self.supervisor.run)
             control = ControlServer(config.control.socket, self.supervisor.command, self.status)
             await nursery.start(control.run)
             if config.trigger.mode in ("button", "both"):
-                button = ButtonTrigger(config.button, self.supervisor.command, pin_factory=self._pin_factory)
-                await nursery.start(button.run)
+                self.button = ButtonTrigger(config.button, self.supervisor.command, pin_factory=self._pin_factory)
+                await nursery.start(self.button.run)
             if config.trigger.mode in ("vad", "both"):
-                wake = VadWakeTrigger(config.vad, self.supervisor.command, self.board)
+                wake = VadWakeTrigger(
+                    config.vad, self.supervisor.command, self.board, speaking=lambda: self.audio.speaking
+                )
                 self.audio.add_frame_listener(wake.on_frame)
-                self.board.listen(lambda status: wake.playback_active(status.agent_speaking))
-            leds = LedDriver(config.leds, self.board, pin_factory=self._pin_factory)
-            await nursery.start(leds.run)
+                self.wake = wake
             await nursery.start(systemd.watchdog_task, self.supervisor.healthy)
             task_status.started()
 

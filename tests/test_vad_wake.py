@@ -262,3 +262,17 @@ def test_trigger_playback_hook_uses_the_frame_clock(speech: np.ndarray) -> None:
     assert sent == []
     _feed(trigger, np.concatenate([silence(0.2), speech]), start=70.0)
     assert sent and set(sent) == {Command.START}
+
+
+def test_trigger_asks_the_speaker_at_every_frame(speech: np.ndarray) -> None:
+    """Any playback (a cue, the agent's last words) silences the wake, then the tail does."""
+    sent: list[Command] = []
+    audible = [True]
+    trigger = VadWakeTrigger(VadWakeConfig(playback_tail_ms=500), sent.append, speaking=lambda: audible[0])
+    _feed(trigger, np.concatenate([silence(0.2), speech]), start=50.0)
+    assert sent == []  # the speaker was audible throughout
+    audible[0] = False  # the tail starts at the next frame (t = 60.01): no wake before 60.51
+    _feed(trigger, np.concatenate([silence(0.2), speech[: int(0.3 * RATE)]]), start=60.0)
+    assert sent == []
+    _feed(trigger, np.concatenate([silence(0.2), speech]), start=70.0)
+    assert sent and set(sent) == {Command.START}

@@ -154,7 +154,10 @@ class VadWakeTrigger:
         wake.playback_active(True) / wake.playback_active(False)
 
     With ``board`` given it listens only while ``board.status.state`` is idle; ``enabled``
-    turns it off entirely (e.g. trigger mode "button").
+    turns it off entirely (e.g. trigger mode "button"). ``speaking`` (e.g.
+    ``lambda: engine.speaking``) is asked at every frame whether the speaker is audible:
+    it covers every playback (the agent's last words after the conversation closed, a
+    cue), not only what ``playback_active`` is told.
     """
 
     def __init__(
@@ -165,23 +168,27 @@ class VadWakeTrigger:
         *,
         rate: int = 16000,
         enabled: bool = True,
+        speaking: Callable[[], bool] | None = None,
     ) -> None:
         self.detector = WakeDetector(config, rate)
         self.send = send
         self.board = board
         self.enabled = enabled
-        self._playback: bool | None = None  # a change not yet applied (needs a frame time)
+        self.speaking = speaking
+        self._told_playback = False  # what playback_active said last
+        self._playback_applied = False  # what the detector was last told
         self._was_idle = True
 
     def playback_active(self, active: bool) -> None:
         """The speaker started/stopped; applied at the next frame's time (the frame clock)."""
-        self._playback = active
+        self._told_playback = active
 
     def on_frame(self, frame: np.ndarray, t: float) -> None:
         """Frame listener: ``frame`` is 10 ms of int16 mono, ``t`` its time in seconds."""
-        if self._playback is not None:
-            self.detector.set_playback(self._playback, t)
-            self._playback = None
+        playing = self._told_playback or (self.speaking is not None and self.speaking())
+        if playing != self._playback_applied:
+            self.detector.set_playback(playing, t)
+            self._playback_applied = playing
         idle = self.board is None or self.board.status.state == KioskState.IDLE
         if not (self.enabled and idle):
             if self._was_idle:
