@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: Longest wait for our close handshake before the socket is simply dropped.
 CLOSE_TIMEOUT = 2.0
+#: A stalled link gets no close handshake: nothing would come back, and recovery must not wait.
+STALLED_CLOSE_TIMEOUT = 0.0
 #: How often the session refreshes speaking/listening flags and checks its timers.
 PUMP_INTERVAL = 0.05
 #: A server vad_score at or above this counts as the visitor speaking (keeps the idle timer alive).
@@ -75,14 +77,26 @@ CLOSE_CODES: dict[int, tuple[str, bool]] = {
     1006: ("the connection dropped without a close frame", True),
     1008: ("the agent rejected the conversation: invalid input or authorisation", False),
     1011: ("the agent hit an internal error", True),
+    1012: ("the agent server is restarting", True),
+    1013: ("the agent server asked to try again later", True),
+    1014: ("a gateway in front of the agent failed", True),
 }
+#: Application close codes (4000-4999) carry no meaning we know: the agent ended it on purpose.
+APPLICATION_CODES = range(4000, 5000)
 
 
 def describe_close(code: int | None) -> tuple[str, bool]:
-    """``(meaning, resumable)`` for a WebSocket close code."""
+    """``(meaning, resumable)`` for a WebSocket close code (None: dropped without a close frame).
+
+    Only link and server faults are resumable; an end the agent chose (1000, 1002, 1008,
+    4000-range, anything unknown) is not, so a kiosk never loops reopening a conversation
+    the agent closed on purpose.
+    """
     if code is None:
         return CLOSE_CODES[1006]
-    return CLOSE_CODES.get(code, (f"closed with code {code}", code >= 1012 or code == 1013))
+    if code in APPLICATION_CODES:
+        return f"the agent closed it with application code {code}", False
+    return CLOSE_CODES.get(code, (f"closed with code {code}", False))
 
 
 @dataclass
@@ -198,6 +212,7 @@ class Session:
         self._last_heard = 0.0
         self._last_activity = 0.0
         self._close_code = 1000
+        self._close_timeout = CLOSE_TIMEOUT
 
     # ------------------------------------------------------------------ public
 
@@ -214,15 +229,28 @@ class Session:
         """The latest transcript lines ("Visitor: …", "Agent: …"), oldest first."""
         return list(self._transcript)
 
-    async def run(self, url: str) -> SessionOutcome:
-        """Hold the conversation until it ends; never raises for network or protocol faults."""
+    async def run(
+        self,
+        url: str,
+        *,
+        connect_timeout: float | None = None,
+        claim: Callable[[], bool] | None = None,
+    ) -> SessionOutcome:
+        """Hold the conversation until it ends; never raises for network or protocol faults.
+
+        ``connect_timeout`` bounds the WebSocket handshake (default ``network.connect_timeout``).
+        ``claim`` is asked once the handshake is done: False means another attempt already
+        won (the supervisor races attempts while resuming), and this one closes at once,
+        before anything is sent, so no conversation is started on the server.
+        """
         net = self._config.network
+        timeout = net.connect_timeout if connect_timeout is None else connect_timeout
         now = trio.current_time()
         self._opened_at = self._last_heard = self._last_activity = now
         try:
             async with trio.open_nursery() as nursery:  # holds trio-websocket's reader task
                 try:
-                    with trio.fail_after(net.connect_timeout):
+                    with trio.fail_after(timeout):
                         ws = await trio_websocket.connect_websocket_url(
                             nursery,
                             url,
@@ -230,7 +258,7 @@ class Session:
                             max_message_size=net.max_message_bytes,
                         )
                 except trio.TooSlowError:
-                    self._finish(SessionOutcome(f"no connection within {net.connect_timeout:g} s", resumable=True))
+                    self._finish(SessionOutcome(f"no connection within {timeout:g} s", resumable=True))
                 except trio_websocket.ConnectionRejected as exc:
                     status = getattr(exc, "status_code", None)
                     self._finish(
@@ -238,14 +266,27 @@ class Session:
                     )
                 except (trio_websocket.HandshakeError, OSError, trio.BrokenResourceError) as exc:
                     self._finish(SessionOutcome(f"cannot connect: {_describe_exc(exc)}", resumable=True))
+                except ValueError as exc:  # a URL trio-websocket cannot use
+                    self._finish(SessionOutcome(f"unusable conversation URL: {type(exc).__name__}", resumable=True))
                 else:
+                    if claim is not None and not claim():
+                        self._close_timeout = 0.0
+                        self._finish(SessionOutcome("superseded by another connection attempt"))
+                    self._opened_at = self._last_heard = self._last_activity = trio.current_time()
                     try:
                         await self._converse(ws)
                     finally:
                         await self._close(ws)
                 nursery.cancel_scope.cancel()
-        except* (trio_websocket.ConnectionClosed, trio.BrokenResourceError, OSError) as group:
+        except* trio_websocket.ConnectionClosed as group:
+            exc = group.exceptions[0]
+            assert isinstance(exc, trio_websocket.ConnectionClosed)
+            self._finish(_closed_outcome(exc.reason.code if exc.reason is not None else None))
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
             self._finish(SessionOutcome(f"connection lost: {_describe_exc(group.exceptions[0])}", resumable=True))
+        except* Exception as group:  # a bug must end this conversation, never the daemon
+            log.error("session failed id=%s", self.conversation_id, exc_info=group.exceptions[0])
+            self._finish(SessionOutcome(f"internal error: {type(group.exceptions[0]).__name__}"))
         finally:
             self._stop_audio()
         outcome = self._outcome or SessionOutcome("ended")
@@ -263,7 +304,7 @@ class Session:
             self._scope.cancel()
 
     async def _close(self, ws: trio_websocket.WebSocketConnection) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+        with trio.CancelScope(shield=True), trio.move_on_after(self._close_timeout):
             try:
                 await ws.aclose(self._close_code)
             except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, OSError):
@@ -297,11 +338,11 @@ class Session:
                 data = await ws.get_message()
             except trio_websocket.ConnectionClosed as exc:
                 code = exc.reason.code if exc.reason is not None else None
-                meaning, resumable = describe_close(code)
                 if code == 1000 and self._playback is not None:
                     await self._drain()
-                log.info("conversation closed id=%s code=%s reason=%r", self.conversation_id, code, meaning)
-                self._finish(SessionOutcome(meaning, resumable=resumable, rejected=code == 1008, close_code=code))
+                outcome = _closed_outcome(code)
+                log.info("conversation closed id=%s code=%s reason=%r", self.conversation_id, code, outcome.reason)
+                self._finish(outcome)
                 return
             self._last_heard = trio.current_time()
             try:
@@ -310,9 +351,16 @@ class Session:
                 self.stats.malformed += 1
                 log.warning("malformed server message skipped id=%s error=%r", self.conversation_id, str(exc)[:200])
                 continue
-            await self._handle(event, ws, nursery)
-            for observer in self._observers:
-                observer(event)
+            try:
+                await self._handle(event, ws, nursery)
+                for observer in self._observers:
+                    observer(event)
+            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                raise  # the link is gone: run() turns this into the outcome
+            except Exception:  # one bad event must not end the conversation
+                self.stats.malformed += 1
+                log.exception("server event could not be handled id=%s type=%s",
+                              self.conversation_id, type(event).__name__)
 
     async def _handle(self, event: object, ws: trio_websocket.WebSocketConnection, nursery: trio.Nursery) -> None:
         match event:
@@ -416,7 +464,11 @@ class Session:
             await trio.sleep(net.ws_ping_interval)
 
     async def _watch(self) -> None:
-        """Dead link, idle and maximum-length timers, and the speaking/listening flags."""
+        """Dead link, idle and maximum-length timers, and the speaking/listening flags.
+
+        Wakes every PUMP_INTERVAL, or exactly at the stall deadline if that comes first,
+        so a stall is detected ``stall_timeout`` after the last byte heard, not later.
+        """
         conv = self._config.conversation
         stall = self._config.network.stall_timeout
         while True:
@@ -428,12 +480,16 @@ class Session:
             if now - self._last_heard >= stall:
                 log.warning("link stalled id=%s silent_for=%.1fs", self.conversation_id, now - self._last_heard)
                 self._close_code = 1001
+                self._close_timeout = STALLED_CLOSE_TIMEOUT
                 self._finish(SessionOutcome(f"link stalled: nothing heard for {stall:g} s", resumable=True))
-            elif now - self._last_activity >= conv.idle_timeout:
+                return
+            if now - self._last_activity >= conv.idle_timeout:
                 self._finish(SessionOutcome(f"no speech from visitor or agent for {conv.idle_timeout:g} s"))
-            elif now - self._opened_at >= conv.max_duration:
+                return
+            if now - self._opened_at >= conv.max_duration:
                 self._finish(SessionOutcome(f"maximum length of {conv.max_duration:g} s reached"))
-            await trio.sleep(PUMP_INTERVAL)
+                return
+            await trio.sleep_until(min(now + PUMP_INTERVAL, self._last_heard + stall))
 
     async def _drain(self) -> None:
         """Let the agent's last words play out (bounded)."""
@@ -445,6 +501,12 @@ class Session:
         await trio.sleep(PUMP_INTERVAL)  # let the agent's goodbye start arriving
         await self._drain()
         self.end("the agent ended the conversation (end_conversation tool)")
+
+
+def _closed_outcome(code: int | None) -> SessionOutcome:
+    """The outcome of a close with ``code`` (None: dropped without a close frame)."""
+    meaning, resumable = describe_close(code)
+    return SessionOutcome(meaning, resumable=resumable, rejected=code == 1008, close_code=code)
 
 
 def _describe_exc(exc: BaseException) -> str:

@@ -9,8 +9,10 @@ far. It is the only writer of ``StatusBoard.state``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any, Protocol
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
@@ -28,10 +30,23 @@ log = logging.getLogger(__name__)
 
 #: Commands queued beyond this are dropped (with a log line): a stuck button must not pile up.
 COMMAND_QUEUE = 16
-#: While resuming a broken conversation, retries stay this close together so the kiosk is
-#: back within a second of the network's return.
-RESUME_BACKOFF_BASE = 0.25
-RESUME_BACKOFF_CAP = 1.0
+#: How long a visitor's start may keep retrying (backend errors, failed connects) before
+#: the kiosk gives up and shows offline/error with the reason.
+START_WINDOW = 15.0
+#: While resuming, a new attempt (URL fetch or connection) starts this often even if
+#: earlier ones still hang, and each is bounded by RESUME_ATTEMPT_TIMEOUT; at most
+#: RESUME_ATTEMPTS are in flight (RESUME_ATTEMPTS * RESUME_INTERVAL >= the timeout, so a
+#: slot is always free). An attempt that hangs on a dead network cannot hold the kiosk
+#: back: one started after the network's return wins within RESUME_INTERVAL plus setup.
+RESUME_INTERVAL = 0.25
+RESUME_ATTEMPT_TIMEOUT = 2.0
+RESUME_ATTEMPTS = 8
+#: Attempts that fail fast (refused, unreachable) are paced by this backoff while resuming;
+#: its cap keeps the kiosk within a second of the network's return.
+RESUME_BACKOFF_BASE = 0.1
+RESUME_BACKOFF_CAP = 0.5
+#: While reconnecting, the "reconnecting" cue repeats this often so the visitor knows to wait.
+CUE_REPEAT = 5.0
 #: How often the idle state is refreshed from the backend's health (also the heartbeat).
 IDLE_REFRESH = 0.5
 #: The supervisor counts as healthy while its heartbeat is younger than this (systemd watchdog).
@@ -66,8 +81,11 @@ class Supervisor:
         board: StatusBoard,
         urls: UrlSource,
         tools: ToolRegistry,
+        *,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self._rng = rng or random.Random()
         self._audio = audio
         self._board = board
         self._urls = urls
@@ -76,7 +94,9 @@ class Supervisor:
         self._session: Session | None = None
         self._in_conversation = False
         self._error: str | None = None
-        self.counters = {"conversations": 0, "resumed": 0, "failed_starts": 0, "dropped_commands": 0}
+        self.counters = {
+            "conversations": 0, "resumed": 0, "failed_starts": 0, "failed_resumes": 0, "dropped_commands": 0,
+        }
         self.last_outcome: SessionOutcome | None = None
         #: called with every server event of every conversation (the demo prints them)
         self.observers: list[Callable[[ServerEvent | UnknownEvent], None]] = []
@@ -183,64 +203,244 @@ class Supervisor:
             elif cmd is Command.MIC_OFF:
                 self._audio.mic_enabled = False
 
+    def _backoff(self, base: float | None = None, cap: float | None = None) -> Backoff:
+        net = self.config.network
+        return Backoff(base or net.backoff_base, cap or net.backoff_cap, rng=self._rng)
+
     async def _hold_conversation(self) -> None:
-        """Connect, converse, and resume after link faults until the conversation really ends."""
+        """Start the conversation, and resume it after link faults until it really ends.
+
+        Start: one attempt at a time, waiting what each failure asks (Retry-After, backoff),
+        for at most START_WINDOW. Resume (the link died after the conversation opened):
+        attempts race (see RESUME_INTERVAL) until the grace window ends; the new
+        conversation gets a ``contextual_update`` with the transcript so far.
+        """
         grace = self.config.conversation.reconnect_grace
-        backoff = Backoff(RESUME_BACKOFF_BASE, RESUME_BACKOFF_CAP)
         uplink = self._audio.open_uplink()  # captures from the trigger on: nothing said is lost
-        deadline = trio.current_time() + max(grace, self.config.network.connect_timeout)
-        context: str | None = None
         transcript: list[str] = []
         resuming = False
+        deadline = trio.current_time() + START_WINDOW
+        self._board.update(state=KioskState.CONNECTING, reason="", conversation_id=None)
         try:
             while True:
-                state = KioskState.RECONNECTING if resuming else KioskState.CONNECTING
-                self._board.update(state=state, reason="", conversation_id=None)
-                outcome = await self._attempt(uplink, context)
-                if outcome is None:  # no URL: backend trouble
-                    if trio.current_time() >= deadline:
-                        self.counters["failed_starts"] += 1
-                        return
-                    await trio.sleep(min(backoff.next_delay(), max(0.0, deadline - trio.current_time())))
-                    continue
+                if resuming:
+                    outcome = await self._resume_once(uplink, resume_context(transcript), deadline)
+                else:
+                    outcome = await self._start_once(uplink, deadline)
+                if outcome is None:  # gave up: the reason is on the board already
+                    self.counters["failed_resumes" if resuming else "failed_starts"] += 1
+                    return
                 self.last_outcome = outcome
-                transcript = outcome.transcript or transcript
+                # the gist so far: earlier lines plus this connection's, newest kept
+                transcript = (transcript + outcome.transcript)[-max(self.config.conversation.context_lines, 1):]
                 if outcome.opened:
                     self._error = None
-                    backoff.reset()
                     if resuming:
                         self.counters["resumed"] += 1
-                    deadline = trio.current_time() + grace
                 elif outcome.rejected:
                     self._error = outcome.reason
                 log.info("conversation ended id=%s reason=%r", outcome.conversation_id, outcome.reason)
-                if not outcome.resumable or grace <= 0 or trio.current_time() >= deadline:
+                if not outcome.resumable or grace <= 0 or not (outcome.opened or resuming):
+                    self._board.update(reason=outcome.reason)
                     return
-                resuming = resuming or outcome.opened
-                context = resume_context(transcript) if resuming else None
-                self._board.update(state=KioskState.RECONNECTING, reason=outcome.reason, conversation_id=None)
-                self._audio.play_cue("reconnecting")
+                if outcome.opened:  # the grace window counts from the latest drop
+                    deadline = trio.current_time() + grace
+                elif trio.current_time() >= deadline:
+                    self.counters["failed_resumes"] += 1
+                    return
+                resuming = True
+                log.info("resuming conversation within %.0f s: %s", grace, outcome.reason)
+                self._board.update(
+                    state=KioskState.RECONNECTING, reason=f"reconnecting: {outcome.reason}", conversation_id=None
+                )
                 uplink.close()
                 uplink = self._audio.open_uplink()  # audio from the outage is not replayed
-                await trio.sleep(backoff.next_delay())
         finally:
             uplink.close()
 
-    async def _attempt(self, uplink: Uplink, context: str | None) -> SessionOutcome | None:
-        try:
-            url = await self._urls.take()
-        except SignedUrlError as exc:
-            log.warning("no conversation URL: %s", exc)
-            if exc.kind in ("unauthorized", "forbidden"):
-                self._error = str(exc)
-            self._board.update(reason=str(exc))
-            return None
+    async def _start_once(self, uplink: Uplink, deadline: float) -> SessionOutcome | None:
+        """A visitor's start: URL (with the backend's waits), then one connection; None: gave up."""
+        backoff = self._backoff()
+        while True:
+            try:
+                url = await self._urls.take()
+            except SignedUrlError as exc:
+                self._url_failed(exc)
+                wait = exc.wait(backoff)
+                if exc.kind in ("unauthorized", "forbidden") or trio.current_time() + wait > deadline:
+                    log.warning("start abandoned: %s", exc)
+                    return None
+                self._board.update(reason=f"retrying in {wait:.1f} s: {exc}")
+                await trio.sleep(wait)
+                continue
+            outcome = await self._run_session(uplink, url, None)
+            if outcome.opened or not outcome.resumable:
+                return outcome
+            # the connection failed before the conversation opened: try again while there is time
+            wait = backoff.next_delay()
+            if trio.current_time() + wait > deadline:
+                return outcome
+            self.last_outcome = outcome
+            self._board.update(reason=f"retrying in {wait:.1f} s: {outcome.reason}")
+            await trio.sleep(wait)
+
+    def _url_failed(self, exc: SignedUrlError) -> None:
+        log.warning("no conversation URL: %s", exc)
+        if exc.kind in ("unauthorized", "forbidden"):
+            self._error = str(exc)
+        self._board.update(reason=str(exc))
+
+    async def _run_session(
+        self, uplink: Uplink, url: str, context: str | None, *,
+        connect_timeout: float | None = None, claim: Callable[[], bool] | None = None,
+        on_claimed: Callable[[Session], None] | None = None,
+    ) -> SessionOutcome:
         session = Session(
             self.config, self._audio, uplink, self._tools, self._board, context=context, observers=self.observers
         )
-        self._session = session
-        try:
-            return await session.run(url)
-        finally:
-            self._session = None
 
+        def claimed() -> bool:
+            if claim is not None and not claim():
+                return False
+            self._session = session
+            return True
+
+        if claim is None:
+            self._session = session
+        try:
+            return await session.run(url, connect_timeout=connect_timeout, claim=claimed)
+        finally:
+            if self._session is session:
+                self._session = None
+
+    async def _resume_once(self, uplink: Uplink, context: str, deadline: float) -> SessionOutcome | None:
+        """Race URL fetches, then connections, until one opens or the grace window ends."""
+        backoff = self._backoff(RESUME_BACKOFF_BASE, RESUME_BACKOFF_CAP)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._repeat_cue)
+            try:
+                url_race = _Race[str]()
+                url = await url_race.run(self._resume_fetch, backoff, deadline)
+                if url is None:
+                    self._board.update(reason=f"gave up reconnecting: {url_race.last_reason}")
+                    return None
+                outcome_race = _Race[SessionOutcome]()
+
+                async def attempt(race: _Race[SessionOutcome]) -> None:
+                    outcome = await self._run_session(
+                        uplink, url, context, connect_timeout=RESUME_ATTEMPT_TIMEOUT, claim=race.claim
+                    )
+                    if race.won_by_current():
+                        race.value = outcome
+                    else:
+                        race.failed(outcome.reason, stop=not outcome.resumable)
+
+                outcome = await outcome_race.run_tasks(attempt, backoff, deadline)
+                if outcome is None:
+                    self._board.update(reason=f"gave up reconnecting: {outcome_race.last_reason}")
+                return outcome
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _resume_fetch(self, race: _Race[str]) -> None:
+        try:
+            url = await self._urls.take(timeout=RESUME_ATTEMPT_TIMEOUT)
+        except SignedUrlError as exc:
+            self._url_failed(exc)
+            race.failed(str(exc), wait=exc.retry_after, stop=exc.kind in ("unauthorized", "forbidden"))
+            return
+        if race.claim():
+            race.value = url
+
+    async def _repeat_cue(self) -> None:
+        while True:
+            self._audio.play_cue("reconnecting")
+            await trio.sleep(CUE_REPEAT)
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Race(Generic[T]):
+    """Attempts started every RESUME_INTERVAL (RESUME_ATTEMPTS at most in flight); the first to claim wins.
+
+    An attempt calls :meth:`claim` at the moment it succeeds (for a connection: when the
+    handshake is done, before a conversation starts); the others are cancelled then.
+    """
+
+    value: T | None = None
+    last_reason: str = "no attempt finished"
+    _winner: trio.CancelScope | None = None
+    _scopes: dict[trio.Task, trio.CancelScope] = field(default_factory=dict)
+    _changed: trio.Event = field(default_factory=trio.Event)
+    _not_before: float = 0.0
+    _stop: bool = False
+
+    def claim(self) -> bool:
+        """True for the first caller: it wins and every other attempt is cancelled."""
+        if self._winner is not None or self._stop:
+            return False
+        scope = self._scopes.get(trio.lowlevel.current_task())
+        if scope is None:
+            return False
+        self._winner = scope
+        for other in self._scopes.values():
+            if other is not scope:
+                other.cancel()
+        self._changed.set()
+        return True
+
+    def won_by_current(self) -> bool:
+        """True when the calling attempt is the winner."""
+        return self._winner is not None and self._scopes.get(trio.lowlevel.current_task()) is self._winner
+
+    def failed(self, reason: str, *, wait: float | None = None, stop: bool = False, backoff: Backoff | None = None) -> None:
+        """An attempt failed; ``wait`` (e.g. Retry-After) delays the next one, ``stop`` ends the race."""
+        self.last_reason = reason
+        if wait is not None:
+            self._not_before = max(self._not_before, trio.current_time() + wait)
+        self._stop = self._stop or stop
+        self._changed.set()
+
+    async def run(self, attempt: Callable[[_Race[T]], Awaitable[None]], backoff: Backoff, deadline: float) -> T | None:
+        """Start attempts until one wins (its value is returned) or ``deadline``/a stop (None)."""
+        return await self.run_tasks(attempt, backoff, deadline)
+
+    async def run_tasks(
+        self, attempt: Callable[[_Race[T]], Awaitable[None]], backoff: Backoff, deadline: float
+    ) -> T | None:
+        """Like :meth:`run`; the winner's task runs on (e.g. a whole conversation) before this returns."""
+        async with trio.open_nursery() as nursery:
+            next_launch = trio.current_time()
+            while self._winner is None and not self._stop:
+                now = trio.current_time()
+                if now >= deadline:
+                    break
+                if len(self._scopes) < RESUME_ATTEMPTS and now >= max(next_launch, self._not_before):
+                    nursery.start_soon(self._one, attempt, backoff)
+                    await trio.lowlevel.checkpoint()  # let it register its scope
+                    next_launch = now + RESUME_INTERVAL
+                self._changed = trio.Event()
+                with trio.move_on_at(min(max(next_launch, self._not_before), deadline)):
+                    await self._changed.wait()
+            if self._winner is None:
+                nursery.cancel_scope.cancel()
+        return self.value
+
+    async def _one(self, attempt: Callable[[_Race[T]], Awaitable[None]], backoff: Backoff) -> None:
+        task = trio.lowlevel.current_task()
+        scope = trio.CancelScope()
+        self._scopes[task] = scope
+        try:
+            with scope:
+                await attempt(self)
+                if not self.won_by_current():
+                    # failed fast: pace the next attempt by the short resume backoff
+                    self._not_before = max(self._not_before, trio.current_time() + backoff.next_delay())
+                else:
+                    backoff.reset()
+        finally:
+            if self._scopes.get(task) is not self._winner:
+                del self._scopes[task]
+            self._changed.set()

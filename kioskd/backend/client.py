@@ -100,26 +100,46 @@ def parse_reply(status: int, body: bytes, headers: httpx.Headers | dict[str, str
         url = _reply_decoder.decode(body).signed_url
     except msgspec.DecodeError as exc:
         raise SignedUrlError("bad_reply", f"the backend's reply is not {{\"signed_url\": ...}}: {exc}") from None
-    if urlsplit(url).scheme not in ("wss", "ws"):
-        raise SignedUrlError("bad_reply", "the backend's signed_url is not a ws:// or wss:// URL")
+    _check_url(url)
     return url
 
 
-async def fetch_signed_url(
-    client: httpx.AsyncClient, backend: BackendConfig, agent_id: str, token: str
-) -> str:
-    """One request to the kiosk's backend. Raises only :class:`SignedUrlError`."""
+def _check_url(url: str) -> None:
+    """Refuse a signed URL the WebSocket client could not use (named without echoing it: it holds a token)."""
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise SignedUrlError("bad_reply", "the backend's signed_url contains spaces or control characters")
     try:
-        response = await client.get(
-            backend.url,
-            params={"agent_id": agent_id},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=backend.timeout,
-        )
-    except httpx.TimeoutException:
-        raise SignedUrlError("timeout", f"no answer from the backend within {backend.timeout:g} s") from None
-    except httpx.HTTPError as exc:
-        raise SignedUrlError("network", f"cannot reach the backend: {type(exc).__name__}: {exc}") from None
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise SignedUrlError("bad_reply", "the backend's signed_url cannot be parsed") from None
+    if parts.scheme not in ("wss", "ws"):
+        raise SignedUrlError("bad_reply", "the backend's signed_url is not a ws:// or wss:// URL")
+    if not parts.hostname:
+        raise SignedUrlError("bad_reply", "the backend's signed_url has no host")
+
+
+async def fetch_signed_url(
+    client: httpx.AsyncClient, backend: BackendConfig, agent_id: str, token: str, *, timeout: float | None = None
+) -> str:
+    """One request to the kiosk's backend (``timeout`` defaults to ``backend.timeout``).
+
+    Raises only :class:`SignedUrlError`.
+    """
+    limit = backend.timeout if timeout is None else timeout
+    try:
+        with trio.fail_after(limit):  # one bound for the whole exchange, not per socket operation
+            response = await client.get(
+                backend.url,
+                params={"agent_id": agent_id},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=limit,
+            )
+    except (httpx.TimeoutException, trio.TooSlowError):
+        raise SignedUrlError("timeout", f"no answer from the backend within {limit:g} s") from None
+    except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError, ValueError) as exc:
+        text = str(exc)[:200]
+        raise SignedUrlError("network", f"cannot reach the backend: {type(exc).__name__}: {text}") from None
     return parse_reply(response.status_code, response.content, response.headers)
 
 
@@ -134,8 +154,8 @@ class UrlSource(Protocol):
     healthy: bool
     last_error: str
 
-    async def take(self) -> str:
-        """A URL for one new conversation. Raises SignedUrlError."""
+    async def take(self, *, timeout: float | None = None) -> str:
+        """A URL for one new conversation (a fetch bounded by ``timeout``). Raises SignedUrlError."""
         ...
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -152,7 +172,8 @@ class PublicAgentUrl:
     def __init__(self, server: str, agent_id: str) -> None:
         self._url = public_agent_url(server, agent_id)
 
-    async def take(self) -> str:
+    async def take(self, *, timeout: float | None = None) -> str:
+        """The public agent's URL."""
         return self._url
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -196,10 +217,10 @@ class SignedUrlProvider:
         self._ready = None
         self._wanted.set()
 
-    async def _fetch(self) -> str:
+    async def _fetch(self, timeout: float | None = None) -> str:
         self.fetches += 1
         try:
-            url = await fetch_signed_url(self._client, self._backend, self._agent_id, self._token)
+            url = await fetch_signed_url(self._client, self._backend, self._agent_id, self._token, timeout=timeout)
         except SignedUrlError as exc:
             self.healthy = False
             self.last_error = str(exc)
@@ -218,38 +239,51 @@ class SignedUrlProvider:
             return None
         return url
 
-    async def take(self) -> str:
-        """A signed URL for one conversation: the prefetched one if fresh, else a new fetch."""
+    async def take(self, *, timeout: float | None = None) -> str:
+        """A signed URL for one conversation: the prefetched one if fresh, else a new fetch.
+
+        ``timeout`` bounds that fetch (default ``backend.timeout``).
+        """
         url = self._fresh()
         self._ready = None
         self._wanted.set()  # refill in the background
         if url is not None:
             return url
-        return await self._fetch()
+        return await self._fetch(timeout)
+
+    def _next_check(self) -> float:
+        """Seconds until the next planned fetch: the health interval, or sooner if the URL would expire."""
+        wait = self._backend.health_interval
+        if self._ready is not None:
+            wait = min(wait, self._ready[1] + self._backend.url_max_age - trio.current_time())
+        return wait
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep one URL ready (or, without prefetch, check health); never returns."""
+        """Keep one URL ready and check the backend every ``health_interval``; never returns.
+
+        The health check is a real fetch (the only honest test of DNS, TLS, the backend
+        and its upstream): with prefetch its URL replaces the ready one, so the ready URL
+        is never older than ``health_interval``. A failed check keeps a still-valid URL (a
+        visitor can still start at once when the network is back) but turns the light
+        to offline, and retries with backoff, or after Retry-After, instead of waiting a
+        whole interval.
+        """
         task_status.started()
         while True:
-            wait = self._backend.health_interval
-            if self._backend.prefetch and self._fresh() is None:
-                try:
-                    self._ready = (await self._fetch(), trio.current_time())
-                    log.debug("signed URL prefetched")
-                except SignedUrlError as exc:
-                    wait = exc.wait(self._backoff)
-                    log.warning("backend unavailable, retrying in %.1f s: %s", wait, exc)
-            elif self._backend.prefetch:
-                _, fetched_at = self._ready  # type: ignore[misc]
-                wait = fetched_at + self._backend.url_max_age - trio.current_time()
+            try:
+                url = await self._fetch()
+            except SignedUrlError as exc:
+                wait = exc.wait(self._backoff)
+                log.warning("backend unavailable, retrying in %.1f s: %s", wait, exc)
+                self._fresh()  # drop an expired one
             else:
-                try:
-                    # Without prefetch, a fetch is still the honest health check; the URL is dropped.
-                    await self._fetch()
-                except SignedUrlError as exc:
-                    wait = min(wait, exc.wait(self._backoff))
-                    log.warning("backend health check failed: %s", exc)
+                if self._backend.prefetch:
+                    self._ready = (url, trio.current_time())
+                    log.debug("signed URL prefetched")
+                wait = self._next_check()
             self._wanted = trio.Event()
+            if self._ready is not None:
+                wait = min(wait, self._next_check())
             with trio.move_on_after(max(wait, 0.0)):
                 await self._wanted.wait()
 

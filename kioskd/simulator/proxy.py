@@ -84,6 +84,9 @@ class FaultProxy:
         self.delay = 0.0
         self.jitter = 0.0
         self.bandwidth: float | None = None
+        #: With ``stall``: discard bytes instead of holding them, like a dead Wi-Fi link;
+        #: handshakes in flight then never complete, even after the stall ends.
+        self.blackhole = False
         self.stats = ProxyStats()
         self._stall = False
         self._unstalled = trio.lowlevel.ParkingLot()
@@ -185,6 +188,8 @@ class FaultProxy:
                     data = await src.receive_some(READ_SIZE)
                     if not data:
                         break
+                    if self._stall and self.blackhole:
+                        continue
                     extra = self.delay + (self._rng.uniform(-self.jitter, self.jitter) if self.jitter else 0.0)
                     last_due = max(last_due, trio.current_time() + max(0.0, extra))
                     send.send_nowait((last_due, data))
