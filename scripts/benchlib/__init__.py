@@ -1,0 +1,1 @@
+"""Figures for ``scripts/bench`` (one module per group of figures; see BENCHMARKS.md)."""

@@ -1,0 +1,279 @@
+"""``scripts/bench``: run the figures, print the table, write bench-results.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from . import official
+from .common import REPO
+
+FIGURES = ("start", "conversation", "deadlink", "jitter", "throttle", "echo", "cost")
+
+
+# --------------------------------------------------------------------------- figures
+
+
+async def fig_start(quick: bool, with_official: bool) -> dict[str, Any]:
+    from . import conversation as c
+
+    reps = 5 if quick else 20
+    out: dict[str, Any] = {"ours": await c.ours_start(reps)}
+    if with_official:
+        out["official"] = await c.official_start(3 if quick else 10)
+    return out
+
+
+async def fig_conversation(quick: bool, with_official: bool) -> dict[str, Any]:
+    from . import conversation as c
+
+    seconds = 10 if quick else 60
+    out: dict[str, Any] = {"seconds": seconds, "ours": await c.ours_conversation(seconds)}
+    if with_official:
+        out["official"] = await c.official_conversation(seconds)
+    return out
+
+
+async def fig_jitter(quick: bool, with_official: bool) -> dict[str, Any]:
+    from . import jitter
+
+    return jitter.run(quick)
+
+
+async def fig_deadlink(quick: bool, with_official: bool) -> dict[str, Any]:
+    from . import deadlink
+
+    out: dict[str, Any] = {"ours": await deadlink.ours(1 if quick else 5)}
+    if with_official:
+        out["official"] = await deadlink.official_run(quick)
+    return out
+
+
+async def fig_throttle(quick: bool, with_official: bool) -> dict[str, Any]:
+    from . import throttle
+
+    return {"ours": await throttle.ours(5.0 if quick else 10.0)}
+
+
+async def fig_echo(quick: bool, with_official: bool) -> dict[str, Any]:
+    from . import echo
+
+    return await echo.run(quick)
+
+
+async def fig_cost(quick: bool, with_official: bool) -> dict[str, Any]:
+    from . import cost
+
+    return await cost.run(quick, with_official)
+
+
+RUNNERS: dict[str, Callable[[bool, bool], Awaitable[dict[str, Any]]]] = {
+    "start": fig_start,
+    "conversation": fig_conversation,
+    "deadlink": fig_deadlink,
+    "jitter": fig_jitter,
+    "throttle": fig_throttle,
+    "echo": fig_echo,
+    "cost": fig_cost,
+}
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _get(d: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if abs(v) >= 100:
+        return f"{v:.0f}{unit}"
+    if abs(v) >= 10:
+        return f"{v:.1f}{unit}"
+    return f"{v:.2f}{unit}"
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """(figure, ours, official, ratio official/ours, target, met) rows."""
+    out: list[tuple[str, str, str, str, str, str]] = []
+
+    def add(name: str, ours: Any, theirs: Any, unit: str, target: str, met: bool | None, ratio: bool = True) -> None:
+        r = "—"
+        if ratio and isinstance(ours, (int, float)) and isinstance(theirs, (int, float)) and ours > 0:
+            r = f"{theirs / ours:.1f}×"
+        m = "—" if met is None else ("met" if met else "NOT met")
+        out.append((name, _fmt(ours, unit), _fmt(theirs, unit), r, target, m))
+
+    def stat(fig: str, who: str, *path: str) -> Any:
+        return _get(results, fig, who, *path)
+
+    s = results.get("start", {})
+    if s:
+        pf = stat("start", "ours", "prefetched", "median")
+        of = stat("start", "official", "backend_100ms", "median")
+        add("1 start, prefetched URL (median)", pf, of, " ms", "≤ 150 ms, ≥ 5× official",
+            None if pf is None else pf <= 150 and (of is None or of / pf >= 5))
+        add("1 start, prefetched URL (p95)", stat("start", "ours", "prefetched", "p95"),
+            stat("start", "official", "backend_100ms", "p95"), " ms", "", None)
+        npf = stat("start", "ours", "no_prefetch_backend_100ms", "median")
+        add("1 start, no prefetch, backend 100 ms (median)", npf, of, " ms", "", None)
+    c = results.get("conversation", {})
+    if c:
+        for label, key, target, limit in (
+            ("2 uplink latency", "uplink", "p95 ≤ 30 ms, ≥ 5× official", 30.0),
+            ("3 barge-in → silent", "barge_in", "p95 ≤ 30 ms, ≥ 5× official", 30.0),
+            ("4 ping → pong (sim RTT)", "ping", "p95 ≤ 5 ms, on par", 5.0),
+        ):
+            o_med, t_med = stat("conversation", "ours", key, "median"), stat("conversation", "official", key, "median")
+            o95, t95 = stat("conversation", "ours", key, "p95"), stat("conversation", "official", key, "p95")
+            met = None
+            if o95 is not None:
+                met = o95 <= limit
+                if key != "ping" and t95 is not None:
+                    met = met and t95 / o95 >= 5
+            add(f"{label} (median)", o_med, t_med, " ms", "", None)
+            add(f"{label} (p95)", o95, t95, " ms", target, met)
+            if stat("conversation", "ours", key, "p99") is not None:
+                add(f"{label} (p99)", stat("conversation", "ours", key, "p99"),
+                    stat("conversation", "official", key, "p99"), " ms", "", None)
+    d = results.get("deadlink", {})
+    if d:
+        det = stat("deadlink", "ours", "detect_s", "median")
+        tdet = stat("deadlink", "official", "stall_detect_s")
+        add("5 stall → detected (median)", det, tdet, " s", "≤ 8 s", None if det is None else
+            (stat("deadlink", "ours", "detect_s", "max") or det) <= 8.0)
+        rec = stat("deadlink", "ours", "recover_s", "median")
+        add("5 network back → new conversation (median)", rec, stat("deadlink", "official", "recovers"), " s",
+            "≤ 1 s, ≥ 5× official", None if rec is None else (stat("deadlink", "ours", "recover_s", "max") or rec) <= 1.0,
+            ratio=False)
+        add("5 survives a dropped link", stat("deadlink", "ours", "survives_drop"),
+            stat("deadlink", "official", "survives_drop"), "", "", None, ratio=False)
+    j = results.get("jitter", {})
+    if j:
+        for trace in ("steady", "jitter100", "bursts"):
+            jb = _get(j, trace, "jitter_buffer", "underruns_per_min", "median")
+            ff = _get(j, trace, "fifo", "underruns_per_min", "median")
+            lat = _get(j, trace, "jitter_buffer", "added_latency_ms", "median")
+            flat = _get(j, trace, "fifo", "added_latency_ms", "median")
+            target = "" if trace == "bursts" else "0 underruns, ≤ 150 ms"
+            met = None if trace == "bursts" or jb is None else (jb == 0 and lat <= 150)
+            out.append((f"6 jitter {trace}: underruns/min, latency, buffer vs FIFO",
+                        f"{_fmt(jb)}/min, {_fmt(lat, ' ms')}", f"FIFO {_fmt(ff)}/min, {_fmt(flat, ' ms')}", "—",
+                        target, "—" if met is None else ("met" if met else "NOT met")))
+    t = results.get("throttle", {})
+    if t:
+        o = t.get("ours", {})
+        out.append(("7 uplink at 64 kbit/s: peak backlog, speech / silence dropped",
+                    f"{_fmt(o.get('peak_backlog_ms'), ' ms')}, {_fmt(o.get('dropped_speech_ms'), ' ms')} / "
+                    f"{_fmt(o.get('dropped_silence_ms'), ' ms')}", "—", "—", "no speech dropped",
+                    "met" if o.get("dropped_speech_ms") == 0 else "NOT met"))
+    e = results.get("echo", {})
+    if e:
+        add("8 echo reduction (AEC3, simulated room)", _get(e, "erle_db"), None, " dB", "", None, ratio=False)
+        for mode in ("aec", "off", "half_duplex"):
+            add(f"8 self-interruptions, echo={mode}", _get(e, "modes", mode, "self_interruptions"),
+                _get(e, "official", "self_interruptions") if mode == "off" else None, "", "", None, ratio=False)
+    k = results.get("cost", {})
+    if k:
+        cpu = stat("cost", "ours", "conversation_cpu_pct")
+        add("9 CPU during conversation (% of a core)", cpu, stat("cost", "official", "conversation_cpu_pct"), " %",
+            "≤ 5 %", None if cpu is None else cpu <= 5)
+        idle = stat("cost", "ours", "idle_cpu_pct")
+        add("9 CPU idle (% of a core)", idle, None, " %", "≤ 1 %", None if idle is None else idle <= 1, ratio=False)
+        rss = stat("cost", "ours", "peak_rss_mb")
+        add("9 peak RSS", rss, stat("cost", "official", "peak_rss_mb"), " MB", "≤ 80 MB",
+            None if rss is None else rss <= 80)
+        add("9 start-up to READY=1", stat("cost", "ours", "ready_s"), None, " s", "", None, ratio=False)
+    return out
+
+
+def print_table(table: list[tuple[str, ...]]) -> str:
+    head = ("figure", "kioskd", "official client", "ratio", "target", "")
+    widths = [max(len(r[i]) for r in [head, *table]) for i in range(len(head))]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    for r in table:
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": model or platform.processor(), "python": platform.python_version(),
+            "platform": platform.platform(), "loadavg_at_start": os.getloadavg()}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="reduced run (under 2 minutes)")
+    parser.add_argument("--only", default="", help=f"comma-separated figures: {', '.join(FIGURES)}")
+    parser.add_argument("--no-official", action="store_true", help="skip the official elevenlabs client")
+    parser.add_argument("--json", default=str(REPO / "bench-results.json"), help="where to write the results")
+    args = parser.parse_args(argv)
+    only = [f.strip() for f in args.only.split(",") if f.strip()] or list(FIGURES)
+    unknown = [f for f in only if f not in FIGURES]
+    if unknown:
+        parser.error(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
+    logging.basicConfig(level=logging.ERROR)
+    why_not = None if not args.no_official else "--no-official given"
+    if why_not is None:
+        why_not = official.available()
+    if why_not:
+        print(f"official client: skipped: {why_not}", file=sys.stderr)
+    results: dict[str, Any] = {
+        "command": "scripts/bench " + " ".join(argv),
+        "quick": args.quick,
+        "machine": machine(),
+        "official_client": {"measured": why_not is None, "skipped_because": why_not},
+    }
+    if why_not is None:
+        import elevenlabs
+
+        results["official_client"]["version"] = getattr(elevenlabs, "__version__", "?")
+    t_all = time.monotonic()
+    for name in only:
+        t0 = time.monotonic()
+        print(f"[bench] {name} …", file=sys.stderr, flush=True)
+        try:
+            results[name] = trio.run(RUNNERS[name], args.quick, why_not is None)
+        except Exception as exc:
+            traceback.print_exc()
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        results.setdefault(name, {})["wall_s"] = round(time.monotonic() - t0, 1)
+        print(f"[bench] {name} done in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+    results["wall_s"] = round(time.monotonic() - t_all, 1)
+    table = rows(results)
+    text = print_table(table)
+    results["table"] = [dict(zip(("figure", "kioskd", "official", "ratio", "target", "met"), r)) for r in table]
+    print(text)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    print(f"\nwrote {args.json} ({results['wall_s']} s)")
+    return 1 if any(isinstance(results.get(n), dict) and "error" in results[n] for n in only) else 0
