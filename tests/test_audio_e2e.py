@@ -17,10 +17,11 @@ import pytest
 import soxr
 import trio
 
+from kioskd.audio.engine import AudioEngine
 from kioskd.audio.formats import AudioFormat, decode, encode
 from kioskd.simulator import SimulatorConfig, open_simulator
 from kioskd.simulator.speech import synth_speech
-from kioskd.state import KioskState
+from kioskd.state import Command, KioskState
 from tests.alsa_pcm import AlsaFiles, alsa_devices
 from tests.kiosk_harness import kiosk_config, running_kiosk
 
@@ -120,3 +121,132 @@ async def test_mic_and_agent_audio_cross_intact_in_every_format(alsa: AlsaFiles,
     else:
         ideal = soxr.resample(reply, fmt.rate, SPEAKER_RATE, "VHQ").astype(np.int16)
         assert aligned_correlation(out, ideal) > MIN_CORRELATION
+
+
+# ------------------------------------------------------------------ pre-roll
+
+BACKEND_DELAY_S = 1.0
+"""The signing backend answers this late: the conversation opens well after the trigger."""
+
+
+async def test_first_syllable_reaches_the_agent_despite_a_slow_backend(alsa: AlsaFiles, tmp_path: Path) -> None:
+    """The trigger fires on the first frame of speech; the agent still hears it from its first sample."""
+    speech = synth_speech(SPEECH_S, MIC_RATE, seed=11)
+    lead = np.zeros(int(0.6 * MIC_RATE), np.int16)
+    alsa.write_input("kiosk_mic", np.concatenate([lead, speech, np.zeros(int(TAIL_S * MIC_RATE), np.int16)]))
+    sim_config = SimulatorConfig(end_of_speech_ms=300, reply_seconds=0.3, tool_call=None, vad_score_ms=0)
+    async with open_simulator(sim_config) as sim:
+        sim.backend_faults.delay = BACKEND_DELAY_S
+        audio = {"input": "kiosk_mic", "input_rate": MIC_RATE, "output": f"wav:{tmp_path / 'out.wav'}"}
+        config = kiosk_config(sim, tmp_path, audio=audio)
+        with trio.fail_after(LIMIT):
+            async with running_kiosk(config) as k:
+                triggered: list[float] = []
+
+                def trigger_on_speech(frame: np.ndarray, t: float) -> None:
+                    if not triggered and frame.any():
+                        triggered.append(t)
+                        k.kiosk.supervisor.command(Command.START)
+
+                k.kiosk.audio.add_frame_listener(trigger_on_speech)
+                conv = await sim.wait_for_conversation()
+                opened = trio.current_time()
+                await sim.wait_for(lambda: len(conv.turns) >= 1)
+                await k.ctl("end")
+                await sim.wait_for(lambda: not conv.open)
+    assert opened - triggered[0] >= BACKEND_DELAY_S  # the backend really was slow
+    assert sim.backend_requests  # and was asked
+    start = find(conv.audio_pcm, speech)
+    assert start > 0  # the whole utterance, after some pre-roll silence
+    assert not conv.audio_pcm[:start].any()
+
+
+# ------------------------------------------------------------------ vanished device
+
+
+async def test_vanished_microphone_is_reported_survived_and_recovered(
+    alsa: AlsaFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ctl status`` names the missing mic; conversations still open; the mic comes back by itself."""
+    # the daemon's reopen backoff (0.5 s doubling to 10 s), shortened so the test is quick
+    monkeypatch.setitem(AudioEngine.__init__.__kwdefaults__, "backoff_base", 0.05)
+    monkeypatch.setitem(AudioEngine.__init__.__kwdefaults__, "backoff_cap", 0.2)
+    gone = "kiosk_mic_gone"
+    alsa.infile(gone).unlink(missing_ok=True)
+    speech = synth_speech(SPEECH_S, MIC_RATE, seed=5)
+    sim_config = SimulatorConfig(end_of_speech_ms=300, reply_seconds=0.3, tool_call=None, vad_score_ms=0)
+    try:
+        async with open_simulator(sim_config) as sim:
+            audio = {"input": gone, "input_rate": MIC_RATE, "output": f"wav:{tmp_path / 'out.wav'}"}
+            config = kiosk_config(sim, tmp_path, audio=audio)
+            with trio.fail_after(LIMIT):
+                async with running_kiosk(config) as k:
+                    await k.wait_state(KioskState.IDLE)
+                    while k.kiosk.audio.status()["input_failures"] < 2:
+                        await trio.sleep(0.01)
+                    missing = (await k.ctl("status"))["audio"]
+                    # a conversation without a microphone still opens and ends cleanly
+                    assert (await k.ctl("start"))["ok"] is True
+                    first = await sim.wait_for_conversation(0)
+                    await k.wait_state(KioskState.CONVERSATION)
+                    await k.ctl("end")
+                    await sim.wait_for(lambda: not first.open)
+                    await k.wait_state(KioskState.IDLE)
+
+                    lead = np.zeros(int(LEAD_S * MIC_RATE), np.int16)
+                    alsa.write_input(gone, np.concatenate([lead, speech, np.zeros(int(TAIL_S * MIC_RATE), np.int16)]))
+                    while not k.kiosk.audio.status()["input_ok"]:
+                        await trio.sleep(0.01)
+                    back = (await k.ctl("status"))["audio"]
+                    assert (await k.ctl("start"))["ok"] is True
+                    second = await sim.wait_for_conversation(1)
+                    await sim.wait_for(lambda: len(second.turns) >= 1)
+                    await k.ctl("end")
+                    await sim.wait_for(lambda: not second.open)
+    finally:
+        alsa.infile(gone).unlink(missing_ok=True)
+    assert missing["input_device"] == gone and missing["input_ok"] is False and missing["input_format"] is None
+    assert gone in missing["last_device_error"]
+    assert missing["output_ok"] is True
+    assert first.close_code == 1000
+    assert back["input_ok"] is True and back["input_format"] == f"{MIC_RATE}Hz x1"
+    assert find(second.audio_pcm, speech) >= 0  # the recovered mic is heard, sample for sample
+
+
+# ------------------------------------------------------------------ half duplex
+
+ECHO_AFTER_S = 0.8
+"""The speaker's 'echo' starts this long after the visitor stops (the reply plays by then)."""
+
+
+async def test_half_duplex_sends_silence_while_the_agent_speaks(alsa: AlsaFiles, tmp_path: Path) -> None:
+    """Loud speech on the mic during the reply (its echo) reaches the agent as silence: no self-interruption."""
+    speech = synth_speech(SPEECH_S, MIC_RATE, seed=7)
+    echo = synth_speech(3.0, MIC_RATE, seed=3)
+    parts = [np.zeros(int(LEAD_S * MIC_RATE), np.int16), speech, np.zeros(int(ECHO_AFTER_S * MIC_RATE), np.int16),
+             echo, np.zeros(int(TAIL_S * MIC_RATE), np.int16)]
+    alsa.write_input("kiosk_mic", np.concatenate(parts))
+    sim_config = SimulatorConfig(end_of_speech_ms=300, reply_seconds=REPLY_S, tool_call=None, vad_score_ms=0,
+                                 barge_in_ms=200)
+    async with open_simulator(sim_config) as sim:
+        audio = {"input": "kiosk_mic", "input_rate": MIC_RATE, "output": "kiosk_spk", "output_rate": SPEAKER_RATE,
+                 "echo": "half_duplex", "preroll_ms": 3000, "max_backlog_ms": 6000}
+        config = kiosk_config(sim, tmp_path, audio=audio)
+        with trio.fail_after(LIMIT):
+            async with running_kiosk(config) as k:
+                await k.ctl("start")
+                conv = await sim.wait_for_conversation()
+                await sim.wait_for(lambda: len(conv.turns) >= 1)
+                while not k.kiosk.board.status.agent_speaking:
+                    await trio.sleep(0.01)
+                while k.kiosk.board.status.agent_speaking:
+                    await trio.sleep(0.01)
+                interruptions = list(conv.interruptions)
+                await trio.sleep(0.6)  # the mic is live again: the rest of the echo gets through
+                await k.ctl("end")
+                await sim.wait_for(lambda: not conv.open)
+    assert interruptions == []  # the agent did not hear itself
+    heard = conv.audio_pcm
+    assert find(heard, speech) >= 0
+    assert find(heard, echo[: MIC_RATE // 5]) == -1  # the echo's start was muted...
+    assert heard[-MIC_RATE // 4 :].any()  # ...not the mic for good

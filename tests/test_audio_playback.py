@@ -1,0 +1,110 @@
+"""Barge-in at the engine level: what reaches the device after ``Playback.interrupt``.
+
+A fake clocked device (its ``write`` blocks for one period, like a real sound card)
+records every period it is given and the monotonic time the write began. The test
+interrupts mid-reply and counts the samples of the dead reply written to the device
+after ``interrupt()`` was called: at most the one period already taken from the jitter
+buffer plus the fade.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import trio
+
+from kioskd.audio.devices import Direction, Stream
+from kioskd.audio.engine import AudioEngine
+from kioskd.audio.formats import AudioFormat, encode
+from kioskd.config import AudioConfig
+
+LIMIT = 10.0
+RATE = 16000
+PERIOD_MS = 10
+PERIOD = RATE * PERIOD_MS // 1000
+FADE_MS = 5
+FADE = RATE * FADE_MS // 1000
+OLD_LEVEL = 5000
+"""The interrupted reply: a constant, so every sample of it (and of its fade) is > 0."""
+NEW_LEVEL = -3000
+"""The next reply: negative, told apart from the old one by sign."""
+ROUNDS = 6
+"""Interruptions at different points of the device's period."""
+FMT = AudioFormat.parse("pcm_16000")
+
+
+@dataclass
+class FakeDevice:
+    """A clocked mono device at :data:`RATE`: reads give silence, writes are recorded."""
+
+    name: str
+    direction: Direction
+    rate: int = RATE
+    channels: int = 1
+    clocked: bool | None = True
+    writes: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def read(self, frames: int) -> np.ndarray:
+        time.sleep(frames / self.rate)
+        return np.zeros(frames, np.int16)
+
+    def write(self, samples: np.ndarray) -> None:
+        with self.lock:
+            self.writes.append((time.monotonic(), np.array(samples)))
+        time.sleep(len(samples) / self.rate)
+
+    def close(self) -> None:
+        pass
+
+    def written_since(self, t: float) -> np.ndarray:
+        """Everything whose write began at or after monotonic time ``t``."""
+        with self.lock:
+            parts = [s for at, s in self.writes if at >= t]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int16)
+
+
+def opener(devices: dict[Direction, FakeDevice]) -> Callable[[str, Direction, int, int], Stream]:
+    def open_fake(name: str, direction: Direction, rate: int, period_ms: int) -> Stream:
+        devices[direction] = FakeDevice(name, direction)
+        return devices[direction]
+
+    return open_fake
+
+
+async def test_interrupt_is_heard_within_one_device_period() -> None:
+    devices: dict[Direction, FakeDevice] = {}
+    config = AudioConfig(input="fake", output="fake", echo="off", device_period_ms=PERIOD_MS, fade_ms=FADE_MS,
+                         jitter_start_ms=20, jitter_min_ms=20)
+    engine = AudioEngine(config, opener=opener(devices))
+    leaked: list[int] = []
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            spk = devices["output"]
+            for round_ in range(ROUNDS):
+                event = 2 * round_ + 1
+                playback = engine.open_playback(FMT)
+                playback.push(event, encode(np.full(RATE, OLD_LEVEL, np.int16), FMT))  # 1 s reply
+                while not any(s.max() == OLD_LEVEL for _, s in spk.writes[-3:]):
+                    await trio.sleep(0.001)  # it is playing
+                await trio.sleep(round_ * PERIOD_MS / ROUNDS / 1000)  # a different phase each round
+                t = time.monotonic()
+                playback.interrupt(event)
+                playback.push(event, encode(np.full(RATE // 10, OLD_LEVEL, np.int16), FMT))  # late: dropped
+                playback.push(event + 1, encode(np.full(RATE // 10, NEW_LEVEL, np.int16), FMT))  # the next reply
+                while playback.speaking:
+                    await trio.sleep(0.005)
+                after = spk.written_since(t)
+                leaked.append(int(np.count_nonzero(after > 0)))
+                # the next reply plays whole, and only once
+                assert np.count_nonzero(after == NEW_LEVEL) == RATE // 10
+            nursery.cancel_scope.cancel()
+    # the dead reply's samples written after interrupt(): at most the period already
+    # taken from the jitter buffer, then the fade
+    assert all(n <= PERIOD + FADE for n in leaked), leaked
+    assert max(leaked) >= FADE  # the fade was heard (the cut is not a click)
