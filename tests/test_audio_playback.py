@@ -1,4 +1,4 @@
-"""Barge-in at the engine level: what reaches the device after ``Playback.interrupt``.
+"""The engine on a fake clocked device: barge-in at the device, and steady uplink messages.
 
 A fake clocked device (its ``write`` blocks for one period, like a real sound card)
 records every period it is given and the monotonic time the write began. The test
@@ -108,3 +108,26 @@ async def test_interrupt_is_heard_within_one_device_period() -> None:
     # taken from the jitter buffer, then the fade
     assert all(n <= PERIOD + FADE for n in leaked), leaked
     assert max(leaked) >= FADE  # the fade was heard (the cut is not a click)
+
+
+async def test_uplink_messages_are_steady_20ms_in_ulaw_8000() -> None:
+    """Resampling 16 kHz → 8 kHz gives every message its 20 ms (soxr once made ~110 ms bursts)."""
+    devices: dict[Direction, FakeDevice] = {}
+    config = AudioConfig(input="fake", output="fake", echo="off", preroll_ms=0)
+    engine = AudioEngine(config, opener=opener(devices))
+    fmt = AudioFormat.parse("ulaw_8000")
+    sizes: list[int] = []
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            uplink = engine.open_uplink(fmt)
+            while len(sizes) < 20:
+                sizes.append(len(await uplink.receive()))
+            uplink.close()
+            nursery.cancel_scope.cancel()
+    chunk = fmt.rate * config.chunk_ms // 1000 * fmt.bytes_per_sample
+    assert chunk - 6 * fmt.rate // 1000 <= sizes[0] < chunk  # short by the filter's delay only
+    frame = fmt.rate * 10 // 1000 * fmt.bytes_per_sample  # 10 ms
+    # whole 10 ms frames in, the same audio out: a late consumer may get 2 frames coalesced, never a burst
+    assert all(n % frame == 0 for n in sizes[1:]), sizes
+    assert sizes[1:].count(chunk) >= len(sizes) // 2, sizes
