@@ -90,9 +90,10 @@ MDWE_PROBE = textwrap.dedent(
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl({PR_SET_MDWE}, {PR_MDWE_REFUSE_EXEC_GAIN}, 0, 0, 0) != 0:
         sys.exit(77)
-    import numpy, soxr, webrtcvad, msgspec, trio, httpx, pyaudio, pywebrtc_audio
+    import numpy, samplerate, soxr, webrtcvad, msgspec, trio, httpx, pyaudio, pywebrtc_audio
     x = numpy.sin(numpy.arange(48000, dtype=numpy.float32))
     assert len(soxr.resample(x, 48000, 16000)) == 16000
+    assert abs(len(samplerate.resample(x, 1 / 3, "sinc_medium")) - 16000) <= 1
     numpy.dot(numpy.ones((64, 64)), numpy.ones((64, 64)))
     assert webrtcvad.Vad(2).is_speech(bytes(320), 16000) is False
     assert ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(lambda v: v + 1)(41) == 42
