@@ -223,7 +223,10 @@ class Mic:
             # speaker timeline index of mic sample j: same monotonic instant
             sa = int(round((self.capture_time(a) - spk.origin) * spk.rate))
             k = len(self.echo_ir)
-            played = spk.played(sa - k + 1, sa + frames).astype(np.float64)
+            first = sa - k + 1
+            played = spk.played(first, sa + frames).astype(np.float64)
+            if first < 0:  # before the speaker's origin: nothing played
+                played = np.concatenate([np.zeros(min(-first, k - 1 + frames)), played])
             out += np.round(np.convolve(played, self.echo_ir, mode="valid")).astype(np.int32)
         self.pos = b
         return np.clip(out, -32768, 32767).astype(np.int16)

@@ -68,7 +68,7 @@ async def fig_throttle(quick: bool, with_official: bool) -> dict[str, Any]:
 async def fig_echo(quick: bool, with_official: bool) -> dict[str, Any]:
     from . import echo
 
-    return await echo.run(quick)
+    return await echo.run(quick, with_official)
 
 
 async def fig_cost(quick: bool, with_official: bool) -> dict[str, Any]:
