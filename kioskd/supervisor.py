@@ -19,7 +19,7 @@ import trio
 from kioskd.backend.client import SignedUrlError, UrlSource
 from kioskd.backoff import Backoff
 from kioskd.config import Config
-from kioskd.protocol import ServerEvent, UnknownEvent
+from kioskd.protocol import ConversationInitiationMetadata, ServerEvent, UnknownEvent
 from kioskd.session import AudioPort, Session, SessionOutcome, Uplink
 from kioskd.state import Command, KioskState, StatusBoard
 from kioskd.tools import ToolRegistry
@@ -235,8 +235,6 @@ class Supervisor:
                 transcript = (transcript + outcome.transcript)[-max(self.config.conversation.context_lines, 1):]
                 if outcome.opened:
                     self._error = None
-                    if resuming:
-                        self.counters["resumed"] += 1
                 elif outcome.rejected:
                     self._error = outcome.reason
                 log.info("conversation ended id=%s reason=%r", outcome.conversation_id, outcome.reason)
@@ -295,8 +293,13 @@ class Supervisor:
         connect_timeout: float | None = None, claim: Callable[[], bool] | None = None,
         on_claimed: Callable[[Session], None] | None = None,
     ) -> SessionOutcome:
+        def count_resumed(event: ServerEvent | UnknownEvent) -> None:
+            if context is not None and isinstance(event, ConversationInitiationMetadata):
+                self.counters["resumed"] += 1
+
         session = Session(
-            self.config, self._audio, uplink, self._tools, self._board, context=context, observers=self.observers
+            self.config, self._audio, uplink, self._tools, self._board, context=context,
+            observers=[count_resumed, *self.observers],
         )
 
         def claimed() -> bool:
