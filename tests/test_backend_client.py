@@ -110,7 +110,7 @@ async def test_prefetched_url_is_used_once_and_refreshed(
     tmp_path: Path, virtual_clock: trio.testing.MockClock
 ) -> None:
     async with open_simulator(SimulatorConfig()) as sim:
-        provider = await _provider(sim, tmp_path, health_interval=60.0, url_max_age=600.0)
+        provider = await _provider(sim, tmp_path, health_interval=10.0, url_max_age=600.0)
         with trio.fail_after(TIMEOUT):
             async with trio.open_nursery() as nursery:
                 await nursery.start(provider.run)
@@ -123,8 +123,10 @@ async def test_prefetched_url_is_used_once_and_refreshed(
                     await trio.sleep(0.01)
                 second = await provider.take()
                 assert second != first  # one URL per conversation
-                # idle: a health check (which refreshes the URL) every 60 s
-                t0 = trio.current_time()
+                while provider._ready is None:
+                    await trio.sleep(0.01)
+                # idle: a health check (which refreshes the URL) every health_interval (10 s here)
+                t0 = provider._ready[1]
                 sim.backend_faults.set("503")
                 while provider.healthy:
                     await trio.sleep(0.01)
@@ -132,4 +134,4 @@ async def test_prefetched_url_is_used_once_and_refreshed(
                 assert provider._ready is not None  # a still-valid URL is kept through an outage
                 nursery.cancel_scope.cancel()
         await provider.aclose()
-    assert checked == pytest.approx(60.0, abs=0.1)
+    assert checked == pytest.approx(10.0, abs=0.1)
