@@ -127,6 +127,11 @@ class Kiosk:
             await nursery.start(systemd.watchdog_task, self.supervisor.healthy)
             task_status.started()
 
+    async def aclose(self) -> None:
+        """Release what outlives the tasks (the backend client's connections)."""
+        with trio.CancelScope(shield=True):
+            await self.urls.aclose()
+
     async def shutdown(self) -> None:
         """End a running conversation cleanly (close 1000), waiting at most SHUTDOWN_GRACE."""
         with trio.move_on_after(SHUTDOWN_GRACE):
@@ -156,6 +161,7 @@ async def _serve(config: Config, config_path: str) -> int:
                 await kiosk.shutdown()
                 nursery.cancel_scope.cancel()
                 break
+    await kiosk.aclose()
     return 0
 
 

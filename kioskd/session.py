@@ -446,6 +446,9 @@ class Session:
         try:
             while True:
                 chunk = await self._uplink.receive()
+                # Privacy: the listening light is switched on (synchronously, by the board's
+                # listeners) before microphone audio leaves the kiosk, never after.
+                self._board.update(mic_live=self._audio.mic_enabled)
                 await ws.send_message(encode(UserAudioChunk(user_audio_chunk=chunk)))
                 self.stats.chunks_sent += 1
         finally:

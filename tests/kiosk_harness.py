@@ -76,4 +76,5 @@ async def running_kiosk(config: Config) -> AsyncIterator[RunningKiosk]:
             yield RunningKiosk(kiosk, config.control.socket, log)
             nursery.cancel_scope.cancel()
     finally:
+        await kiosk.aclose()
         logging.getLogger().handlers.clear()

@@ -162,6 +162,10 @@ class UrlSource(Protocol):
         """Background upkeep (prefetch, health checks); returns never."""
         ...
 
+    async def aclose(self) -> None:
+        """Release connections (at shutdown)."""
+        ...
+
 
 class PublicAgentUrl:
     """A public agent: the same URL every time, nothing to prefetch."""
@@ -179,6 +183,9 @@ class PublicAgentUrl:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         await trio.sleep_forever()
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
 
 class SignedUrlProvider:
@@ -288,4 +295,5 @@ class SignedUrlProvider:
                 await self._wanted.wait()
 
     async def aclose(self) -> None:
+        """Close the HTTP client's connections (at shutdown)."""
         await self._client.aclose()
