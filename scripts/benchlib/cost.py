@@ -135,7 +135,7 @@ async def official_cost(conv_s: float) -> dict[str, Any]:
 
 
 async def run(quick: bool, with_official: bool) -> dict[str, Any]:
-    conv_s, idle_s = (8.0, 4.0) if quick else (60.0, 20.0)
+    conv_s, idle_s = (6.0, 3.0) if quick else (60.0, 20.0)
     out: dict[str, Any] = {"ours": await ours(conv_s, idle_s)}
     if with_official:
         out["official"] = await official_cost(conv_s)

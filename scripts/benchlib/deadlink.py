@@ -77,7 +77,7 @@ async def ours(reps: int) -> dict[str, Any]:
 
 async def official_run(quick: bool) -> dict[str, Any]:
     """Stall and drop for the official client (no reconnect logic: does it notice, does it come back?)."""
-    cap = 12.0 if quick else 50.0
+    cap = 5.0 if quick else 50.0
     out: dict[str, Any] = {"stall_wait_cap_s": cap}
     async with open_simulator(sim_config(ping_interval=2.0, require_token=False)) as sim:
         async with FaultProxy("127.0.0.1", sim.agent.port) as proxy:

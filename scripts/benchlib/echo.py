@@ -76,7 +76,7 @@ async def official_run(seconds: float) -> dict[str, Any]:
 
 
 async def run(quick: bool, with_official: bool = True) -> dict[str, Any]:
-    seconds = 7.0 if quick else 36.0
+    seconds = 6.0 if quick else 36.0
     out: dict[str, Any] = {"erle_db": erle_db(), "seconds": seconds, "visitor_turns": int(seconds // 6) + 1, "modes": {}}
     for mode in ("aec", "off", "half_duplex"):
         out["modes"][mode] = await ours(mode, seconds)

@@ -37,7 +37,7 @@ async def fig_start(quick: bool, with_official: bool) -> dict[str, Any]:
 async def fig_conversation(quick: bool, with_official: bool) -> dict[str, Any]:
     from . import conversation as c
 
-    seconds = 10 if quick else 60
+    seconds = 8 if quick else 60
     out: dict[str, Any] = {"seconds": seconds, "ours": await c.ours_conversation(seconds)}
     if with_official:
         out["official"] = await c.official_conversation(seconds)
