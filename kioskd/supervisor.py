@@ -94,6 +94,8 @@ class Supervisor:
         self._session: Session | None = None
         self._in_conversation = False
         self._error: str | None = None
+        #: why the latest start gave up (shown with the idle state until the next start)
+        self._start_failure: str | None = None
         self.counters = {
             "conversations": 0, "resumed": 0, "failed_starts": 0, "failed_resumes": 0, "dropped_commands": 0,
         }
@@ -159,6 +161,8 @@ class Supervisor:
             return KioskState.ERROR, self._error
         if not self._urls.healthy:
             return KioskState.OFFLINE, f"backend unreachable: {self._urls.last_error}"
+        if self._start_failure is not None:
+            return KioskState.IDLE, f"last start failed: {self._start_failure}"
         return KioskState.IDLE, ""
 
     async def _refresh_idle_state(self) -> None:
@@ -175,6 +179,7 @@ class Supervisor:
         self._in_conversation = True
         self._idle = trio.Event()
         self._audio.mic_enabled = True
+        self._start_failure = None
         self.counters["conversations"] += 1
         try:
             async with trio.open_nursery() as nursery:
@@ -237,6 +242,8 @@ class Supervisor:
                     self._error = None
                 elif outcome.rejected:
                     self._error = outcome.reason
+                elif not resuming:
+                    self._start_failure = outcome.reason  # else lost when the board returns to idle
                 log.info("conversation ended id=%s reason=%r", outcome.conversation_id, outcome.reason)
                 if not outcome.resumable or grace <= 0 or not (outcome.opened or resuming):
                     self._board.update(reason=outcome.reason)
