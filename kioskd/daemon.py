@@ -51,10 +51,11 @@ def make_url_source(config: Config) -> UrlSource:
 class Kiosk:
     """One kiosk: audio, URL source, supervisor, control socket, triggers and light."""
 
-    def __init__(self, config: Config, *, pin_factory: Any = None) -> None:
+    def __init__(self, config: Config, *, pin_factory: Any = None, audio: AudioEngine | None = None) -> None:
+        """``pin_factory`` (gpiozero) and ``audio`` are for tests and benchmarks; the defaults are the real ones."""
         self.config = config
         self.board = StatusBoard()
-        self.audio = AudioEngine(config.audio)
+        self.audio = audio or AudioEngine(config.audio)
         self.urls = make_url_source(config)
         self.supervisor = Supervisor(config, self.audio, self.board, self.urls, ToolRegistry.from_config(config))
         self._pin_factory = pin_factory

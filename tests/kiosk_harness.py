@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from kioskd.audio.engine import AudioEngine
 from kioskd.config import Config, parse_config
 from kioskd.control import request
 from kioskd.daemon import Kiosk
@@ -65,11 +66,11 @@ class RunningKiosk:
 
 
 @asynccontextmanager
-async def running_kiosk(config: Config) -> AsyncIterator[RunningKiosk]:
+async def running_kiosk(config: Config, *, audio: AudioEngine | None = None) -> AsyncIterator[RunningKiosk]:
     """Run a kiosk until the block ends; its log lines (as journald would get them) are captured."""
     log = io.StringIO()
     setup_logging(config.log.level, stream=log)
-    kiosk = Kiosk(config)
+    kiosk = Kiosk(config, audio=audio)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(kiosk.run)

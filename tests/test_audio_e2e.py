@@ -165,12 +165,9 @@ async def test_first_syllable_reaches_the_agent_despite_a_slow_backend(alsa: Als
 
 
 async def test_vanished_microphone_is_reported_survived_and_recovered(
-    alsa: AlsaFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    alsa: AlsaFiles, tmp_path: Path
 ) -> None:
     """``ctl status`` names the missing mic; conversations still open; the mic comes back by itself."""
-    # the daemon's reopen backoff (0.5 s doubling to 10 s), shortened so the test is quick
-    monkeypatch.setitem(AudioEngine.__init__.__kwdefaults__, "backoff_base", 0.05)
-    monkeypatch.setitem(AudioEngine.__init__.__kwdefaults__, "backoff_cap", 0.2)
     gone = "kiosk_mic_gone"
     alsa.infile(gone).unlink(missing_ok=True)
     speech = synth_speech(SPEECH_S, MIC_RATE, seed=5)
@@ -180,7 +177,9 @@ async def test_vanished_microphone_is_reported_survived_and_recovered(
             audio = {"input": gone, "input_rate": MIC_RATE, "output": f"wav:{tmp_path / 'out.wav'}"}
             config = kiosk_config(sim, tmp_path, audio=audio)
             with trio.fail_after(LIMIT):
-                async with running_kiosk(config) as k:
+                # the daemon's reopen backoff (0.5 s doubling to 10 s), shortened so the test is quick
+                engine = AudioEngine(config.audio, backoff_base=0.05, backoff_cap=0.2)
+                async with running_kiosk(config, audio=engine) as k:
                     await k.wait_state(KioskState.IDLE)
                     while k.kiosk.audio.status()["input_failures"] < 2:
                         await trio.sleep(0.01)

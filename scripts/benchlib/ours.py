@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 
+from kioskd.audio.engine import AudioEngine
 from kioskd.config import Config, parse_config
 from kioskd.daemon import Kiosk
 from kioskd.simulator import Simulator
@@ -45,8 +46,7 @@ def kiosk_config(sim: Simulator, tmp: Path, *, ws_base: str | None = None, **sec
 @asynccontextmanager
 async def running_kiosk(config: Config, devices: Devices) -> AsyncIterator[Kiosk]:
     """Run a Kiosk whose audio engine opens ``devices`` until the block ends."""
-    kiosk = Kiosk(config)
-    kiosk.audio._opener = devices  # measurement hook: the engine's device opener (constructor argument)
+    kiosk = Kiosk(config, audio=AudioEngine(config.audio, opener=devices))
     async with trio.open_nursery() as nursery:
         await nursery.start(kiosk.run)
         try:
