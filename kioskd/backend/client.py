@@ -253,7 +253,8 @@ class SignedUrlProvider:
         """
         url = self._fresh()
         self._ready = None
-        self._wanted.set()  # refill in the background
+        if self._backend.prefetch:
+            self._wanted.set()  # refill in the background (without prefetch there is nothing to refill)
         if url is not None:
             return url
         return await self._fetch(timeout)
