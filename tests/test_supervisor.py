@@ -335,3 +335,24 @@ async def test_provider_waits_a_minute_after_a_401(tmp_path: Path, virtual_clock
     first, second = sim.backend_requests
     assert (first.status, second.status) == (401, 200)
     assert second.t - first.t == pytest.approx(UNAUTHORIZED_RETRY, abs=0.05)
+
+
+async def test_provider_without_prefetch_fetches_once_per_take(
+    tmp_path: Path, virtual_clock: trio.testing.MockClock
+) -> None:
+    """With prefetch off a take() is the one request a conversation costs: no extra "refill" right after."""
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(SIM) as sim:
+            config = kiosk_config(sim, tmp_path, backend={"prefetch": False, "health_interval": 60.0})
+            assert config.backend is not None
+            provider = SignedUrlProvider(config.backend, config.network, config.agent.agent_id, config.kiosk_token())
+            async with trio.open_nursery() as nursery:
+                await nursery.start(provider.run)
+                await sim.wait_for(lambda: len(sim.backend_requests) >= 1)  # the first health check
+                await trio.sleep(10)
+                await provider.take()
+                await trio.sleep(10)
+                requests = [r.t for r in sim.backend_requests]
+                nursery.cancel_scope.cancel()
+            await provider.aclose()
+    assert requests == pytest.approx([0.0, 10.0], abs=0.05)
