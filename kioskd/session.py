@@ -10,8 +10,12 @@ supervisor may resume it on a new connection.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import socket
 import ssl
+import struct
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +72,23 @@ VAD_ACTIVITY = 0.5
 DRAIN_LIMIT = 15.0
 #: Messages trio-websocket may queue before its reader stops (it then stops answering pings).
 MESSAGE_QUEUE = 256
+#: SO_SNDBUF of the agent socket. Microphone audio is 16 kHz int16 = 32 kB/s, ~43 kB/s as
+#: base64 in JSON, so 16 KiB holds ~380 ms (Linux doubles the figure for its bookkeeping,
+#: which small segments mostly use up). The kernel default (hundreds of KB on Wi-Fi, MBs on
+#: loopback) would swallow many seconds of audio on a thin link before ``send_message``
+#: blocked, hiding the backlog from the uplink buffer, whose bound and speech-first drops
+#: then never engaged while audio arrived seconds late. 16 KiB still keeps 20 ms messages
+#: flowing over a ~300 ms round trip.
+SEND_BUFFER = 16 * 1024
+#: The link is congested while more than this many bytes sit in the socket not yet sent
+#: (Linux SIOCOUTQNSD, ~50 ms of audio): the sender then takes no audio from the uplink, so
+#: the backlog stays in the uplink buffer (coalesced, bounded, silence dropped first), and
+#: the trio-websocket send lock is free for pongs and close frames.
+CONGESTED_BYTES = 2048
+#: How often the sender looks again while the link is congested.
+CONGESTION_POLL = 0.01
+#: ioctl: bytes in a TCP socket's send queue not yet sent (Linux, include/uapi/linux/sockios.h).
+SIOCOUTQNSD = 0x894B
 
 #: Close codes (NOTES): what they mean, and whether the conversation may be resumed.
 CLOSE_CODES: dict[int, tuple[str, bool]] = {
@@ -124,6 +145,7 @@ class SessionStats:
     malformed: int = 0
     unknown: int = 0
     tool_calls: int = 0
+    congested_waits: int = 0
 
 
 class Uplink(Protocol):
@@ -213,6 +235,7 @@ class Session:
         self._last_activity = 0.0
         self._close_code = 1000
         self._close_timeout = CLOSE_TIMEOUT
+        self._socket: socket.socket | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -251,19 +274,20 @@ class Session:
             async with trio.open_nursery() as nursery:  # holds trio-websocket's reader task
                 try:
                     with trio.fail_after(timeout):
-                        ws = await trio_websocket.connect_websocket_url(
+                        host, resource, stream = await _open_stream(url)
+                        self._socket = _raw_socket(stream)
+                        ws = await trio_websocket.wrap_client_stream(
                             nursery,
-                            url,
+                            stream,
+                            host,
+                            resource,
                             message_queue_size=MESSAGE_QUEUE,
                             max_message_size=net.max_message_bytes,
                         )
                 except trio.TooSlowError:
                     self._finish(SessionOutcome(f"no connection within {timeout:g} s", resumable=True))
                 except trio_websocket.ConnectionRejected as exc:
-                    status = getattr(exc, "status_code", None)
-                    self._finish(
-                        SessionOutcome(f"the agent server refused the connection (HTTP {status})", rejected=True)
-                    )
+                    self._finish(_rejected_outcome(exc))
                 except (trio_websocket.HandshakeError, OSError, trio.BrokenResourceError) as exc:
                     self._finish(SessionOutcome(f"cannot connect: {_describe_exc(exc)}", resumable=True))
                 except ValueError as exc:  # a URL trio-websocket cannot use
@@ -278,6 +302,8 @@ class Session:
                     finally:
                         await self._close(ws)
                 nursery.cancel_scope.cancel()
+        except* trio_websocket.ConnectionRejected as group:  # raised by trio-websocket's reader task
+            self._finish(_rejected_outcome(group.exceptions[0]))
         except* trio_websocket.ConnectionClosed as group:
             exc = group.exceptions[0]
             assert isinstance(exc, trio_websocket.ConnectionClosed)
@@ -445,6 +471,7 @@ class Session:
         self._sending = True
         try:
             while True:
+                await self._wait_for_room()
                 chunk = await self._uplink.receive()
                 # Privacy: the listening light is switched on (synchronously, by the board's
                 # listeners) before microphone audio leaves the kiosk, never after.
@@ -453,6 +480,22 @@ class Session:
                 self.stats.chunks_sent += 1
         finally:
             self._sending = False
+
+    async def _wait_for_room(self) -> None:
+        """Return once the socket can take a message without queueing audio in the kernel.
+
+        Why wait here rather than bound each send with a timeout: cancelling ``send_message``
+        part-way leaves half a frame on the wire, which ends the connection; and skipping a
+        chunk would drop audio without regard to speech. Waiting *before* taking audio from
+        the uplink leaves the backlog where it is coalesced into larger messages and, past
+        its bound, dropped silence first. Each send then fits in the socket at once, so it
+        holds trio-websocket's send lock only briefly and pongs are not queued behind
+        seconds of audio. A link that stops moving altogether is caught by the stall
+        watchdog (nothing heard for ``stall_timeout``), not here.
+        """
+        while (unsent := _unsent_bytes(self._socket)) is not None and unsent > CONGESTED_BYTES:
+            self.stats.congested_waits += 1
+            await trio.sleep(CONGESTION_POLL)
 
     async def _keepalive(self, ws: trio_websocket.WebSocketConnection) -> None:
         """WebSocket pings: a pong (like any message) proves the link is alive."""
@@ -512,7 +555,70 @@ def _closed_outcome(code: int | None) -> SessionOutcome:
     return SessionOutcome(meaning, resumable=resumable, rejected=code == 1008, close_code=code)
 
 
+def _rejected_outcome(exc: BaseException) -> SessionOutcome:
+    status = getattr(exc, "status_code", None)
+    return SessionOutcome(f"the agent server refused the connection (HTTP {status})", rejected=True)
+
+
+async def _open_stream(url: str) -> tuple[str, str, trio.SocketStream | trio.SSLStream[trio.SocketStream]]:
+    """Open TCP (and TLS for ``wss://``) to the URL's host: ``(Host header, resource, stream)``.
+
+    Done here rather than by trio-websocket so the socket's send buffer can be kept small
+    (:data:`SEND_BUFFER`). TLS uses the system's trust store with SNI and hostname checking.
+    ValueError for a URL that is not ``ws://`` or ``wss://`` with a host.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError("WebSocket URL scheme must be ws: or wss:")
+    host = parts.hostname
+    if not host:
+        raise ValueError("WebSocket URL has no host")
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)  # .port raises ValueError when out of range
+    resource = parts.path or "/"
+    if parts.query:
+        resource += "?" + parts.query
+    name = f"[{host}]" if ":" in host else host
+    host_header = name if port == (443 if secure else 80) else f"{name}:{port}"
+    tcp = await trio.open_tcp_stream(host, port)
+    try:
+        _limit_send_buffer(tcp.socket)
+        if not secure:
+            return host_header, resource, tcp
+        tls = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname=host, https_compatible=True)
+        await tls.do_handshake()  # here, so a certificate problem is reported as one
+        return host_header, resource, tls
+    except BaseException:
+        await trio.aclose_forcefully(tcp)
+        raise
+
+
+def _limit_send_buffer(sock: trio.socket.SocketType) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    except OSError as exc:  # not fatal: the link works, only with more hidden latency
+        log.warning("cannot set the agent socket's send buffer error=%s", exc)
+
+
+def _raw_socket(stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> socket.socket | None:
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    return inner.socket if isinstance(inner, trio.SocketStream) else None  # type: ignore[return-value]
+
+
+def _unsent_bytes(sock: socket.socket | trio.socket.SocketType | None) -> int | None:
+    """Bytes queued in the socket but not yet sent (Linux); None where this cannot be asked."""
+    if sock is None or sock.fileno() < 0:
+        return None
+    try:
+        out = fcntl.ioctl(sock.fileno(), SIOCOUTQNSD, struct.pack("i", 0))
+    except OSError:
+        return None
+    return int(struct.unpack("i", out)[0])
+
+
 def _describe_exc(exc: BaseException) -> str:
+    if isinstance(exc, trio.BrokenResourceError) and isinstance(exc.__cause__, ssl.SSLError):
+        exc = exc.__cause__
     if isinstance(exc, ssl.SSLError):
         return f"TLS error: {exc.reason or exc}"
     cause = exc.__cause__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -178,3 +179,37 @@ async def test_proxy_in_front_of_the_simulator_carries_and_cuts_a_conversation()
                     assert closed.value.reason.code == 1006
                 await sim.wait_for(lambda: not sim.conversations[0].open)
                 assert sim.conversations[0].close_code in (None, 1006)
+
+
+async def test_throttled_proxy_pushes_back_on_the_sender() -> None:
+    """A thin link holds only a bounded amount: the sender's send_all blocks, as on a real link."""
+
+    async def sink(stream: trio.SocketStream) -> None:
+        try:
+            async for _ in stream:
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio.serve_tcp, sink, 0)
+            async with FaultProxy("127.0.0.1", listeners[0].socket.getsockname()[1]) as proxy:
+                proxy.bandwidth = 8000  # 64 kbit/s
+                stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+                stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+                written = 0
+                start = trio.current_time()
+                with trio.move_on_after(1.0):
+                    while True:
+                        await stream.send_all(bytes(1024))
+                        written += 1024
+                elapsed = trio.current_time() - start
+                # Beyond what crossed, only the proxy's quarter second and the (small) kernel
+                # buffers on each side are held; unbounded, loopback would take megabytes.
+                held = written - proxy.stats.bytes_up
+                assert proxy.stats.bytes_up <= 8000 * elapsed + 200
+                assert held < 80_000, held
+                proxy.bandwidth = None
+                await stream.aclose()
+            nursery.cancel_scope.cancel()

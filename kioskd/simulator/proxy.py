@@ -10,7 +10,10 @@ async with FaultProxy("127.0.0.1", sim.agent.port) as proxy:
 
 Each direction of each connection is a reader → queue → writer pipeline, so the delay is
 latency (bytes are due ``delay`` after they were read, order kept), not throughput, and
-the bandwidth limit paces the writer.
+the bandwidth limit paces the writer. The queue is bounded (``buffer`` bytes; with a
+bandwidth limit, ``buffer_seconds`` of it): past the bound the reader stops reading, the
+proxy's small socket receive buffer fills and the sender's ``send`` blocks, as on a real
+thin link. The proxy never hides a backlog the sender could otherwise see.
 """
 
 from __future__ import annotations
@@ -34,6 +37,15 @@ __all__ = ["FaultProxy", "ProxyStats", "open_fault_proxy"]
 log = logging.getLogger(__name__)
 
 READ_SIZE: Final = 65536
+#: Bytes each direction may hold in the proxy (unthrottled; enough for loopback speed under delay).
+DEFAULT_BUFFER: Final = 256 * 1024
+#: With a bandwidth limit, each direction holds at most this many seconds' worth of bytes.
+DEFAULT_BUFFER_SECONDS: Final = 0.25
+#: SO_RCVBUF of the proxy's sockets while a bandwidth limit is set (Linux doubles it), so the
+#: kernel does not hold seconds of a throttled sender's bytes either.
+THROTTLED_RCVBUF: Final = 4096
+#: SO_RCVBUF once the limit is lifted again (a tiny window would slow loopback to a crawl).
+UNTHROTTLED_RCVBUF: Final = 256 * 1024
 #: The bandwidth limit writes in slices of this many seconds' worth of bytes.
 BANDWIDTH_SLICE: Final = 0.01
 
@@ -84,6 +96,10 @@ class FaultProxy:
         self.delay = 0.0
         self.jitter = 0.0
         self.bandwidth: float | None = None
+        #: Bytes each direction may hold without a bandwidth limit.
+        self.buffer = DEFAULT_BUFFER
+        #: With a bandwidth limit: seconds' worth of bytes each direction may hold.
+        self.buffer_seconds = DEFAULT_BUFFER_SECONDS
         #: With ``stall``: discard bytes instead of holding them, like a dead Wi-Fi link;
         #: handshakes in flight then never complete, even after the stall ends.
         self.blackhole = False
@@ -178,28 +194,51 @@ class FaultProxy:
                 _abort(link.upstream)
 
     async def _pipe(self, src: trio.SocketStream, dst: trio.SocketStream, up: bool, scope: trio.CancelScope) -> None:
-        """One direction: read, stamp a due time, write in order; the end of one side ends the link."""
+        """One direction: read, stamp a due time, write in order; the end of one side ends the link.
+
+        Reads only while the queue holds less than :meth:`_limit` bytes (backpressure).
+        """
         send, receive = trio.open_memory_channel[tuple[float, bytes]](math.inf)
+        queue = _Queued()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._writer, receive, dst, up, scope)
+            nursery.start_soon(self._writer, receive, dst, up, scope, queue)
             last_due = 0.0
+            rcvbuf: int | None = None  # None: the kernel's own (autotuned) until first throttled
             try:
                 while True:
-                    data = await src.receive_some(READ_SIZE)
+                    while queue.bytes >= (limit := self._limit()):
+                        await queue.drained.park()
+                    want = THROTTLED_RCVBUF if self.bandwidth is not None else rcvbuf and UNTHROTTLED_RCVBUF
+                    if want != rcvbuf:
+                        rcvbuf = _set_rcvbuf(src, want)
+                    data = await src.receive_some(max(1, min(READ_SIZE, limit - queue.bytes)))
                     if not data:
                         break
                     if self._stall and self.blackhole:
                         continue
                     extra = self.delay + (self._rng.uniform(-self.jitter, self.jitter) if self.jitter else 0.0)
                     last_due = max(last_due, trio.current_time() + max(0.0, extra))
+                    queue.bytes += len(data)
                     send.send_nowait((last_due, data))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 scope.cancel()
             finally:
                 send.close()
 
+    def _limit(self) -> int:
+        """Bytes one direction may hold now."""
+        rate = self.bandwidth
+        if rate is None:
+            return max(1, self.buffer)
+        return max(1, int(rate * BANDWIDTH_SLICE), int(rate * self.buffer_seconds))
+
     async def _writer(
-        self, receive: trio.MemoryReceiveChannel[tuple[float, bytes]], dst: trio.SocketStream, up: bool, scope: trio.CancelScope
+        self,
+        receive: trio.MemoryReceiveChannel[tuple[float, bytes]],
+        dst: trio.SocketStream,
+        up: bool,
+        scope: trio.CancelScope,
+        queue: _Queued,
     ) -> None:
         try:
             async for due, data in receive:
@@ -216,12 +255,31 @@ class FaultProxy:
                         self.stats.bytes_down += len(piece)
                     await dst.send_all(piece)
                     view = view[len(piece) :]
+                    queue.bytes -= len(piece)
+                    queue.drained.unpark_all()
                     if rate is not None:
                         await trio.sleep(len(piece) / rate)
             # The source closed cleanly: pass the half-close on.
             await dst.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             scope.cancel()
+
+
+@dataclass(eq=False)
+class _Queued:
+    """Bytes one direction holds (read, not yet written); the reader parks while it is full."""
+
+    bytes: int = 0
+    drained: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+
+
+def _set_rcvbuf(stream: trio.SocketStream, size: int) -> int:
+    """Set a socket's receive buffer (small: the kernel does not hide a throttled backlog)."""
+    try:
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except OSError:
+        pass
+    return size
 
 
 def _abort(stream: trio.SocketStream) -> None:
