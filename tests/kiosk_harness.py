@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from board_wait import wait_for_status
 from kioskd.audio.engine import AudioEngine
 from kioskd.config import Config, parse_config
 from kioskd.control import request
@@ -61,8 +62,7 @@ class RunningKiosk:
         return await trio.to_thread.run_sync(request, self.socket, cmd)
 
     async def wait_state(self, state: KioskState) -> None:
-        while self.kiosk.board.status.state is not state:
-            await trio.sleep(0.01)
+        await wait_for_status(self.kiosk.board, lambda status: status.state is state)
 
 
 @asynccontextmanager

@@ -12,6 +12,7 @@ from typing import Any
 
 import trio
 
+from board_wait import wait_for_status
 from kioskd.audio.formats import AudioFormat
 from kioskd.backend.client import SignedUrlProvider
 from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
@@ -90,9 +91,7 @@ class Rig:
 
     async def wait_state(self, state: KioskState) -> float:
         """Trio time at which the board (first) shows ``state`` from now on."""
-        while self.board.status.state is not state:
-            await trio.sleep(0.01)
-        return trio.current_time()
+        return await wait_for_status(self.board, lambda status: status.state is state)
 
     def network(self, *, stalled: bool, blackhole: bool = True) -> None:
         """Stall (or restore) both links: agent and backend."""
