@@ -5,6 +5,10 @@ records every period it is given and the monotonic time the write began. The tes
 interrupts mid-reply and counts the samples of the dead reply written to the device
 after ``interrupt()`` was called: at most the one period already taken from the jitter
 buffer plus the fade.
+
+A device that reports its free room (``get_write_available``, a ring buffer of two
+periods like the benchmark's speaker) is written only when it has room, so the thread
+never holds a period it took before the interruption: exactly the fade follows.
 """
 
 from __future__ import annotations
@@ -68,19 +72,53 @@ class FakeDevice:
         return np.concatenate(parts) if parts else np.zeros(0, np.int16)
 
 
-def opener(devices: dict[Direction, FakeDevice]) -> Callable[[str, Direction, int, int], Stream]:
+@dataclass
+class RingDevice(FakeDevice):
+    """A clocked device with a ring buffer of :data:`RING` samples that reports its room.
+
+    ``write`` waits until the samples fit behind what is still to play (and counts the
+    writes that had to wait); the ring drains at :data:`RATE` on the monotonic clock.
+    """
+
+    end: float = 0.0  # monotonic time at which everything written so far has played
+    blocked_writes: int = 0
+
+    def queued(self) -> int:
+        return max(0, round((self.end - time.monotonic()) * self.rate))
+
+    def get_write_available(self) -> int:
+        with self.lock:
+            return max(0, RING - self.queued())
+
+    def write(self, samples: np.ndarray) -> None:
+        with self.lock:
+            wait = (self.queued() + len(samples) - RING) / self.rate
+        if wait > 0:
+            self.blocked_writes += 1
+            time.sleep(wait)
+        with self.lock:
+            now = time.monotonic()
+            self.writes.append((now, np.array(samples)))
+            self.end = max(self.end, now) + len(samples) / self.rate
+
+
+RING = 2 * PERIOD
+
+
+def opener(devices: dict[Direction, FakeDevice], kind: type[FakeDevice] = FakeDevice) -> Callable[[str, Direction, int, int], Stream]:
     def open_fake(name: str, direction: Direction, rate: int, period_ms: int) -> Stream:
-        devices[direction] = FakeDevice(name, direction)
+        devices[direction] = kind(name, direction)
         return devices[direction]
 
     return open_fake
 
 
-async def test_interrupt_is_heard_within_one_device_period() -> None:
+async def interrupt_rounds(kind: type[FakeDevice]) -> tuple[list[int], FakeDevice]:
+    """Samples of the dead reply written after ``interrupt()``, for each of :data:`ROUNDS`."""
     devices: dict[Direction, FakeDevice] = {}
     config = AudioConfig(input="fake", output="fake", echo="off", device_period_ms=PERIOD_MS, fade_ms=FADE_MS,
                          jitter_start_ms=20, jitter_min_ms=20)
-    engine = AudioEngine(config, opener=opener(devices))
+    engine = AudioEngine(config, opener=opener(devices, kind))
     leaked: list[int] = []
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
@@ -104,10 +142,23 @@ async def test_interrupt_is_heard_within_one_device_period() -> None:
                 # the next reply plays whole, and only once
                 assert np.count_nonzero(after == NEW_LEVEL) == RATE // 10
             nursery.cancel_scope.cancel()
+    return leaked, devices["output"]
+
+
+async def test_interrupt_is_heard_within_one_device_period() -> None:
+    leaked, _ = await interrupt_rounds(FakeDevice)
     # the dead reply's samples written after interrupt(): at most the period already
     # taken from the jitter buffer, then the fade
     assert all(n <= PERIOD + FADE for n in leaked), leaked
     assert max(leaked) >= FADE  # the fade was heard (the cut is not a click)
+
+
+async def test_interrupt_on_a_device_reporting_room_leaks_only_the_fade() -> None:
+    leaked, spk = await interrupt_rounds(RingDevice)
+    # nothing taken before the interruption waits in the thread: after interrupt()
+    # exactly the fade (every sample of it > 0) is written, in every phase
+    assert leaked == [FADE] * ROUNDS
+    assert isinstance(spk, RingDevice) and spk.blocked_writes == 0  # it only ever wrote into room
 
 
 async def test_uplink_messages_are_steady_20ms_in_ulaw_8000() -> None:

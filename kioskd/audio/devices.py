@@ -65,6 +65,10 @@ STEREO = 2
 """A device with exactly this many channels is opened in stereo (see :func:`choose_channels`)."""
 JOIN_TIMEOUT = 2.0
 """Longest wait for a device thread to close its stream on shutdown."""
+WRITABLE_WAIT_PERIODS = 1.5
+"""Longest wait (in periods) for room in the device before writing anyway (a blocking write)."""
+WRITABLE_POLL_MIN_S = 0.0005
+"""Shortest sleep while waiting for room in the device."""
 
 _PA_LOCK = threading.Lock()
 """PortAudio's init/open/close are not thread-safe: one at a time, process-wide."""
@@ -212,6 +216,10 @@ class PyAudioStream:
     def write(self, samples: np.ndarray) -> None:
         """Write interleaved int16; blocks while the device buffer is full."""
         self._stream.write(np.asarray(samples, dtype="<i2").tobytes(), exception_on_underflow=False)
+
+    def get_write_available(self) -> int:
+        """Frames that can be written now without blocking."""
+        return int(self._stream.get_write_available())
 
     def close(self) -> None:
         """Stop and close the stream and terminate this PortAudio instance."""
@@ -393,6 +401,7 @@ class _DeviceThread:
         self._on_event = on_event
         self._opener = opener
         self._stop = threading.Event()
+        self._pacer: Pacer | None = None
         self._thread = threading.Thread(target=self._main, name=f"kioskd-{self.direction}", daemon=True)
 
     def start(self) -> None:
@@ -417,7 +426,7 @@ class _DeviceThread:
             mode: Pacing = self.pacing
             if mode == "auto" and stream.clocked is not None:
                 mode = "device" if stream.clocked else "clock"
-            pacer = Pacer(stream.rate, period, mode)
+            pacer = self._pacer = Pacer(stream.rate, period, mode)
             self._setup(stream)
             while not self._stop.is_set() and self._port.alive:
                 t = time.monotonic()
@@ -462,6 +471,15 @@ class PlaybackThread(_DeviceThread):
 
     ``source`` must be thread-safe and quick (it takes a lock for a copy, never waits on
     Trio); it returns interleaved int16 of exactly ``frames`` frames.
+
+    On a clocked device that reports ``get_write_available()`` the thread first waits
+    (sleeping, polling) until the device has room for a whole period, and only then takes
+    the period from ``source`` and writes it, which no longer blocks. So the thread never
+    holds audio it has taken but not yet handed to the device: what an interruption
+    changes in the source is heard right after what is already in the device. A device
+    that never reports room within :data:`WRITABLE_WAIT_PERIODS` gets a blocking write
+    as before; clockless devices (paced by :class:`Pacer`) and streams without the method
+    are written at once.
     """
 
     direction: Direction = "output"
@@ -470,6 +488,25 @@ class PlaybackThread(_DeviceThread):
         """Like :class:`_DeviceThread`, plus the sample source."""
         super().__init__(*args, **kwargs)
         self._source = source
+        self._writable: Callable[[], int] | None = None
+
+    def _setup(self, stream: Stream) -> None:
+        if stream.clocked is not False:
+            self._writable = getattr(stream, "get_write_available", None)
 
     def _period(self, stream: Stream, frames: int) -> None:
+        if self._writable is not None and not (self._pacer is not None and self._pacer.mode == "clock"):
+            self._wait_writable(self._writable, frames, stream.rate)
         stream.write(self._source(frames, stream.rate, stream.channels))
+
+    def _wait_writable(self, writable: Callable[[], int], frames: int, rate: int) -> None:
+        """Sleep until ``frames`` fit in the device (or the wait is given up on)."""
+        deadline = time.monotonic() + WRITABLE_WAIT_PERIODS * frames / rate
+        while not self._stop.is_set():
+            room = writable()
+            if room >= frames:
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            time.sleep(min(deadline - now, max(WRITABLE_POLL_MIN_S, (frames - room) / rate)))
