@@ -316,3 +316,29 @@ async def test_aec_mode_runs_with_far_end_reference(alsa: AlsaFiles) -> None:
 
 def test_config_defaults_are_usable() -> None:
     assert dataclasses.replace(cfg(), echo="off").device_period_ms == 10
+
+
+async def test_idle_engine_reads_long_blocks_and_flags_preroll_only_when_an_uplink_opens(alsa: AlsaFiles) -> None:
+    """While nothing needs the microphone at once: 30 ms reads, no VAD; an uplink or a
+    listener switches back to 10 ms reads, and the pre-roll gets its speech flags."""
+    from kioskd.audio.engine import IDLE_CAPTURE_PERIODS
+
+    signal = chirp(16000, 2.0)
+    alsa.write_input("kiosk_mic", signal)
+    with trio.fail_after(LIMIT):
+        async with running(cfg(input_rate=16000, preroll_ms=500)) as engine:
+            await wait_for(lambda: len(engine._preroll) >= 10)
+            cap = engine._capture
+            assert cap is not None and cap.block_periods == IDLE_CAPTURE_PERIODS
+            assert all(speech is None for _, speech in engine._preroll)  # no VAD while idle
+            uplink = engine.open_uplink()
+            assert cap.block_periods == 1
+            assert all(isinstance(speech, bool) for _, speech in engine._preroll)
+            assert len(await uplink.receive()) > 0
+            uplink.close()
+            assert cap.block_periods == IDLE_CAPTURE_PERIODS
+            listener = lambda frame, t: None  # noqa: E731
+            engine.add_frame_listener(listener)
+            assert cap.block_periods == 1
+            engine.remove_frame_listener(listener)
+            assert cap.block_periods == IDLE_CAPTURE_PERIODS

@@ -430,8 +430,8 @@ class _DeviceThread:
             self._setup(stream)
             while not self._stop.is_set() and self._port.alive:
                 t = time.monotonic()
-                self._period(stream, period)
-                pacer.io_done(period, time.monotonic() - t)
+                moved = self._period(stream, period)
+                pacer.io_done(moved, time.monotonic() - t)
         except BaseException as exc:  # every end of the thread becomes a reported value
             message = str(exc) if isinstance(exc, DeviceError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, (DeviceError, OSError)):
@@ -447,12 +447,18 @@ class _DeviceThread:
     def _setup(self, stream: Stream) -> None:
         """Called once the stream is open (threads set up their converters here)."""
 
-    def _period(self, stream: Stream, frames: int) -> None:
+    def _period(self, stream: Stream, frames: int) -> int:
+        """Move about one period (``frames``); return the frames actually moved."""
         raise NotImplementedError
 
 
 class CaptureThread(_DeviceThread):
-    """Reads device periods and posts ``on_data(samples, rate, channels)`` to Trio."""
+    """Reads device periods and posts ``on_data(samples, rate, channels)`` to Trio.
+
+    :attr:`block_periods` (set from any thread; read before every read) makes each read
+    that many periods long: fewer wake-ups and hand-offs while nobody needs the audio at
+    once (the engine raises it while idle).
+    """
 
     direction: Direction = "input"
 
@@ -460,10 +466,13 @@ class CaptureThread(_DeviceThread):
         """Like :class:`_DeviceThread`, plus the data callback (run on the Trio thread)."""
         super().__init__(*args, **kwargs)
         self._on_data = on_data
+        self.block_periods = 1
 
-    def _period(self, stream: Stream, frames: int) -> None:
+    def _period(self, stream: Stream, frames: int) -> int:
+        frames *= max(1, self.block_periods)
         data = stream.read(frames)
         self._port.post(self._on_data, data, stream.rate, stream.channels)
+        return frames
 
 
 class PlaybackThread(_DeviceThread):
@@ -494,10 +503,11 @@ class PlaybackThread(_DeviceThread):
         if stream.clocked is not False:
             self._writable = getattr(stream, "get_write_available", None)
 
-    def _period(self, stream: Stream, frames: int) -> None:
+    def _period(self, stream: Stream, frames: int) -> int:
         if self._writable is not None and not (self._pacer is not None and self._pacer.mode == "clock"):
             self._wait_writable(self._writable, frames, stream.rate)
         stream.write(self._source(frames, stream.rate, stream.channels))
+        return frames
 
     def _wait_writable(self, writable: Callable[[], int], frames: int, rate: int) -> None:
         """Sleep until ``frames`` fit in the device (or the wait is given up on)."""

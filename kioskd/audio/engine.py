@@ -76,6 +76,10 @@ PLAYBACK_FLUSH_CHECK_S = 0.01
 """How often the engine looks for a playback resampler to flush."""
 DEVICE_LATENCY_PERIODS = 2
 """Periods of audio assumed still in the device after a write (for ``speaking``)."""
+IDLE_CAPTURE_PERIODS = 3
+"""While no uplink is open and no frame listener is added (and no echo canceller runs),
+the microphone is read in blocks of this many 10 ms periods: the frames only feed the
+pre-roll, so a third of the wake-ups and hand-offs do."""
 
 
 @dataclass
@@ -160,6 +164,7 @@ class Uplink:
             self.closed = True
             self._wake.set()
             self._engine._uplinks.discard(self)
+            self._engine._update_capture_block()
 
 
 class Playback:
@@ -187,6 +192,8 @@ class Playback:
         samples = self._resampler.process(decode(data, self.format))
         self._last_event = event_id
         self._last_push = None if self._resampler.identity else trio.current_time()
+        if self._last_push is not None:
+            engine._flush_wanted.set()
         with engine._lock:
             engine._jitter.push(event_id, samples, time.monotonic())
 
@@ -252,7 +259,7 @@ class AudioEngine:
         self._last_error: str | None = None
         self._listeners: list[FrameListener] = []
         self._uplinks: set[Uplink] = set()
-        self._preroll: deque[tuple[np.ndarray, bool]] = deque(maxlen=config.preroll_ms // FRAME_MS)
+        self._preroll: deque[tuple[np.ndarray, bool | None]] = deque(maxlen=config.preroll_ms // FRAME_MS)
         self._vad = webrtcvad.Vad(VAD_AGGRESSIVENESS)
         self._echo: Any = None
         if config.echo == "aec":
@@ -268,6 +275,8 @@ class AudioEngine:
         self._audible_until = 0.0  # monotonic
         self._playback: Playback | None = None
         self._trio_token: trio.lowlevel.TrioToken | None = None
+        self._capture: CaptureThread | None = None
+        self._flush_wanted = trio.Event()
 
     # ------------------------------------------------------------------ public API
 
@@ -283,17 +292,38 @@ class AudioEngine:
     def add_frame_listener(self, fn: FrameListener) -> None:
         """Call ``fn(frame, t)`` on the Trio thread for every 10 ms microphone frame."""
         self._listeners.append(fn)
+        self._update_capture_block()
 
     def remove_frame_listener(self, fn: FrameListener) -> None:
         """Stop calling ``fn`` (no error if it was not added)."""
         if fn in self._listeners:
             self._listeners.remove(fn)
+        self._update_capture_block()
 
     def open_uplink(self, fmt: AudioFormat = DEFAULT_FORMAT) -> Uplink:
         """Microphone audio in ``fmt``, starting with the last ``preroll_ms`` of frames."""
-        uplink = Uplink(self, fmt, list(self._preroll))
+        self._classify_preroll()
+        uplink = Uplink(self, fmt, list(self._preroll))  # type: ignore[arg-type]
         self._uplinks.add(uplink)
+        self._update_capture_block()
         return uplink
+
+    def _classify_preroll(self) -> None:
+        """Speech flags for pre-roll frames captured while no uplink was open (in order)."""
+        if any(speech is None for _, speech in self._preroll):
+            self._preroll = deque(
+                ((f, self._is_speech(f) if speech is None else speech) for f, speech in self._preroll),
+                maxlen=self._preroll.maxlen,
+            )
+
+    def _is_speech(self, frame: np.ndarray) -> bool:
+        return bool(self._vad.is_speech(frame.tobytes(), INTERNAL_RATE))
+
+    def _update_capture_block(self) -> None:
+        """Long microphone reads only while nothing needs the frames at once."""
+        idle = not self._uplinks and not self._listeners and self._echo is None
+        if self._capture is not None:
+            self._capture.block_periods = IDLE_CAPTURE_PERIODS if idle else 1
 
     def open_playback(self, fmt: AudioFormat) -> Playback:
         """A new playback (agent audio in ``fmt``); closes the previous one."""
@@ -380,20 +410,29 @@ class AudioEngine:
             await trio.sleep(backoff.next_delay())
 
     async def _flush_playback(self) -> None:
-        """Release held-back resampler tails of idle playback (see :meth:`Playback.flush_if_idle`)."""
+        """Release held-back resampler tails of idle playback (see :meth:`Playback.flush_if_idle`).
+
+        Sleeps until a push leaves a tail held back, then checks every
+        :data:`PLAYBACK_FLUSH_CHECK_S` until it is played (no wake-ups while idle).
+        """
         while True:
-            await trio.sleep(PLAYBACK_FLUSH_CHECK_S)
-            if self._playback is not None:
-                self._playback.flush_if_idle(trio.current_time())
+            await self._flush_wanted.wait()
+            self._flush_wanted = trio.Event()
+            while self._playback is not None and self._playback._last_push is not None:
+                await trio.sleep(PLAYBACK_FLUSH_CHECK_S)
+                if self._playback is not None:
+                    self._playback.flush_if_idle(trio.current_time())
 
     def _make_thread(self, direction: Direction, on_event: Callable[[Any], object]) -> CaptureThread | PlaybackThread:
         assert self._trio_token is not None
         c = self.config
         common: dict[str, Any] = dict(pacing=self._pacing, opener=self._opener)
         if direction == "input":
-            return CaptureThread(
+            self._capture = CaptureThread(
                 c.input, c.input_rate, FRAME_MS, self._trio_token, on_event, on_data=self._on_capture, **common
             )
+            self._update_capture_block()
+            return self._capture
         return PlaybackThread(
             c.output, c.output_rate, c.device_period_ms, self._trio_token, on_event, source=self._source, **common
         )
@@ -440,10 +479,13 @@ class AudioEngine:
             frame = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         if not self.mic_enabled:
             frame = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-        speech = self._vad.is_speech(frame.tobytes(), INTERNAL_RATE)
-        self._preroll.append((frame, speech))
-        for uplink in list(self._uplinks):
-            uplink.push(frame, speech)
+        if self._uplinks:
+            speech: bool | None = self._is_speech(frame)
+            self._preroll.append((frame, speech))
+            for uplink in list(self._uplinks):
+                uplink.push(frame, speech)  # type: ignore[arg-type]
+        else:  # nobody needs the flag now: classified if an uplink opens (_classify_preroll)
+            self._preroll.append((frame, None))
         for fn in list(self._listeners):
             try:
                 fn(frame, now)
