@@ -154,6 +154,12 @@ class Speaker:
     def now_index(self, t: float | None = None) -> int:
         return int(((time.monotonic() if t is None else t) - self.origin) * self.rate)
 
+    def get_write_available(self) -> int:
+        """Frames writable now without blocking: the ring buffer's free space (as PortAudio reports it)."""
+        with self.lock:
+            queued = max(0, self.end - self.now_index())
+        return max(0, self.buffer - queued)
+
     def write(self, samples: np.ndarray) -> None:
         """Blocking write into a ring buffer of ``buffer`` samples: waits for room, then queues."""
         s = np.asarray(samples, dtype=np.int16).reshape(-1)
