@@ -132,16 +132,21 @@ async def ours_conversation(seconds: float) -> dict[str, Any]:
             kiosk.supervisor.command(Command.END)
             with trio.move_on_after(3):
                 await sim.wait_for(lambda: not conv.open)
-            off = trio_minus_mono()
-            lat, missing = uplink_latencies(conv, mic, off)
-            barge, already = barge_in(speaker, timed.times, off, [t.t for t in conv.turns])
-            return {
-                "uplink": summary(lat, scale=1000) | {"chunks_not_found": missing},
-                "barge_in": summary(barge, scale=1000) | {"already_silent": already},
-                "ping": summary(pings(conv), scale=1000),
-                "speaker_underruns": speaker.late_writes,
-            }
+            return conversation_figures(conv, mic, speaker, timed.times)
 
+
+
+def conversation_figures(conv: Any, mic: Any, speaker: Any, interruption_times: list[float]) -> dict[str, Any]:
+    """Figures 2–4 from one recorded conversation (the same arithmetic for both clients)."""
+    off = trio_minus_mono()
+    lat, missing = uplink_latencies(conv, mic, off)
+    barge, already = barge_in(speaker, interruption_times, off, [t.t for t in conv.turns])
+    return {
+        "uplink": summary(lat, scale=1000) | {"chunks_not_found": missing},
+        "barge_in": summary(barge, scale=1000) | {"already_silent": already},
+        "ping": summary(pings(conv), scale=1000),
+        "speaker_underruns": speaker.late_writes,
+    }
 
 async def ours_start(reps: int) -> dict[str, Any]:
     """Figure 1 for kioskd: trigger → first user_audio_chunk, prefetched URL and not (backend 100 ms)."""
@@ -191,15 +196,7 @@ async def official_conversation(seconds: float) -> dict[str, Any]:
         await trio.to_thread.run_sync(conv_client.wait_for_session_end)
         with trio.move_on_after(3):
             await sim.wait_for(lambda: not conv.open)
-        off = trio_minus_mono()
-        lat, missing = uplink_latencies(conv, mic, off)
-        barge, already = barge_in(speaker, timed.times, off, [t.t for t in conv.turns])
-        return {
-            "uplink": summary(lat, scale=1000) | {"chunks_not_found": missing},
-            "barge_in": summary(barge, scale=1000) | {"already_silent": already},
-            "ping": summary(pings(conv), scale=1000),
-            "speaker_underruns": speaker.late_writes,
-        }
+        return conversation_figures(conv, mic, speaker, timed.times)
 
 
 async def official_start(reps: int) -> dict[str, Any]:
