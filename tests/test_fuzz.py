@@ -17,7 +17,6 @@ from kioskd.session import Session
 from kioskd.state import Command, StatusBoard
 from kioskd.tools import ToolRegistry
 
-from kiosk_harness import kiosk_config  # noqa: F401  (keeps the harness importable)
 from resilience_rig import FakeAudio, FakeUplink
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20)
@@ -31,6 +30,9 @@ EVENT_TYPES = [
     "agent_response_correction", "client_tool_call", "contextual_update",
     "internal_tentative_agent_response", "error", "conversation_initiation_metadata", "mystery",
 ]
+
+#: A public agent, manual trigger, defaults elsewhere.
+SESSION_CONFIG = parse_config({"agent": {"agent_id": "agent_test"}, "trigger": {"mode": "manual"}})
 
 
 @settings(max_examples=300, deadline=None)
@@ -111,9 +113,8 @@ def test_session_handles_every_decodable_event(kind: str, body: dict[str, Any], 
         return
 
     async def main() -> None:
-        from tests_config import config  # noqa: PLC0415
-
-        session = Session(config(), FakeAudio(), FakeUplink(False), ToolRegistry.from_config(config()), StatusBoard())
+        session = Session(SESSION_CONFIG, FakeAudio(), FakeUplink(False), ToolRegistry.from_config(SESSION_CONFIG),
+                          StatusBoard())
         async with trio.open_nursery() as nursery:
             await session._handle(event, _Ws(), nursery)  # type: ignore[arg-type]
             nursery.cancel_scope.cancel()
