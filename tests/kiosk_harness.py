@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,11 +66,23 @@ class RunningKiosk:
 
 
 @asynccontextmanager
-async def running_kiosk(config: Config, *, audio: AudioEngine | None = None) -> AsyncIterator[RunningKiosk]:
-    """Run a kiosk until the block ends; its log lines (as journald would get them) are captured."""
+async def running_kiosk(
+    config: Config,
+    *,
+    audio: AudioEngine | None = None,
+    pin_factory: Any = None,
+    setup: Callable[[Kiosk], None] | None = None,
+) -> AsyncIterator[RunningKiosk]:
+    """Run a kiosk until the block ends; its log lines (as journald would get them) are captured.
+
+    ``audio`` and ``pin_factory`` replace the real engine and GPIO; ``setup`` sees the kiosk
+    before it starts.
+    """
     log = io.StringIO()
     setup_logging(config.log.level, stream=log)
-    kiosk = Kiosk(config, audio=audio)
+    kiosk = Kiosk(config, audio=audio, pin_factory=pin_factory)
+    if setup is not None:
+        setup(kiosk)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(kiosk.run)

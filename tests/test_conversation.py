@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import trio
 
 from kioskd.simulator import SimulatorConfig, open_simulator

@@ -12,8 +12,6 @@ proves three things about the light:
 
 from __future__ import annotations
 
-import io
-import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,12 +24,11 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from kioskd.daemon import Kiosk
 from kioskd.leds import COLOURS, LEVELS, LISTEN_SPAN, PRIVACY_MIN_BRIGHTNESS, UPDATE_HZ, VAD_TAU, LightState, light_state
-from kioskd.logs import setup_logging
 from kioskd.protocol import UserAudioChunk
 from kioskd.simulator import SimulatorConfig, open_simulator
 from kioskd.state import KioskState, Status
 
-from kiosk_harness import SPEECH_WAV, RunningKiosk, kiosk_config
+from kiosk_harness import SPEECH_WAV, RunningKiosk, kiosk_config, running_kiosk
 
 TIMEOUT = 30.0
 BUTTON_PIN = 17
@@ -104,17 +101,10 @@ async def kiosk_with_rgb_light(
 ) -> AsyncIterator[tuple[RunningKiosk, MockFactory]]:
     """The real daemon with an RGB LED and a button on mock pins; ``setup`` runs before it starts."""
     factory = MockFactory(pin_class=MockPWMPin)
-    log = io.StringIO()
-    setup_logging(config.log.level, stream=log)
-    kiosk = Kiosk(config, pin_factory=factory)
-    setup(kiosk, factory)
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(kiosk.run)
-            yield RunningKiosk(kiosk, config.control.socket, log), factory
-            nursery.cancel_scope.cancel()
+        async with running_kiosk(config, pin_factory=factory, setup=lambda kiosk: setup(kiosk, factory)) as running:
+            yield running, factory
     finally:
-        logging.getLogger().handlers.clear()
         factory.close()
 
 

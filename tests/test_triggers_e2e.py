@@ -7,8 +7,6 @@ each part of the file reaches the kiosk and can act (press the button) at that m
 
 from __future__ import annotations
 
-import io
-import logging
 import shutil
 import subprocess
 import wave
@@ -25,14 +23,13 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from kioskd.audio.formats import AudioFormat
 from kioskd.daemon import Kiosk
-from kioskd.logs import setup_logging
 from kioskd.protocol import UserAudioChunk
 from kioskd.simulator import Conversation, Simulator, SimulatorConfig, open_simulator
 from kioskd.state import KioskState
 from kioskd.triggers.button import HELD_SLACK
 from kioskd.triggers.vad_wake import frame_dbfs
 
-from kiosk_harness import SPEECH_WAV, RunningKiosk, kiosk_config, read_wav
+from kiosk_harness import SPEECH_WAV, RunningKiosk, kiosk_config, read_wav, running_kiosk
 
 RATE = 16000
 FRAME = 160  # 10 ms at 16 kHz: the engine's frame
@@ -159,18 +156,10 @@ async def kiosk_on_mock_pins(
 ) -> AsyncIterator[tuple[RunningKiosk, MockFactory]]:
     """Run the real daemon on gpiozero mock (PWM) pins; ``setup`` sees the kiosk before it starts."""
     factory = MockFactory(pin_class=MockPWMPin)
-    log = io.StringIO()
-    setup_logging(config.log.level, stream=log)
-    kiosk = Kiosk(config, pin_factory=factory)
-    if setup is not None:
-        setup(kiosk)
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(kiosk.run)
-            yield RunningKiosk(kiosk, config.control.socket, log), factory
-            nursery.cancel_scope.cancel()
+        async with running_kiosk(config, pin_factory=factory, setup=setup) as running:
+            yield running, factory
     finally:
-        logging.getLogger().handlers.clear()
         factory.close()
 
 
