@@ -25,7 +25,7 @@ import webrtcvad
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from kioskd import protocol as p
-from kioskd.simulator.codec import SimFormat
+from kioskd.audio.formats import AudioFormat, decode, encode
 from kioskd.simulator.faults import MALFORMED_KINDS, AgentFaults, MalformedKind
 from kioskd.simulator.records import ChangeSignal, Conversation, PongRecord, TurnRecord
 from kioskd.simulator.settings import SimulatorConfig
@@ -202,8 +202,8 @@ class _Session:
         self.config = config
         self.faults = faults
         self.changes = changes
-        self.in_fmt = SimFormat.parse(config.input_format)
-        self.out_fmt = SimFormat.parse(config.output_format)
+        self.in_fmt = AudioFormat.parse(config.input_format)
+        self.out_fmt = AudioFormat.parse(config.output_format)
         self._out_send, self._out_recv = trio.open_memory_channel[_Outgoing](math.inf)
         self._event_ids = itertools.count(1)
         self._ping_sent: dict[int, float] = {}
@@ -390,7 +390,7 @@ class _Session:
         self.changes.notify()
 
     def _on_audio(self, raw: bytes, now: float) -> None:
-        pcm = self.in_fmt.decode(raw)
+        pcm = decode(raw, self.in_fmt)
         self.record.add_audio(raw, pcm)
         self._last_user_audio = now
         pcm16 = pcm if self._resampler is None else self._resampler.resample_chunk(pcm)
@@ -465,7 +465,7 @@ class _Session:
             step = max(1, self.out_fmt.rate * self.config.reply_chunk_ms // 1000)
             pause = self.config.reply_chunk_ms / 1000 / max(self.config.reply_speedup, 1e-6)
             for start in range(0, len(samples), step):
-                chunk = self.out_fmt.encode(samples[start : start + step])
+                chunk = encode(samples[start : start + step], self.out_fmt)
                 self._out_send.send_nowait(_AudioItem(reply, next(self._event_ids), chunk))
                 await trio.sleep(pause)
             if turn_index == 0 and self.config.tool_call is not None and not self.record.tool_calls:

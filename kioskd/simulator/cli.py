@@ -9,9 +9,12 @@ import sys
 import trio
 
 from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
-from kioskd.simulator.codec import SUPPORTED_FORMATS
+from kioskd.audio.formats import PCM_RATES, ULAW_RATES
 
 __all__ = ["build_parser", "describe", "main"]
+
+#: Every format string the service documents.
+SUPPORTED_FORMATS = tuple(f"pcm_{r}" for r in PCM_RATES) + tuple(f"ulaw_{r}" for r in ULAW_RATES)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from kioskd.simulator.codec import SimFormat
+from kioskd.audio.formats import AudioFormat
 
 __all__ = ["SimulatorConfig"]
 
@@ -56,8 +56,8 @@ class SimulatorConfig:
     extra_agent_ids: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        SimFormat.parse(self.input_format)
-        SimFormat.parse(self.output_format)
+        AudioFormat.parse(self.input_format)
+        AudioFormat.parse(self.output_format)
         if not self.replies:
             raise ValueError("replies: at least one reply text is needed")
 
