@@ -7,7 +7,6 @@ are about content and state, never about timing.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import threading
 import wave
 from collections.abc import AsyncIterator, Callable
@@ -302,7 +301,6 @@ async def test_half_duplex_mutes_the_mic_while_speaking(alsa: AlsaFiles) -> None
     assert all(not loud for speaking, loud in heard if speaking)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("kioskd.audio.echo") is None, reason="kioskd.audio.echo not present")
 async def test_aec_mode_runs_with_far_end_reference(alsa: AlsaFiles) -> None:
     alsa.write_input("kiosk_mic", chirp(16000, 1.0, amp=3000))
     frames: list[np.ndarray] = []
