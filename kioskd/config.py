@@ -29,6 +29,7 @@ __all__ = [
     "LedConfig",
     "LogConfig",
     "NetworkConfig",
+    "ScreenConfig",
     "ToolsConfig",
     "TriggerConfig",
     "VadWakeConfig",
@@ -321,6 +322,32 @@ class ToolsConfig:
         ]
 
 
+#: The listen address the screen unit (systemd/kioskd-screen.service) opens in Chromium.
+DEFAULT_SCREEN_LISTEN = "127.0.0.1:8088"
+
+
+@dataclass(frozen=True)
+class ScreenConfig:
+    """The kiosk's local screen page: captions and touch controls (off unless ``listen`` is set)."""
+
+    listen: str = ""  # e.g. DEFAULT_SCREEN_LISTEN; loopback only (the page has no login)
+    language: str = ""  # the page's language; "" = [agent] language, else English
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not self.listen:
+            return []
+        from kioskd.backend.server_config import parse_listen  # late import: it imports config
+
+        try:
+            host, _ = parse_listen(self.listen)
+        except ValueError as exc:
+            return [("listen", str(exc))]
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            return [("listen", f"must be a loopback address such as {DEFAULT_SCREEN_LISTEN!r}: "
+                               "the page's controls have no login, so only the kiosk's own browser may reach it")]
+        return []
+
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -351,6 +378,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
 
     def problems(self) -> list[tuple[str, str]]:
         return []

@@ -48,7 +48,7 @@ def test_minimal_config() -> None:
 
 def test_unknown_keys_are_errors() -> None:
     assert problems({"agent": {"agent_id": "a", "sever": "x"}, "audoi": {}}) == [
-        "audoi: unknown key (known: agent, audio, backend, button, control, conversation, kiosk, leds, log, network,"
+        "audoi: unknown key (known: agent, audio, backend, button, control, conversation, kiosk, leds, log, network, screen,"
         " tools, trigger, vad)",
         "agent.sever: unknown key (known: agent_id, dynamic_variables, first_message, language, prompt, server,"
         " voice_id)",
