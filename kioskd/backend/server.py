@@ -6,17 +6,21 @@
 - 400 no ``agent_id``; 403 agent not in that kiosk's ``agents``
 - 429 over the kiosk's token bucket, with ``Retry-After`` in whole seconds
 - 502 the ElevenLabs API failed (down, slow, non-200, bad JSON), JSON body, no secrets
+- 503 the shared state (Redis) is unreachable, with ``Retry-After``: fail closed
 - 200 ``{"signed_url": "wss://…"}``
 
-``GET /healthz`` → ``{"ok": true}``. Served by hypercorn's Trio worker.
-``kioskd backend hash-token`` prints a new kiosk token and the hash for backend.toml.
+``GET /healthz`` → ``{"ok": true}``. Served by hypercorn's Trio worker. The state
+(buckets, heartbeats, registry, revocations) is a :class:`~kioskd.backend.store.Store`:
+in this process, or in Redis with ``redis_url``. Heartbeats and the fleet view are in
+:mod:`kioskd.backend.fleet`, ``/metrics`` in :mod:`kioskd.backend.metrics`.
+``kioskd backend hash-token`` prints a new kiosk token and the hash for backend.toml;
+``kioskd backend kiosks add|revoke|list`` manages the registry (:mod:`kioskd.backend.kiosks`).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import hmac
 import logging
 import os
 import secrets
@@ -36,6 +40,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from kioskd import logs
+from kioskd.backend import fleet, metrics
 from kioskd.backend.server_config import (
     BackendServerConfig,
     KioskEntry,
@@ -43,6 +48,7 @@ from kioskd.backend.server_config import (
     load_server_config,
     parse_listen,
 )
+from kioskd.backend.store import Store, StoreUnavailable, open_store
 from kioskd.config import ConfigError
 
 __all__ = ["API_KEY_ENV", "build_app", "hash_token", "main", "serve"]
@@ -80,34 +86,23 @@ class Signer:
         config: BackendServerConfig,
         api_key: str,
         client: httpx.AsyncClient,
-        clock: Callable[[], float] = time.monotonic,
+        store: Store,
     ) -> None:
         self.config = config
+        self.store = store
         self._api_key = api_key
         self._client = client
-        self._clock = clock
-        self._hashes = [(entry, entry.token_sha256.lower()) for entry in config.kiosk]
-        self._buckets: dict[str, TokenBucket] = {}
 
-    def authenticate(self, authorization: str | None) -> KioskEntry | None:
-        """The kiosk whose token is in ``Authorization: Bearer …``, or None. Checks every kiosk."""
+    async def authenticate(self, authorization: str | None) -> KioskEntry | None:
+        """The kiosk whose token is in ``Authorization: Bearer …``, or None (unknown or revoked)."""
         scheme, _, token = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
-        digest = hash_token(token.strip())
-        found = None
-        for entry, expected in self._hashes:  # no early exit: same work for every token
-            if hmac.compare_digest(digest, expected):
-                found = entry
-        return found
+        return await self.store.kiosk_for_token(hash_token(token.strip()))
 
-    def rate_limit(self, kiosk_id: str) -> int | None:
-        """None if the kiosk may ask now, else the ``Retry-After`` seconds."""
-        now = self._clock()
-        bucket = self._buckets.get(kiosk_id)
-        if bucket is None:
-            bucket = self._buckets[kiosk_id] = TokenBucket(self.config.rate_per_minute, self.config.burst, now)
-        wait = bucket.take(now)
+    async def rate_limit(self, kiosk_id: str) -> int | None:
+        """None if the kiosk may ask now (one URL charged), else the ``Retry-After`` seconds."""
+        wait = await self.store.take(kiosk_id)
         return TokenBucket.retry_after(wait) if wait > 0 else None
 
     async def fetch(self, agent_id: str) -> str:
@@ -138,7 +133,7 @@ class Signer:
     async def signed_url(self, request: Request) -> JSONResponse:
         """``GET /signed-url``: the whole decision, logged without secrets."""
         started = time.monotonic()
-        kiosk = self.authenticate(request.headers.get("authorization"))
+        kiosk = await self.authenticate(request.headers.get("authorization"))
         agent_id = request.query_params.get("agent_id", "").strip()
         response = await self._decide(kiosk, agent_id)
         log.info(
@@ -157,28 +152,46 @@ class Signer:
             return _error(400, "bad_request", "agent_id query parameter is required")
         if agent_id not in kiosk.agents:
             return _error(403, "forbidden", "this kiosk may not use that agent")
-        retry_after = self.rate_limit(kiosk.id)
+        retry_after = await self.rate_limit(kiosk.id)
         if retry_after is not None:
             return _error(429, "rate_limited", f"retry in {retry_after} s", {"Retry-After": str(retry_after)})
         try:
             signed = await self.fetch(agent_id)
         except UpstreamError as exc:
+            await self.store.refund(kiosk.id)  # charged only for URLs actually issued
             log.warning("upstream failed kiosk=%s agent=%s error=%r", kiosk.id, agent_id, str(exc))
             return _error(502, "upstream", str(exc))
         return JSONResponse({"signed_url": signed}, headers={"Cache-Control": "no-store"})
+
+
+#: ``Retry-After`` on a 503 while the shared state is unreachable.
+UNAVAILABLE_RETRY_AFTER = 5
 
 
 async def _healthz(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.error("store unavailable path=%s error=%r", request.url.path, str(exc))
+    return _error(503, "unavailable", "the backend's shared state is unreachable", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)})
+
+
 def build_app(signer: Signer) -> Starlette:
-    """The Starlette app: ``/signed-url`` and ``/healthz``."""
+    """The Starlette app: signed URLs, heartbeats, the fleet view, metrics and ``/healthz``."""
+    stats = metrics.Metrics(signer.config, signer.store)
+    board = fleet.Fleet(signer.config, signer.store, signer.authenticate)
     return Starlette(
         routes=[
-            Route("/signed-url", signer.signed_url, methods=["GET"]),
+            Route("/signed-url", stats.timed("signed_url", signer.signed_url, count=True), methods=["GET"]),
+            Route("/heartbeat", stats.timed("heartbeat", board.heartbeat), methods=["POST"]),
+            Route("/fleet.json", stats.timed("fleet", board.fleet_json), methods=["GET"]),
+            Route("/fleet", stats.timed("fleet", board.fleet_page), methods=["GET"]),
+            Route("/fleet/login", board.login, methods=["POST"]),
+            Route("/metrics", stats.endpoint, methods=["GET"]),
             Route("/healthz", _healthz, methods=["GET"]),
-        ]
+        ],
+        exception_handlers={StoreUnavailable: _store_unavailable},
     )
 
 
@@ -202,8 +215,11 @@ async def serve(
     """Serve until ``shutdown_trigger`` returns (or cancelled); started value: the bound URLs."""
     logs.register_secret(api_key)
     timeout = httpx.Timeout(config.upstream_timeout)
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-        app = build_app(Signer(config, api_key, client))
+    async with (
+        open_store(config) as store,
+        httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client,
+    ):
+        app = build_app(Signer(config, api_key, client, store))
         await hypercorn_serve(
             app,  # type: ignore[arg-type]
             _hypercorn_config(config.listen),
@@ -242,6 +258,10 @@ def main(argv: list[str]) -> int:
     """``kioskd backend [--config PATH]`` or ``kioskd backend hash-token``."""
     if argv[:1] == ["hash-token"]:
         return _hash_token_main()
+    if argv[:1] == ["kiosks"]:
+        from kioskd.backend.kiosks import main as kiosks_main
+
+        return kiosks_main(argv[1:])
     args = _parser().parse_args(argv)
     logs.setup_logging(args.log_level)
     api_key = os.environ.get(API_KEY_ENV, "").strip()
