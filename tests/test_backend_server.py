@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from kioskd import logs
+from kioskd.ops import logs
 from kioskd.backend import server
 from kioskd.backend.server_config import (
     BackendServerConfig,

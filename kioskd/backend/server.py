@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from kioskd import logs
+from kioskd.ops import logs
 from kioskd.backend.server_config import (
     BackendServerConfig,
     KioskEntry,
