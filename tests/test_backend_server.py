@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from kioskd import logs
+from kioskd.ops import logs
 from kioskd.backend import server
 from kioskd.backend.server_config import (
     AddressThrottle,

@@ -1,4 +1,4 @@
-"""kioskd.logs: key=value lines and the redaction every line passes through."""
+"""kioskd.ops.logs: key=value lines and the redaction every line passes through."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from kioskd import logs
+from kioskd.ops import logs
 
 KIOSK_TOKEN = "kt_9f8e7d6c5b4a39281706"
 API_KEY = "sk_live_0123456789abcdefABCDEF"
@@ -37,9 +37,9 @@ def out() -> Iterator[io.StringIO]:
 
 
 def test_line_shape(out: io.StringIO) -> None:
-    logging.getLogger("kioskd.session").info("conversation started id=%s format=%s", "conv_1", "pcm_16000")
+    logging.getLogger("kioskd.service.session").info("conversation started id=%s format=%s", "conv_1", "pcm_16000")
     assert out.getvalue() == (
-        'level=info logger=kioskd.session msg="conversation started" id=conv_1 format=pcm_16000\n'
+        'level=info logger=kioskd.service.session msg="conversation started" id=conv_1 format=pcm_16000\n'
     )
 
 
@@ -58,9 +58,9 @@ def test_exception_summary_and_indented_trace(out: io.StringIO) -> None:
     try:
         raise ValueError("boom")
     except ValueError:
-        logging.getLogger("kioskd.daemon").exception("task failed name=%s", "audio")
+        logging.getLogger("kioskd.service.daemon").exception("task failed name=%s", "audio")
     first, *rest = out.getvalue().splitlines()
-    assert first == 'level=error logger=kioskd.daemon msg="task failed" name=audio exc="ValueError: boom"'
+    assert first == 'level=error logger=kioskd.service.daemon msg="task failed" name=audio exc="ValueError: boom"'
     assert rest and all(row.startswith("  ") for row in rest)
     assert rest[-1] == "  ValueError: boom"
 
@@ -117,7 +117,7 @@ def test_no_secret_reaches_any_line(out: io.StringIO) -> None:
     logs.register_secret(KIOSK_TOKEN)
     logs.register_secret(API_KEY)
     url = f"wss://api.elevenlabs.io/v1/convai/conversation?agent_id=ag_1&token={URL_TOKEN}"
-    logging.getLogger("kioskd.session").info("connecting url=%s", url)
+    logging.getLogger("kioskd.service.session").info("connecting url=%s", url)
     logging.getLogger("kioskd.backend.client").debug("token %s loaded", KIOSK_TOKEN)
     logging.getLogger("httpx").info("HTTP Request: GET %s headers=%r", url, {"Authorization": f"Bearer {BEARER}"})
     logging.getLogger("hypercorn.error").warning("request headers xi-api-key: %s", HEADER_KEY)

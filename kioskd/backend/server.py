@@ -49,7 +49,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from kioskd import logs
+from kioskd.ops import logs
 from kioskd.backend.server_config import (
     MAX_THROTTLED_ADDRESSES,
     AddressThrottle,

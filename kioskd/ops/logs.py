@@ -150,7 +150,7 @@ def untrusted(value: str, limit: int = UNTRUSTED_LIMIT) -> str:
 
 
 class KeyValueFormatter(logging.Formatter):
-    """``level=info logger=kioskd.session msg="conversation started" id=conv_1``, redacted.
+    """``level=info logger=kioskd.service.session msg="conversation started" id=conv_1``, redacted.
 
     Text before the first ``key=value`` in the message becomes ``msg``; the rest is
     kept as written. ``extra={...}`` fields are appended as ``key=value``. An
