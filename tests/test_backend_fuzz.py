@@ -21,7 +21,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kioskd import logs
+from kioskd.ops import logs
 from kioskd.backend import server
 
 from test_backend_server import API_KEY, TOKEN_A, FakeElevenLabs, backend_config, serving_app

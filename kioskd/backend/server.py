@@ -13,7 +13,7 @@
   that is not ``wss://`` on the API's own host), JSON body, no secrets
 - 200 ``{"signed_url": "wss://…"}``
 
-Every client-supplied value is logged through :func:`kioskd.logs.untrusted` (quoted,
+Every client-supplied value is logged through :func:`kioskd.ops.logs.untrusted` (quoted,
 escaped, cut short).
 
 ``GET /healthz`` → ``{"ok": true}``. Served by hypercorn's Trio worker.
