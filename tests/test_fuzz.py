@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from kioskd.backend.client import SignedUrlError, parse_reply
 from kioskd.config import ConfigError, parse_config
-from kioskd.control import handle_request
+from kioskd.ops.control import handle_request
 from kioskd.protocol import ProtocolError, decode_server_event
-from kioskd.session import Session
+from kioskd.service.session import Session
 from kioskd.state import Command, StatusBoard
 from kioskd.tools import ToolRegistry
 

@@ -144,8 +144,7 @@ class MemoryStore:
 
     async def refund(self, kiosk_id: str) -> None:
         """Give back one charge; never above the burst."""
-        bucket = self._bucket(kiosk_id)
-        bucket.tokens = min(float(bucket.burst), bucket.tokens + 1.0)
+        self._bucket(kiosk_id).refund()
 
     async def record_heartbeat(self, kiosk_id: str, status: dict[str, Any]) -> float:
         """Keep ``status`` as this kiosk's latest; returns the last-seen time."""

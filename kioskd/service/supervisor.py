@@ -20,7 +20,7 @@ from kioskd.backend.client import SignedUrlError, UrlSource
 from kioskd.backoff import Backoff
 from kioskd.config import Config
 from kioskd.protocol import ConversationInitiationMetadata, ServerEvent, UnknownEvent
-from kioskd.session import AudioPort, Session, SessionOutcome, Uplink
+from kioskd.service.session import AudioPort, Session, SessionOutcome, Uplink
 from kioskd.state import Command, KioskState, StatusBoard
 from kioskd.tools import ToolRegistry
 
