@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+import urllib.parse
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -133,3 +135,33 @@ def test_no_secret_reaches_any_line(out: io.StringIO) -> None:
     for secret in ALL_SECRETS:
         assert secret not in text, secret
     assert text.count(logs.REDACTED) >= 9
+
+
+@pytest.mark.parametrize(
+    "shown",
+    [
+        lambda s: repr(s),
+        lambda s: json.dumps(s),
+        lambda s: repr(s.encode()),
+        lambda s: s.encode("unicode_escape").decode(),
+        lambda s: logs.untrusted(s),
+        lambda s: urllib.parse.quote(s),
+        lambda s: str(s.split("\n")),
+    ],
+    ids=["repr", "json", "bytes-repr", "unicode-escape", "untrusted", "percent", "lines"],
+)
+def test_redaction_covers_escaped_forms(shown: Callable[[str], str]) -> None:
+    """A secret with odd characters (a two-line token file) is redacted however it was printed."""
+    secret = "tok-\u00e9-line-one\nsecond-line-part \"q\" \\ end"
+    logs.register_secret(secret)
+    text = logs.redact(f"error: {shown(secret)} done")
+    for piece in ("tok-", "line-one", "second-line-part"):
+        assert piece not in text, text
+
+
+def test_control_characters_never_reach_a_line(out: io.StringIO) -> None:
+    logging.getLogger("kioskd.x").warning("bad \x1b[2J\x07 value=%s tail\x00", "a\x1bb\u009bc\r\nd")
+    line = out.getvalue()
+    assert line.count("\n") == 1 and line.endswith("\n")
+    assert not any(ch in line for ch in "\x1b\x07\x00\r\u009b")
+    assert "\\x1b" in line
