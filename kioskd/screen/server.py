@@ -166,10 +166,12 @@ class ScreenServer:
         try:
             seen = -1
             while True:
+                # Take the event before looking at the version: a change made while this
+                # stream is suspended in ``yield`` sets the event it then waits on.
+                changed = self._changed
                 if self.model.version != seen:
                     seen = self.model.version
                     yield f"data: {json.dumps(self.model.snapshot(self.clock()))}\n\n"
-                changed = self._changed
                 with trio.move_on_after(KEEPALIVE) as idle:
                     await changed.wait()
                 if idle.cancelled_caught:
