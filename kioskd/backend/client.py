@@ -41,6 +41,9 @@ UNAUTHORIZED_RETRY = 60.0
 #: Longest Retry-After honoured (a broken header must not park the kiosk for a day).
 MAX_RETRY_AFTER = 600.0
 
+#: Failures that retrying will not fix: the operator must change the token or the backend's config.
+REJECTED_KINDS = ("unauthorized", "forbidden")
+
 ErrorKind = Literal["unauthorized", "forbidden", "rate_limited", "server", "timeout", "network", "bad_reply"]
 
 
@@ -153,6 +156,8 @@ class UrlSource(Protocol):
 
     healthy: bool
     last_error: str
+    last_error_kind: str
+    """The latest failure's :data:`ErrorKind` ("" while healthy)."""
 
     async def take(self, *, timeout: float | None = None) -> str:
         """A URL for one new conversation (a fetch bounded by ``timeout``). Raises SignedUrlError."""
@@ -172,6 +177,7 @@ class PublicAgentUrl:
 
     healthy = True
     last_error = ""
+    last_error_kind = ""
 
     def __init__(self, server: str, agent_id: str) -> None:
         self._url = public_agent_url(server, agent_id)
@@ -216,6 +222,7 @@ class SignedUrlProvider:
         self._wanted = trio.Event()
         self.healthy = True
         self.last_error = ""
+        self.last_error_kind = ""
         self.fetches = 0
 
     def set_token(self, token: str) -> None:
@@ -231,9 +238,11 @@ class SignedUrlProvider:
         except SignedUrlError as exc:
             self.healthy = False
             self.last_error = str(exc)
+            self.last_error_kind = exc.kind
             raise
         self.healthy = True
         self.last_error = ""
+        self.last_error_kind = ""
         self._backoff.reset()
         return url
 
@@ -282,7 +291,8 @@ class SignedUrlProvider:
                 url = await self._fetch()
             except SignedUrlError as exc:
                 wait = exc.wait(self._backoff)
-                log.warning("backend unavailable, retrying in %.1f s: %s", wait, exc)
+                what = "backend refuses this kiosk" if exc.kind in REJECTED_KINDS else "backend unavailable"
+                log.warning("%s, next check in %.1f s: %s", what, wait, exc.detail)
                 self._fresh()  # drop an expired one
             else:
                 if self._backend.prefetch:

@@ -170,6 +170,7 @@ class ButtonTrigger:
             long_press_ends_in_hold=long_press_ends_in_hold,
         )
         self.available = False  # True once the button is open
+        self.unavailable_reason = ""  # why not, when the GPIO could not be opened
         self._button: Any = None  # strong reference: gpiozero must not lose its callbacks
         self._token: trio.lowlevel.TrioToken | None = None
         self._settle_wakeup = trio.Event()
@@ -180,7 +181,8 @@ class ButtonTrigger:
         try:
             self._button = self._open()
         except _NO_GPIO_ERRORS as exc:
-            log.warning("button unavailable: %s; running on the other triggers", _reason(exc))
+            self.unavailable_reason = _reason(exc)
+            log.warning("button unavailable pin=%d: %s", self.config.pin, self.unavailable_reason)
         if self._button is None:
             task_status.started()
             await trio.sleep_forever()
