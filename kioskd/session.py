@@ -19,7 +19,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 import trio_websocket
@@ -303,16 +303,16 @@ class Session:
                         await self._close(ws)
                 nursery.cancel_scope.cancel()
         except* trio_websocket.ConnectionRejected as group:  # raised by trio-websocket's reader task
-            self._finish(_rejected_outcome(group.exceptions[0]))
+            self._finish(_rejected_outcome(_first(group)))
         except* trio_websocket.ConnectionClosed as group:
-            exc = group.exceptions[0]
+            exc = _first(group)
             assert isinstance(exc, trio_websocket.ConnectionClosed)
             self._finish(_closed_outcome(exc.reason.code if exc.reason is not None else None))
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
-            self._finish(SessionOutcome(f"connection lost: {_describe_exc(group.exceptions[0])}", resumable=True))
+            self._finish(SessionOutcome(f"connection lost: {_describe_exc(_first(group))}", resumable=True))
         except* Exception as group:  # a bug must end this conversation, never the daemon
-            log.error("session failed id=%s", self.conversation_id, exc_info=group.exceptions[0])
-            self._finish(SessionOutcome(f"internal error: {type(group.exceptions[0]).__name__}"))
+            log.error("session failed id=%s", self.conversation_id, exc_info=_first(group))
+            self._finish(SessionOutcome(f"internal error: {type(_first(group)).__name__}"))
         finally:
             self._stop_audio()
         outcome = self._outcome or SessionOutcome("ended")
@@ -411,13 +411,13 @@ class Session:
             case UserTranscript(user_transcription_event=body):
                 self.note_activity()
                 self._transcript.append(f"Visitor: {body.user_transcript}")
-                log.info("visitor said id=%s text=%r", self.conversation_id, body.user_transcript)
+                self._log_words("visitor said", body.user_transcript)
             case AgentResponse(agent_response_event=body):
                 self._transcript.append(f"Agent: {body.agent_response}")
-                log.info("agent said id=%s text=%r", self.conversation_id, body.agent_response)
+                self._log_words("agent said", body.agent_response)
             case AgentResponseCorrection(agent_response_correction_event=body):
                 self._correct(body.original_agent_response, body.corrected_agent_response)
-                log.info("agent corrected id=%s text=%r", self.conversation_id, body.corrected_agent_response)
+                self._log_words("agent corrected", body.corrected_agent_response)
             case ClientToolCall(client_tool_call=body):
                 self.stats.tool_calls += 1
                 result, is_error = self._tools.call(body.tool_name, body.parameters)
@@ -428,9 +428,9 @@ class Session:
                 if body.tool_name == END_CONVERSATION and not is_error:
                     nursery.start_soon(self._end_after_playback)
             case ContextualUpdate(text=text):
-                log.info("agent context update id=%s text=%r", self.conversation_id, text[:200])
+                self._log_words("agent context update", text[:200])
             case InternalTentativeAgentResponse(tentative_agent_response_internal_event=body):
-                log.debug("agent drafting id=%s text=%r", self.conversation_id, body.tentative_agent_response)
+                self._log_words("agent drafting", body.tentative_agent_response, logging.DEBUG)
             case ErrorEvent(error_event=body):
                 log.warning(
                     "agent reported an error id=%s code=%s type=%s message=%r",
@@ -442,6 +442,13 @@ class Session:
             case UnknownEvent(type=kind):
                 self.stats.unknown += 1
                 log.warning("unknown server event skipped id=%s type=%s", self.conversation_id, kind[:80])
+
+    def _log_words(self, what: str, text: str, level: int = logging.INFO) -> None:
+        """Visitors' and the agent's words reach the log only with ``[log] transcripts = true`` (privacy)."""
+        if self._config.log.transcripts:
+            log.log(level, "%s id=%s text=%r", what, self.conversation_id, text)
+        else:
+            log.log(level, "%s id=%s chars=%d", what, self.conversation_id, len(text))
 
     def _correct(self, original: str, corrected: str) -> None:
         for i in range(len(self._transcript) - 1, -1, -1):
@@ -614,6 +621,14 @@ def _unsent_bytes(sock: socket.socket | trio.socket.SocketType | None) -> int | 
     except OSError:
         return None
     return int(struct.unpack("i", out)[0])
+
+
+def _first(group: BaseExceptionGroup[Any]) -> Any:
+    """The first leaf exception of a (possibly nested) exception group: nested nurseries nest groups."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _describe_exc(exc: BaseException) -> str:

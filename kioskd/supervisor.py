@@ -16,10 +16,11 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
-from kioskd.backend.client import SignedUrlError, UrlSource
+from kioskd.backend.client import REJECTED_KINDS, SignedUrlError, UrlSource
 from kioskd.backoff import Backoff
 from kioskd.config import Config
-from kioskd.protocol import ConversationInitiationMetadata, ServerEvent, UnknownEvent
+from kioskd.events import EventBus
+from kioskd.protocol import AgentResponse, ConversationInitiationMetadata, ServerEvent, UnknownEvent, UserTranscript
 from kioskd.session import AudioPort, Session, SessionOutcome, Uplink
 from kioskd.state import Command, KioskState, StatusBoard
 from kioskd.tools import ToolRegistry
@@ -57,7 +58,7 @@ class SupervisedAudio(AudioPort, Protocol):
     """What the supervisor needs of the audio engine beyond a session's needs."""
 
     def open_uplink(self) -> Uplink: ...
-    def play_cue(self, name: str) -> None: ...
+    def play_cue(self, name: str) -> float: ...
 
 
 def resume_context(transcript: list[str]) -> str:
@@ -83,8 +84,14 @@ class Supervisor:
         tools: ToolRegistry,
         *,
         rng: random.Random | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self.config = config
+        self.events = events or EventBus()
+        #: why the kiosk is out of service (``ctl close``, opening hours); None: open
+        self.closed: str | None = None
+        #: played (and awaited) before each conversation connects: the privacy notice
+        self.notice: Callable[[], Awaitable[None]] | None = None
         self._rng = rng or random.Random()
         self._audio = audio
         self._board = board
@@ -104,6 +111,7 @@ class Supervisor:
         self.observers: list[Callable[[ServerEvent | UnknownEvent], None]] = []
         self._heartbeat = trio.current_time()
         self._idle = trio.Event()
+        self._opened_any = False
 
     # ------------------------------------------------------------------ public
 
@@ -149,7 +157,9 @@ class Supervisor:
             nursery.start_soon(self._refresh_idle_state)
             task_status.started()
             async for cmd in self._receive:
-                if cmd in (Command.START, Command.TOGGLE):
+                if cmd in (Command.START, Command.TOGGLE) and self.closed is not None:
+                    log.info("start ignored: the kiosk is closed (%s)", self.closed)
+                elif cmd in (Command.START, Command.TOGGLE):
                     await self._conversation()
                 elif cmd in (Command.MIC_ON, Command.MIC_OFF):
                     log.debug("ignored while idle command=%s", cmd)
@@ -159,6 +169,10 @@ class Supervisor:
     def _idle_state(self) -> tuple[KioskState, str]:
         if self._error is not None:
             return KioskState.ERROR, self._error
+        if self.closed is not None:
+            return KioskState.CLOSED, self.closed
+        if not self._urls.healthy and self._urls.last_error_kind in REJECTED_KINDS:
+            return KioskState.ERROR, f"backend refuses this kiosk: {self._urls.last_error}"
         if not self._urls.healthy:
             return KioskState.OFFLINE, f"backend unreachable: {self._urls.last_error}"
         if self._start_failure is not None:
@@ -180,13 +194,21 @@ class Supervisor:
         self._idle = trio.Event()
         self._audio.mic_enabled = True
         self._start_failure = None
+        self._opened_any = False
         self.counters["conversations"] += 1
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._commands_during_conversation, nursery.cancel_scope)
+                if self.notice is not None:
+                    self._board.update(state=KioskState.CONNECTING, reason="privacy notice", conversation_id=None)
+                    await self.notice()
                 await self._hold_conversation()
                 nursery.cancel_scope.cancel()
         finally:
+            if not self._opened_any:
+                reason = self._start_failure or self._error or self._board.status.reason or "abandoned"
+                self.events.publish("start_failed", reason=reason)
+                self._audio.play_cue("error")
             self._session = None
             self._in_conversation = False
             self._idle.set()
@@ -202,6 +224,7 @@ class Supervisor:
                     session.end("ended by the visitor or operator")
                 else:
                     log.info("start abandoned by request")
+                    self._start_failure = "abandoned by request"
                     scope.cancel()
             elif cmd is Command.MIC_ON:
                 self._audio.mic_enabled = True
@@ -244,9 +267,14 @@ class Supervisor:
                     self._error = outcome.reason
                 elif not resuming:
                     self._start_failure = outcome.reason  # else lost when the board returns to idle
-                log.info("conversation ended id=%s reason=%r", outcome.conversation_id, outcome.reason)
+                if outcome.opened:
+                    log.info("conversation ended id=%s reason=%r", outcome.conversation_id, outcome.reason)
+                    self.events.publish("conversation_ended", id=outcome.conversation_id, reason=outcome.reason)
+                else:
+                    log.warning("start failed: %s", outcome.reason)
                 if not outcome.resumable or grace <= 0 or not (outcome.opened or resuming):
-                    self._board.update(reason=outcome.reason)
+                    if outcome.opened:
+                        self._audio.play_cue("end")
                     return
                 if outcome.opened:  # the grace window counts from the latest drop
                     deadline = trio.current_time() + grace
@@ -254,7 +282,8 @@ class Supervisor:
                     self.counters["failed_resumes"] += 1
                     return
                 resuming = True
-                log.info("resuming conversation within %.0f s: %s", grace, outcome.reason)
+                if outcome.opened:
+                    log.info("resuming conversation within %.0f s: %s", grace, outcome.reason)
                 self._board.update(
                     state=KioskState.RECONNECTING, reason=f"reconnecting: {outcome.reason}", conversation_id=None
                 )
@@ -272,9 +301,11 @@ class Supervisor:
             except SignedUrlError as exc:
                 self._url_failed(exc)
                 wait = exc.wait(backoff)
-                if exc.kind in ("unauthorized", "forbidden") or trio.current_time() + wait > deadline:
-                    log.warning("start abandoned: %s", exc)
+                if exc.kind in REJECTED_KINDS or trio.current_time() + wait > deadline:
+                    log.warning("start failed: no conversation URL: %s", exc)
+                    self._start_failure = str(exc)
                     return None
+                log.warning("no conversation URL, retrying in %.1f s: %s", wait, exc)
                 self._board.update(reason=f"retrying in {wait:.1f} s: {exc}")
                 await trio.sleep(wait)
                 continue
@@ -286,12 +317,12 @@ class Supervisor:
             if trio.current_time() + wait > deadline:
                 return outcome
             self.last_outcome = outcome
+            log.warning("connection failed, retrying in %.1f s: %s", wait, outcome.reason)
             self._board.update(reason=f"retrying in {wait:.1f} s: {outcome.reason}")
             await trio.sleep(wait)
 
     def _url_failed(self, exc: SignedUrlError) -> None:
-        log.warning("no conversation URL: %s", exc)
-        if exc.kind in ("unauthorized", "forbidden"):
+        if exc.kind in REJECTED_KINDS:
             self._error = str(exc)
         self._board.update(reason=str(exc))
 
@@ -301,8 +332,20 @@ class Supervisor:
         on_claimed: Callable[[Session], None] | None = None,
     ) -> SessionOutcome:
         def count_resumed(event: ServerEvent | UnknownEvent) -> None:
-            if context is not None and isinstance(event, ConversationInitiationMetadata):
-                self.counters["resumed"] += 1
+            if isinstance(event, ConversationInitiationMetadata):
+                if context is not None:
+                    self.counters["resumed"] += 1
+                elif not self._opened_any:
+                    self._audio.play_cue("listening")
+                self._opened_any = True
+                cid = event.conversation_initiation_metadata_event.conversation_id or "unknown"
+                self.events.publish("conversation_started", id=cid, resumed=context is not None)
+            elif isinstance(event, UserTranscript):
+                self.events.publish("visitor_said", id=session.conversation_id,
+                                    text=event.user_transcription_event.user_transcript)
+            elif isinstance(event, AgentResponse):
+                self.events.publish("agent_said", id=session.conversation_id,
+                                    text=event.agent_response_event.agent_response)
 
         session = Session(
             self.config, self._audio, uplink, self._tools, self._board, context=context,
@@ -357,7 +400,7 @@ class Supervisor:
             url = await self._urls.take(timeout=RESUME_ATTEMPT_TIMEOUT)
         except SignedUrlError as exc:
             self._url_failed(exc)
-            race.failed(str(exc), wait=exc.retry_after, stop=exc.kind in ("unauthorized", "forbidden"))
+            race.failed(str(exc), wait=exc.retry_after, stop=exc.kind in REJECTED_KINDS)
             return
         if race.claim():
             race.value = url
