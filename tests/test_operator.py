@@ -15,7 +15,7 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from alsa_pcm import AlsaFiles, alsa_devices
 from kiosk_harness import kiosk_config, running_kiosk
-from kioskd.leds import LightState, light_state
+from kioskd.hardware.leds import LightState, light_state
 from kioskd.simulator import SimulatorConfig, open_simulator
 from kioskd.state import KioskState
 
@@ -196,7 +196,7 @@ async def test_one_log_line_per_retry(tmp_path: Path) -> None:
     assert len(retries) == 2, lines
     # besides: at most the problem appearing (once), if the watch looked during the retries
     assert [line for line in lines if line not in retries] in (
-        [], ['level=warning logger=kioskd.problems msg="problem: the backend gives no conversation URLs: '
+        [], ['level=warning logger=kioskd.ops.problems msg="problem: the backend gives no conversation URLs: '
              'server: the backend failed (HTTP 500)"'])
 
 

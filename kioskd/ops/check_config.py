@@ -15,18 +15,17 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from kioskd.config import Config, ConfigError, load_config
+from kioskd.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 
-__all__ = ["DEFAULT_CONFIG", "main", "offline_problems", "online_checks"]
+__all__ = ["main", "offline_problems", "online_checks"]
 
-DEFAULT_CONFIG = "/etc/kioskd/config.toml"
 #: One online check: (name, passed, what was found).
 Check = tuple[str, bool, str]
 
 
 def offline_problems(path: str) -> tuple[Config | None, list[str]]:
     """The config (None if unusable) and every problem found without touching devices or the network."""
-    from kioskd.problems import readiness_problems
+    from kioskd.ops.problems import readiness_problems
 
     try:
         config = load_config(path)

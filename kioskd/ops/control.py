@@ -241,8 +241,7 @@ def socket_path(config_path: str) -> str:
 
 def main(argv: list[str]) -> int:
     """``kioskd ctl [--config PATH | --socket PATH] COMMAND [VALUE]``."""
-    from kioskd.check_config import DEFAULT_CONFIG
-    from kioskd.config import ConfigError
+    from kioskd.config import DEFAULT_CONFIG, ConfigError
 
     commands = "\n".join(f"  {name:<8} {help_}" for name, help_ in CTL_COMMANDS.items())
     parser = argparse.ArgumentParser(
