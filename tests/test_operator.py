@@ -236,7 +236,7 @@ async def test_one_accurate_line_per_event(tmp_path: Path) -> None:
     assert not any("state=conversation reason=" in line for line in lines)
     assert not any("logger=httpx" in line for line in lines)  # no line per HTTP request
     ended = [line for line in lines if 'msg="conversation ended"' in line]
-    assert ended == [f"level=info logger=kioskd.supervisor msg=\"conversation ended\" id=conv_sim_1 "
+    assert ended == [f"level=info logger=kioskd.service.supervisor msg=\"conversation ended\" id=conv_sim_1 "
                      f"reason='ended by the visitor or operator'"]
 
 
