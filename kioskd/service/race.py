@@ -76,15 +76,15 @@ class Race(Generic[T]):
         """
         async with trio.open_nursery() as nursery:
             next_launch = trio.current_time()
-            while self._winner is None and not self._stop:
+            while True:
+                self._changed = trio.Event()  # before looking: a change from here on is not missed
                 now = trio.current_time()
-                if now >= deadline:
+                if self._winner is not None or self._stop or now >= deadline:
                     break
                 if len(self._scopes) < self.slots and now >= max(next_launch, self._not_before):
                     nursery.start_soon(self._one, attempt)
-                    await trio.lowlevel.checkpoint()  # let it register its scope
+                    await trio.lowlevel.checkpoint()  # let it register its scope (it may finish already)
                     next_launch = now + self.interval
-                self._changed = trio.Event()
                 with trio.move_on_at(min(max(next_launch, self._not_before), deadline)):
                     await self._changed.wait()
             if self._winner is None:
