@@ -88,8 +88,7 @@ class Kiosk:
             new, **{section: getattr(self.config, section) for section in RESTART_SECTIONS}
         )
         self.config = new
-        self.supervisor.config = new
-        self.supervisor.set_tools(ToolRegistry.from_config(new))
+        self.supervisor.reload(new, ToolRegistry.from_config(new))
         setup_logging(new.log.level)
         log.info("config reloaded path=%s", path)
         return True
