@@ -22,6 +22,7 @@ from kioskd.ops import systemd
 from kioskd.audio.cues import load_cues, read_sound
 from kioskd.audio.engine import AudioEngine
 from kioskd.backend.client import PublicAgentUrl, SignedUrlProvider, UrlSource
+from kioskd.backend.heartbeat import HeartbeatSender
 from kioskd.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from kioskd.events import EventBus
 from kioskd.ops.control import START_TIMEOUT, ControlServer, ControlSocketInUse, Handler, Reply, Request, check_socket_free
@@ -65,6 +66,9 @@ class Kiosk:
         self.supervisor = Supervisor(
             config, self.audio, self.board, self.urls, ToolRegistry.from_config(config), events=self.events
         )
+        self.heartbeat: HeartbeatSender | None = None
+        if config.backend is not None and isinstance(self.urls, SignedUrlProvider):
+            self.heartbeat = HeartbeatSender(config.backend, config.kiosk_token(), self.status, self.urls)
         self.controls = LiveControls(
             config.state.file, config.audio.volume, config.hours, self.events, self._apply_controls
         )
@@ -186,8 +190,7 @@ class Kiosk:
             new, **{section: getattr(self.config, section) for section in RESTART_SECTIONS}
         )
         self.config = new
-        self.supervisor.config = new
-        self.supervisor.set_tools(ToolRegistry.from_config(new))
+        self.supervisor.reload(new, ToolRegistry.from_config(new))
         setup_logging(new.log.level)
         log.info("config reloaded path=%s", path)
         return True
@@ -220,6 +223,8 @@ class Kiosk:
             await nursery.start(self.hooks.run)
             await nursery.start(self.audio.run)
             await nursery.start(self.urls.run)
+            if self.heartbeat is not None:
+                await nursery.start(self.heartbeat.run)
             # the light first: it must be driven before anything can send microphone audio
             self.leds = LedDriver(config.leds, self.board, pin_factory=self._pin_factory)
             await nursery.start(self.leds.run)
@@ -245,6 +250,8 @@ class Kiosk:
         """Release what outlives the tasks (the backend client's connections)."""
         with trio.CancelScope(shield=True):
             await self.urls.aclose()
+            if self.heartbeat is not None:
+                await self.heartbeat.aclose()
 
     async def shutdown(self) -> None:
         """End a running conversation cleanly (close 1000), waiting at most SHUTDOWN_GRACE."""
