@@ -101,11 +101,19 @@ class BackendConfig:
     prefetch: bool = True
     url_max_age: float = 600.0
     health_interval: float = 60.0
+    #: Where the kiosk POSTs its status; empty = ``url`` with its last path segment replaced by ``heartbeat``.
+    heartbeat_url: str = ""
+    #: Seconds between heartbeats; 0 = off (then health checks fetch signed URLs).
+    heartbeat_interval: float = 60.0
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
         if not self.url.startswith(("https://", "http://")):
             out.append(("url", f"must be an https:// URL, got {self.url!r}"))
+        if self.heartbeat_url and not self.heartbeat_url.startswith(("https://", "http://")):
+            out.append(("heartbeat_url", f"must be an https:// URL or empty, got {self.heartbeat_url!r}"))
+        if self.heartbeat_interval < 0:
+            out.append(("heartbeat_interval", "must be 0 (off) or positive"))
         if self.timeout <= 0:
             out.append(("timeout", "must be positive"))
         if not 0 < self.url_max_age <= 840:

@@ -21,6 +21,7 @@ import trio
 from kioskd.ops import systemd
 from kioskd.audio.engine import AudioEngine
 from kioskd.backend.client import PublicAgentUrl, SignedUrlProvider, UrlSource
+from kioskd.backend.heartbeat import HeartbeatSender
 from kioskd.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from kioskd.ops.control import ControlServer, ControlSocketInUse, check_socket_free
 from kioskd.ops.logs import register_secret, setup_logging
@@ -57,6 +58,9 @@ class Kiosk:
         self.audio = audio or AudioEngine(config.audio)
         self.urls = make_url_source(config)
         self.supervisor = Supervisor(config, self.audio, self.board, self.urls, ToolRegistry.from_config(config))
+        self.heartbeat: HeartbeatSender | None = None
+        if config.backend is not None and isinstance(self.urls, SignedUrlProvider):
+            self.heartbeat = HeartbeatSender(config.backend, config.kiosk_token(), self.status, self.urls)
         self._pin_factory = pin_factory
         self._last_status_line = ""
 
@@ -89,8 +93,7 @@ class Kiosk:
             self.urls.set_token(token)
             log.info("reload: kiosk token changed; using the new one from now on")
         self.config = new
-        self.supervisor.config = new
-        self.supervisor.set_tools(ToolRegistry.from_config(new))
+        self.supervisor.reload(new, ToolRegistry.from_config(new))
         setup_logging(new.log.level)
         log.info("config reloaded path=%s restart_needed=%s", path, ",".join(restart) or "no")
         return True
@@ -114,6 +117,8 @@ class Kiosk:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.audio.run)
             await nursery.start(self.urls.run)
+            if self.heartbeat is not None:
+                await nursery.start(self.heartbeat.run)
             # the light first: it must be driven before anything can send microphone audio
             self.leds = LedDriver(config.leds, self.board, pin_factory=self._pin_factory)
             await nursery.start(self.leds.run)
@@ -136,6 +141,8 @@ class Kiosk:
         """Release what outlives the tasks (the backend client's connections)."""
         with trio.CancelScope(shield=True):
             await self.urls.aclose()
+            if self.heartbeat is not None:
+                await self.heartbeat.aclose()
 
     async def shutdown(self) -> None:
         """End a running conversation cleanly (close 1000), waiting at most SHUTDOWN_GRACE."""
