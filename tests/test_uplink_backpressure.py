@@ -21,7 +21,8 @@ from pathlib import Path
 
 import trio
 
-from kioskd import protocol, session
+from kioskd import protocol
+from kioskd.service import link
 from kioskd.simulator import SimulatorConfig, open_simulator
 from kioskd.simulator.proxy import FaultProxy
 from kioskd.simulator.records import Conversation
@@ -67,18 +68,18 @@ async def test_congestion_is_the_kernel_holding_unsent_bytes_not_a_timing() -> N
         await listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         kiosk = trio.socket.socket()
-        session._limit_send_buffer(kiosk)
+        link._limit_send_buffer(kiosk)
         await kiosk.connect(listener.getsockname())
         peer, _ = await listener.accept()
-        assert not session._congested(kiosk)
+        assert not link.congested(kiosk)
         sent = 0
-        while not session._congested(kiosk):
+        while not link.congested(kiosk):
             sent += await kiosk.send(b"x" * 512)  # never blocks: the gate closes well before SO_SNDBUF fills
-        assert sent > session.CONGESTED_BYTES
+        assert sent > link.CONGESTED_BYTES
         received = 0
         while received < sent:
             received += len(await peer.recv(65536))
-        assert not session._congested(kiosk)
+        assert not link.congested(kiosk)
         for s in (kiosk, peer, listener):
             s.close()
 
