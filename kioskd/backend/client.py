@@ -142,10 +142,23 @@ async def fetch_signed_url(
             )
     except (httpx.TimeoutException, trio.TooSlowError):
         raise SignedUrlError("timeout", f"no answer from the backend within {limit:g} s") from None
+    except httpx.LocalProtocolError:
+        # its text quotes the offending header, i.e. the token: never pass it on
+        raise SignedUrlError("network", "the request could not be sent: a header is not valid (check the kiosk token)") from None
     except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError, ValueError) as exc:
-        text = str(exc)[:200]
-        raise SignedUrlError("network", f"cannot reach the backend: {type(exc).__name__}: {text}") from None
+        raise SignedUrlError("network", f"cannot reach the backend: {_describe_failure(exc)}") from None
     return parse_reply(response.status_code, response.content, response.headers)
+
+
+#: Failures whose text names only the transport (refused, reset, unreachable), never our request.
+_PLAIN_FAILURES = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.CloseError, OSError)
+
+
+def _describe_failure(exc: BaseException) -> str:
+    """The failure's type, and its text only where that cannot hold a header or URL we sent."""
+    if isinstance(exc, _PLAIN_FAILURES):
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return type(exc).__name__
 
 
 def public_agent_url(server: str, agent_id: str) -> str:
@@ -266,6 +279,11 @@ class SignedUrlProvider:
         self._heartbeat_error = error or ""
         if was != self.heartbeats:
             self._wanted.set()  # re-plan the next fetch
+
+    @property
+    def token(self) -> str:
+        """The kiosk token in use (compare only; never log it)."""
+        return self._token
 
     def set_token(self, token: str) -> None:
         """Use a new kiosk token (after a config reload); drops any prefetched URL."""

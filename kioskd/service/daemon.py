@@ -174,25 +174,30 @@ class Kiosk:
         return {"ok": False, "error": f"no conversation after {timeout:g} s ({now.state}: {now.reason or 'no reason'})"}
 
     def reload(self, path: str) -> bool:
-        """Re-read the config; apply it if valid, else keep the old one. Returns success."""
+        """Re-read the config; apply it if valid, else keep the old one. Returns success.
+
+        Sections in RESTART_SECTIONS keep their old values (each change is logged as needing
+        a restart); the kiosk token is re-read from the file in use and applied at once.
+        """
         try:
             new = load_config(path)
-            if new.backend is not None:
-                register_secret(new.kiosk_token())
+            restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(self.config, s)]
+            new = dataclasses.replace(new, **{s: getattr(self.config, s) for s in RESTART_SECTIONS})
+            token = new.kiosk_token() if new.backend is not None else None
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused, keeping the old settings: %s", problem)
             return False
-        for section in RESTART_SECTIONS:
-            if getattr(new, section) != getattr(self.config, section):
-                log.warning("reload: [%s] changed; restart kioskd to apply it", section)
-        new = dataclasses.replace(
-            new, **{section: getattr(self.config, section) for section in RESTART_SECTIONS}
-        )
+        for section in restart:
+            log.warning("reload: [%s] changed; restart kioskd to apply it", section)
+        if token is not None and isinstance(self.urls, SignedUrlProvider) and token != self.urls.token:
+            register_secret(token)
+            self.urls.set_token(token)
+            log.info("reload: kiosk token changed; using the new one from now on")
         self.config = new
         self.supervisor.reload(new, ToolRegistry.from_config(new))
         setup_logging(new.log.level)
-        log.info("config reloaded path=%s", path)
+        log.info("config reloaded path=%s restart_needed=%s", path, ",".join(restart) or "no")
         return True
 
     def _announce(self, status: Status) -> None:
