@@ -97,9 +97,10 @@ def word_times(text: str, chars: list[str], starts_ms: list[float]) -> list[floa
 class ScreenModel:
     """The screen's state; every ``on_…`` method returns whether the snapshot changed."""
 
-    def __init__(self, *, language: str = "en", kiosk_name: str = "") -> None:
+    def __init__(self, *, language: str = "en", kiosk_name: str = "", notice: str = "") -> None:
         self.language = language
         self.kiosk_name = kiosk_name
+        self.notice = notice  # the operator's privacy notice ([privacy] notice_text); "" = the page's own
         self.version = 0
         self.state = "idle"
         self.light = "idle"
@@ -222,6 +223,7 @@ class ScreenModel:
             "now": now,
             "language": self.language,
             "kiosk": self.kiosk_name,
+            "notice": self.notice,
             "state": self.state,
             "light": self.light,
             "reason": self.reason,

@@ -81,6 +81,7 @@ class Kiosk:
         self._last_status_line = ""
         self.button: Any = None
         self.leds: Any = None
+        self.screen: Any = None  # ScreenServer, when [screen] listen is set
 
     def status(self) -> dict[str, Any]:
         """What ``kioskd ctl status`` prints (problems looked at now, not up to a second ago)."""
@@ -248,8 +249,29 @@ class Kiosk:
                 self.audio.add_frame_listener(wake.on_frame)
                 self.wake = wake
             await nursery.start(self.problems.run)
+            if config.screen.listen:
+                await self._start_screen(nursery)
             await nursery.start(systemd.watchdog_task, self.supervisor.healthy)
             task_status.started()
+
+    async def _start_screen(self, nursery: trio.Nursery) -> None:
+        """The local captions page (``[screen] listen``), fed by the board and the agent's events."""
+        from kioskd.backend.server_config import parse_listen
+        from kioskd.screen import ScreenModel, ScreenServer
+        from kioskd.screen.feed import ScreenFeed, kiosk_actions
+
+        config = self.config
+        model = ScreenModel(
+            language=config.screen.language or config.agent.language or "en",
+            kiosk_name=config.kiosk.location or config.kiosk.id,
+            notice=config.privacy.notice_text,
+        )
+        self.screen = ScreenServer(parse_listen(config.screen.listen), model, kiosk_actions(self))
+        feed = ScreenFeed(model, self.screen)
+        self.board.listen(feed.on_status)
+        feed.on_status(self.board.status)
+        self.supervisor.observers.append(feed.on_event)
+        await nursery.start(self.screen.run)
 
     async def aclose(self) -> None:
         """Release what outlives the tasks (the backend client's connections)."""

@@ -146,6 +146,7 @@ function render() {
   $("banner").dataset.light = light;
   $("state").textContent = t("state")[light] || light;
   $("privacy").hidden = !snapshot.mic_live;
+  $("privacy-text").textContent = snapshot.notice || t("privacy");
   const talk = $("talk");
   talk.textContent = snapshot.in_conversation ? t("end") : t("talk");
   talk.classList.toggle("end", snapshot.in_conversation);
