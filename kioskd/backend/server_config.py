@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from kioskd.config import load_as, parse_as
+from kioskd.schema import load_as, parse_as
 
 __all__ = [
     "DEFAULT_LISTEN",
