@@ -237,7 +237,8 @@ class PyAudioStream:
 def open_stream(name: str, direction: Direction, rate: int, period_frames_ms: int) -> Stream:
     """Open device ``name`` (``wav:PATH``, ``default`` or a PortAudio name/substring).
 
-    ``rate`` 0 means the device's default rate; channels per :func:`choose_channels`. Raises :class:`DeviceError` naming the device.
+    ``rate`` 0 means the device's default rate; channels per :func:`choose_channels`.
+    Raises :class:`DeviceError` naming the device.
     """
     if name.startswith("wav:"):
         from kioskd.audio import wavio
@@ -258,9 +259,11 @@ def _open_pa(pyaudio: Any, pa: Any, name: str, direction: Direction, rate: int, 
     info = find_device(devices, name, direction)
     if info is None and name == "default":
         try:
-            default = pa.get_default_input_device_info() if direction == "input" else pa.get_default_output_device_info()
+            default = (
+                pa.get_default_input_device_info() if direction == "input" else pa.get_default_output_device_info()
+            )
             info = _info(default)
-        except (OSError, IOError):
+        except OSError:
             info = None
     if info is None:
         known = ", ".join(d.name for d in find_usable(devices, direction)) or "none"

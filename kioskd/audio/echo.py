@@ -18,16 +18,24 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-try:  # pragma: no cover - exercised only where the wheel is missing
-    import pywebrtc_audio as _webrtc
-except ImportError:  # pragma: no cover
-    _webrtc = None
+
+
+def _load_webrtc() -> ModuleType | None:
+    try:
+        import pywebrtc_audio
+    except ImportError:  # pragma: no cover - exercised only where the wheel is missing
+        return None
+    return pywebrtc_audio
+
+
+_webrtc = _load_webrtc()
 
 DEFAULT_RATE = 16000
 """Rate the canceller runs at (the internal microphone rate)."""
@@ -60,7 +68,7 @@ class EchoCanceller:
         self.frames = 0
         if enabled and _webrtc is None:
             log.warning("echo cancellation unavailable reason=pywebrtc_audio_not_installed")
-        elif enabled:
+        elif enabled and _webrtc is not None:
             self._aec = _webrtc.EchoCanceller(rate, 1, STREAM_DELAY_MS)
 
     @property

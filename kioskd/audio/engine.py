@@ -19,6 +19,7 @@ Threads and clocks:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -32,6 +33,7 @@ import numpy as np
 import trio
 import webrtcvad
 
+from kioskd.audio.cues import cue
 from kioskd.audio.devices import (
     CaptureThread,
     DeviceFailed,
@@ -42,7 +44,6 @@ from kioskd.audio.devices import (
     Stream,
     open_stream,
 )
-from kioskd.audio.cues import cue
 from kioskd.audio.formats import FRAME_SAMPLES, INTERNAL_RATE, AudioFormat, Resampler, decode, encode, to_mono
 from kioskd.audio.jitter import JitterBuffer
 from kioskd.audio.uplink import UplinkBuffer
@@ -383,7 +384,7 @@ class AudioEngine:
         started = False
         while True:
             send, recv = trio.open_memory_channel[DeviceOpened | DeviceFailed](math.inf)
-            thread = self._make_thread(direction, lambda ev: _send(send, ev))
+            thread = self._make_thread(direction, functools.partial(_send, send))
             opened_at: float | None = None
             try:
                 thread.start()

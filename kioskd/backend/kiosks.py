@@ -29,7 +29,9 @@ EXIT_USAGE = 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kioskd backend kiosks", description="Manage the kiosks allowed to ask for signed URLs.")
+    parser = argparse.ArgumentParser(
+        prog="kioskd backend kiosks", description="Manage the kiosks allowed to ask for signed URLs."
+    )
     parser.add_argument("--config", default="/etc/kioskd/backend.toml", help="backend.toml (default: %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True)
     add = sub.add_parser("add", help="register a kiosk and print its new token (once)")
@@ -84,7 +86,9 @@ async def _command(store: Store, config: BackendServerConfig, args: argparse.Nam
         return 0
     for record in await store.kiosks():
         if args.json:
-            row = {"id": record.entry.id, "agents": record.entry.agents, "source": record.source, "revoked": record.revoked}
+            row = {
+                "id": record.entry.id, "agents": record.entry.agents, "source": record.source, "revoked": record.revoked
+            }
             print(json.dumps(row))
         else:
             flag = "  REVOKED" if record.revoked else ""

@@ -144,19 +144,19 @@ class RedisStore:
         """A TOML kiosk (checked here) or a registered one (in Redis), unless revoked."""
         digest = token_sha256.lower()
         toml = find_toml_kiosk(self._config.kiosk, digest)
-        reply = await self._call("auth", lambda: self._auth(args=[digest, toml.id if toml else ""]))
+        reply: Any = await self._call("auth", lambda: self._auth(args=[digest, toml.id if toml else ""]))
         if not reply:
             return None
         if toml is not None:
             return toml
-        kiosk_id, agents = reply  # type: ignore[misc]
+        kiosk_id, agents = reply
         return KioskEntry(id=str(kiosk_id), token_sha256=digest, agents=_agents(agents))
 
     async def _charge(self, kiosk_id: str, op: str) -> float:
         rate = self._config.rate_per_minute / SECONDS_PER_MINUTE
         key = f"{PREFIX}bucket:{kiosk_id}"
-        reply = await self._call(op, lambda: self._bucket(keys=[key], args=[repr(rate), self._config.burst, op]))
-        return float(reply)  # type: ignore[arg-type]
+        reply: Any = await self._call(op, lambda: self._bucket(keys=[key], args=[repr(rate), self._config.burst, op]))
+        return float(reply)
 
     async def take(self, kiosk_id: str) -> float:
         """Charge one signed URL: 0.0 if charged, else seconds until one is available."""
@@ -170,14 +170,14 @@ class RedisStore:
         """Keep ``status`` as this kiosk's latest; returns Redis's time of it."""
         keys = [f"{PREFIX}hb:{kiosk_id}", f"{PREFIX}seen"]
         body = json.dumps(status, separators=(",", ":"))
-        reply = await self._call("heartbeat", lambda: self._heartbeat(keys=keys, args=[kiosk_id, body]))
-        return float(reply)  # type: ignore[arg-type]
+        reply: Any = await self._call("heartbeat", lambda: self._heartbeat(keys=keys, args=[kiosk_id, body]))
+        return float(reply)
 
     async def heartbeats(self) -> list[Heartbeat]:
         """The latest heartbeat of every kiosk that ever sent one."""
         seen = await self._call("fleet", lambda: self._client.zrange(f"{PREFIX}seen", 0, -1, withscores=True))
         out: list[Heartbeat] = []
-        pairs = [(str(member), float(score)) for member, score in seen]  # type: ignore[misc]
+        pairs = [(str(member), float(score)) for member, score in seen]
         for start in range(0, len(pairs), MGET_BATCH):
             batch = pairs[start : start + MGET_BATCH]
             keys = [f"{PREFIX}hb:{kiosk_id}" for kiosk_id, _ in batch]
@@ -194,7 +194,9 @@ class RedisStore:
         out = [KioskRecord(e, "toml", e.id in revoked) for e in self._config.kiosk]
         for kiosk_id in sorted(ids):
             fields = await self._call("registry", lambda k=kiosk_id: self._client.hgetall(f"{PREFIX}kiosk:{k}"))  # type: ignore[misc]
-            entry = KioskEntry(id=kiosk_id, token_sha256=fields.get("token_sha256", ""), agents=_agents(fields.get("agents", "")))
+            entry = KioskEntry(
+                id=kiosk_id, token_sha256=fields.get("token_sha256", ""), agents=_agents(fields.get("agents", ""))
+            )
             out.append(KioskRecord(entry, "registry", kiosk_id in revoked))
         return out
 
@@ -203,7 +205,7 @@ class RedisStore:
         check_new_kiosk(entry, [r for r in await self.kiosks() if r.source == "toml"])
         digest = entry.token_sha256.lower()
         args = [entry.id, digest, json.dumps(entry.agents)]
-        reply = await self._call("registry", lambda: self._add(args=args))
+        reply: Any = await self._call("registry", lambda: self._add(args=args))
         if reply == "id":
             raise ValueError(f"a kiosk with id {entry.id!r} already exists (registry)")
         if reply == "token":

@@ -42,7 +42,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,7 +56,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from kioskd.backend import fleet, metrics
-from kioskd.ops import logs
 from kioskd.backend.server_config import (
     MAX_THROTTLED_ADDRESSES,
     AddressThrottle,
@@ -69,6 +68,7 @@ from kioskd.backend.server_config import (
 )
 from kioskd.backend.store import Store, StoreUnavailable, open_store
 from kioskd.config import ConfigError
+from kioskd.ops import logs
 
 __all__ = ["API_KEY_ENV", "build_app", "hash_token", "main", "serve", "signed_url_problem", "upstream_retry_after"]
 
@@ -119,7 +119,7 @@ def upstream_retry_after(value: str | None) -> int:
         seconds = int(value.strip())
     elif value is not None:
         try:
-            seconds = (email.utils.parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+            seconds = (email.utils.parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
         except (TypeError, ValueError):
             pass
     return int(min(MAX_RETRY_AFTER, max(1, math.ceil(seconds))))
@@ -295,7 +295,8 @@ async def _healthz(request: Request) -> JSONResponse:
 
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.error("store unavailable path=%s error=%r", request.url.path, str(exc))
-    return _error(503, "unavailable", "the backend's shared state is unreachable", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)})
+    retry = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
+    return _error(503, "unavailable", "the backend's shared state is unreachable", retry)
 
 
 def build_app(signer: Signer) -> Starlette:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -41,6 +41,9 @@ from kioskd.config import ButtonConfig, ButtonMode
 from kioskd.hardware.gpio import GpioUnavailable, open_device
 from kioskd.hardware.handoff import ToTrio
 from kioskd.state import Command
+
+if TYPE_CHECKING:
+    from gpiozero import Button
 
 __all__ = ["ButtonLogic", "ButtonTrigger"]
 
@@ -168,7 +171,7 @@ class ButtonTrigger:
             long_press_ends_in_hold=long_press_ends_in_hold,
         )
         self.available = False  # True once the button is open
-        self._button: Any = None  # strong reference: gpiozero must not lose its callbacks
+        self._button: Button | None = None  # strong reference: gpiozero must not lose its callbacks
         self._to_trio: ToTrio | None = None
         self._settle_wakeup = trio.Event()
 
@@ -193,7 +196,7 @@ class ButtonTrigger:
             button.when_pressed = button.when_released = button.when_held = None
             button.close()
 
-    def _open(self) -> Any:
+    def _open(self) -> Button:
         button = open_device(
             "Button",
             self.config.pin,

@@ -58,7 +58,7 @@ def devices_main(argv: list[str]) -> int:
 
 def meter_line(level: float) -> str:
     """One redraw of the meter: a bar and the level in dBFS."""
-    fill = int(round(METER_WIDTH * (max(level, METER_FLOOR_DBFS) - METER_FLOOR_DBFS) / -METER_FLOOR_DBFS))
+    fill = round(METER_WIDTH * (max(level, METER_FLOOR_DBFS) - METER_FLOOR_DBFS) / -METER_FLOOR_DBFS)
     return f"\r[{'#' * fill}{' ' * (METER_WIDTH - fill)}] {level:6.1f} dBFS"
 
 

@@ -26,7 +26,9 @@ import trio
 
 from kioskd.state import Command
 
-__all__ = ["ControlServer", "ControlSocketInUse", "check_socket_free", "handle_request", "main", "request", "socket_owner"]
+__all__ = [
+    "ControlServer", "ControlSocketInUse", "check_socket_free", "handle_request", "main", "request", "socket_owner",
+]
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ def socket_owner(path: str | os.PathLike[str]) -> int | None:
         except (BlockingIOError, PermissionError):
             return 0  # listening with a full backlog, or not ours to open: alive either way
         pid, _uid, _gid = _UCRED.unpack(probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-        return pid
+        return int(pid)
 
 
 def check_socket_free(path: str) -> None:
@@ -284,7 +286,8 @@ def request(path: str, cmd: str, timeout: float = 5.0) -> dict[str, Any]:
             if not chunk:
                 break
             data += chunk
-    return json.loads(data)
+    reply: dict[str, Any] = json.loads(data)
+    return reply
 
 
 def main(argv: list[str]) -> int:

@@ -18,14 +18,14 @@ from typing import Any
 
 import trio
 
-from kioskd.ops import systemd
 from kioskd.audio.engine import AudioEngine
 from kioskd.backend.client import PublicAgentUrl, SignedUrlProvider, UrlSource
 from kioskd.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from kioskd.ops import systemd
 from kioskd.ops.control import ControlServer, ControlSocketInUse, check_socket_free
 from kioskd.ops.logs import register_secret, setup_logging
-from kioskd.state import Status, StatusBoard
 from kioskd.service.supervisor import Supervisor
+from kioskd.state import Status, StatusBoard
 from kioskd.tools import ToolRegistry
 
 __all__ = ["Kiosk", "main"]
@@ -98,9 +98,9 @@ class Kiosk:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every part until cancelled; ``started()`` once the audio devices are open."""
-        from kioskd.hardware.leds import LedDriver
-        from kioskd.hardware.button import ButtonTrigger
         from kioskd.audio.vad_wake import VadWakeTrigger
+        from kioskd.hardware.button import ButtonTrigger
+        from kioskd.hardware.leds import LedDriver
 
         config = self.config
         self.board.listen(self._announce)

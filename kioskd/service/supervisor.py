@@ -8,19 +8,19 @@ far. It is the only writer of ``StatusBoard.state``.
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
-import enum
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
+from kioskd.actions import SessionOutcome
 from kioskd.backend.client import SignedUrlError, UrlSource
 from kioskd.backoff import Backoff
 from kioskd.config import Config
 from kioskd.protocol import ConversationInitiationMetadata, ServerEvent, UnknownEvent
-from kioskd.actions import SessionOutcome
 from kioskd.service.ports import MicPort, SupervisedAudio
 from kioskd.service.race import Race
 from kioskd.service.session import Session

@@ -8,8 +8,8 @@ import sys
 
 import trio
 
-from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
 from kioskd.audio.formats import PCM_RATES, ULAW_RATES
+from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
 
 __all__ = ["build_parser", "describe", "main"]
 
@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = SimulatorConfig()
     parser.add_argument("--host", default=defaults.host, help="address to listen on (default %(default)s)")
     parser.add_argument("--port", type=int, default=8765, help="agent WebSocket port, 0 = any (default %(default)s)")
-    parser.add_argument("--backend-port", type=int, default=8766, help="signing backend port, 0 = any (default %(default)s)")
+    parser.add_argument(
+        "--backend-port", type=int, default=8766, help="signing backend port, 0 = any (default %(default)s)"
+    )
     parser.add_argument("--input-format", choices=SUPPORTED_FORMATS, default=defaults.input_format)
     parser.add_argument("--output-format", choices=SUPPORTED_FORMATS, default=defaults.output_format)
     parser.add_argument("--agent-id", default=defaults.agent_id)
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def describe(sim: Simulator) -> str:
-    """What to tell the user: where things listen and how to point a kiosk at them (no secrets beyond the demo token)."""
+    """What to tell the user: where things listen, how to point a kiosk at them (no secrets but the demo token)."""
     cfg = sim.config
     return "\n".join(
         [
