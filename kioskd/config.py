@@ -9,6 +9,7 @@ repository root documents every key.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -87,11 +88,19 @@ class BackendConfig:
     prefetch: bool = True
     url_max_age: float = 600.0
     health_interval: float = 60.0
+    #: Where the kiosk POSTs its status; empty = ``url`` with its last path segment replaced by ``heartbeat``.
+    heartbeat_url: str = ""
+    #: Seconds between heartbeats; 0 = off (then health checks fetch signed URLs).
+    heartbeat_interval: float = 60.0
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
         if not self.url.startswith(("https://", "http://")):
             out.append(("url", f"must be an https:// URL, got {self.url!r}"))
+        if self.heartbeat_url and not self.heartbeat_url.startswith(("https://", "http://")):
+            out.append(("heartbeat_url", f"must be an https:// URL or empty, got {self.heartbeat_url!r}"))
+        if self.heartbeat_interval < 0:
+            out.append(("heartbeat_interval", "must be 0 (off) or positive"))
         if self.timeout <= 0:
             out.append(("timeout", "must be positive"))
         if not 0 < self.url_max_age <= 840:
@@ -347,19 +356,43 @@ class Config:
     def kiosk_token(self) -> str:
         """This kiosk's backend token: ``$KIOSKD_TOKEN``, else the first line of ``token_file``.
 
-        Raises ConfigError naming ``backend.token_file`` when neither gives one.
+        A byte-order mark and surrounding whitespace are dropped; what is left must be
+        printable ASCII without spaces (it becomes an HTTP header). Raises ConfigError naming
+        ``KIOSKD_TOKEN`` or ``backend.token_file`` (never echoing the token) when neither gives one.
         """
-        env = os.environ.get("KIOSKD_TOKEN", "").strip()
-        if env:
-            return env
+        env = os.environ.get("KIOSKD_TOKEN", "")
+        if env.strip():
+            return _checked_token(env, "KIOSKD_TOKEN: ")
         assert self.backend is not None
+        path = self.backend.token_file
+        where = f"backend.token_file: {path}: "
         try:
-            token = Path(self.backend.token_file).read_text().strip()
+            raw = Path(path).read_bytes()
         except OSError as exc:
-            raise ConfigError([f"backend.token_file: cannot read {self.backend.token_file}: {exc.strerror}"]) from None
-        if not token:
-            raise ConfigError([f"backend.token_file: {self.backend.token_file} is empty"])
-        return token
+            raise ConfigError([f"backend.token_file: cannot read {path}: {exc.strerror}"]) from None
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ConfigError([f"{where}not UTF-8 text"]) from None
+        if not text.strip():
+            raise ConfigError([f"backend.token_file: {path} is empty"])
+        return _checked_token(text.splitlines()[0], where)
+
+
+#: What a token may hold: printable ASCII, no spaces (RFC 6750 b64token and more).
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+
+
+def _checked_token(line: str, where: str) -> str:
+    """``line`` without a BOM and surrounding whitespace, if it is a usable token; else ConfigError."""
+    token = line.lstrip("\ufeff").strip()
+    if not token:
+        raise ConfigError([f"{where}the first line is empty (the token goes on line 1)"])
+    if not _TOKEN_CHARS.fullmatch(token):
+        bad = next(i for i, ch in enumerate(token) if not _TOKEN_CHARS.fullmatch(ch))
+        kind = "a space" if token[bad].isspace() else "a control character" if not token[bad].isprintable() else "a non-ASCII character"
+        raise ConfigError([f"{where}the token has {kind} at position {bad + 1}; it must be printable ASCII without spaces"])
+    return token
 
 
 def parse_config(data: dict[str, Any]) -> Config:

@@ -127,3 +127,49 @@ def test_check_config_command_line(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == "leds.red: red, green and blue must be three different pins"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("tok-1\nsecond line: not part of it\n", "tok-1"),
+        ("\ufefftok-2\r\n", "tok-2"),
+        ("  tok-3  \n\n", "tok-3"),
+        (b"\xef\xbb\xbftok-4", "tok-4"),
+    ],
+    ids=["two-lines", "bom-crlf", "padded", "bom-bytes"],
+)
+def test_token_file_first_line_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str | bytes,
+                                    expected: str) -> None:
+    monkeypatch.delenv("KIOSKD_TOKEN", raising=False)
+    token = tmp_path / "token"
+    token.write_bytes(content if isinstance(content, bytes) else content.encode())
+    config = parse_config({"agent": {"agent_id": "a"}, "backend": {"url": "https://b/s", "token_file": str(token)}})
+    assert config.kiosk_token() == expected
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["Zq9 Wv8\n", "Zq9\tWv8\n", "Zq9\x1bWv8\n", "Zq9øWv8\n", "\n\nZq9-Wv8\n", b"\xff\xfe\x00Zq9"],
+    ids=["space", "tab", "escape", "non-ascii", "empty-first-line", "not-utf8"],
+)
+def test_bad_token_file_is_named_without_echoing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], content: str | bytes
+) -> None:
+    monkeypatch.delenv("KIOSKD_TOKEN", raising=False)
+    token = tmp_path / "token"
+    token.write_bytes(content if isinstance(content, bytes) else content.encode())
+    path = tmp_path / "config.toml"
+    path.write_text(f'[agent]\nagent_id = "a"\n[backend]\nurl = "https://b/s"\ntoken_file = "{token}"\n')
+    assert check_config(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("backend.token_file: ") and str(token) in err
+    assert "Zq9" not in err and "Wv8" not in err
+
+
+def test_bad_token_in_the_environment_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIOSKD_TOKEN", "two words")
+    config = parse_config({"agent": {"agent_id": "a"}, "backend": {"url": "https://b/s"}})
+    with pytest.raises(ConfigError, match=r"^KIOSKD_TOKEN: .*space") as info:
+        config.kiosk_token()
+    assert "words" not in str(info.value)

@@ -20,6 +20,7 @@ import trio
 
 from kioskd.audio.engine import AudioEngine
 from kioskd.backend.client import PublicAgentUrl, SignedUrlProvider, UrlSource
+from kioskd.backend.heartbeat import HeartbeatSender
 from kioskd.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from kioskd.ops import systemd
 from kioskd.ops.control import ControlServer, ControlSocketInUse, check_socket_free
@@ -57,6 +58,9 @@ class Kiosk:
         self.audio = audio or AudioEngine(config.audio)
         self.urls = make_url_source(config)
         self.supervisor = Supervisor(config, self.audio, self.board, self.urls, ToolRegistry.from_config(config))
+        self.heartbeat: HeartbeatSender | None = None
+        if config.backend is not None and isinstance(self.urls, SignedUrlProvider):
+            self.heartbeat = HeartbeatSender(config.backend, config.kiosk_token(), self.status, self.urls)
         self._pin_factory = pin_factory
         self._last_status_line = ""
 
@@ -68,25 +72,30 @@ class Kiosk:
         return out
 
     def reload(self, path: str) -> bool:
-        """Re-read the config; apply it if valid, else keep the old one. Returns success."""
+        """Re-read the config; apply it if valid, else keep the old one. Returns success.
+
+        Sections in RESTART_SECTIONS keep their old values (each change is logged as needing
+        a restart); the kiosk token is re-read from the file in use and applied at once.
+        """
         try:
             new = load_config(path)
-            if new.backend is not None:
-                register_secret(new.kiosk_token())
+            restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(self.config, s)]
+            new = dataclasses.replace(new, **{s: getattr(self.config, s) for s in RESTART_SECTIONS})
+            token = new.kiosk_token() if new.backend is not None else None
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused, keeping the old settings: %s", problem)
             return False
-        for section in RESTART_SECTIONS:
-            if getattr(new, section) != getattr(self.config, section):
-                log.warning("reload: [%s] changed; restart kioskd to apply it", section)
-        new = dataclasses.replace(
-            new, **{section: getattr(self.config, section) for section in RESTART_SECTIONS}
-        )
+        for section in restart:
+            log.warning("reload: [%s] changed; restart kioskd to apply it", section)
+        if token is not None and isinstance(self.urls, SignedUrlProvider) and token != self.urls.token:
+            register_secret(token)
+            self.urls.set_token(token)
+            log.info("reload: kiosk token changed; using the new one from now on")
         self.config = new
         self.supervisor.reload(new, ToolRegistry.from_config(new))
         setup_logging(new.log.level)
-        log.info("config reloaded path=%s", path)
+        log.info("config reloaded path=%s restart_needed=%s", path, ",".join(restart) or "no")
         return True
 
     def _announce(self, status: Status) -> None:
@@ -108,6 +117,8 @@ class Kiosk:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.audio.run)
             await nursery.start(self.urls.run)
+            if self.heartbeat is not None:
+                await nursery.start(self.heartbeat.run)
             # the light first: it must be driven before anything can send microphone audio
             self.leds = LedDriver(config.leds, self.board, pin_factory=self._pin_factory)
             await nursery.start(self.leds.run)
@@ -130,6 +141,8 @@ class Kiosk:
         """Release what outlives the tasks (the backend client's connections)."""
         with trio.CancelScope(shield=True):
             await self.urls.aclose()
+            if self.heartbeat is not None:
+                await self.heartbeat.aclose()
 
     async def shutdown(self) -> None:
         """End a running conversation cleanly (close 1000), waiting at most SHUTDOWN_GRACE."""

@@ -116,6 +116,8 @@ class Supervisor:
         self._session: Session | None = None
         self._in_conversation = False
         self._error: str | None = None
+        #: the backend refused this kiosk (401/403): an error until it gives a URL again
+        self._backend_error: str | None = None
         #: why the latest start gave up (shown with the idle state until the next start)
         self._start_failure: str | None = None
         self.counters = {
@@ -180,8 +182,10 @@ class Supervisor:
     # ------------------------------------------------------------------ idle
 
     def _idle_state(self) -> tuple[KioskState, str]:
-        if self._error is not None:
-            return KioskState.ERROR, self._error
+        if self._backend_error is not None and self._urls.healthy:
+            self._backend_error = None  # the backend gives URLs again (e.g. the token was fixed)
+        if self._error is not None or self._backend_error is not None:
+            return KioskState.ERROR, self._error or self._backend_error or ""
         if not self._urls.healthy:
             return KioskState.OFFLINE, f"backend unreachable: {self._urls.last_error}"
         if self._start_failure is not None:
@@ -247,6 +251,7 @@ class Supervisor:
         uplink = self._audio.open_uplink()  # captures from the trigger on: nothing said is lost
         transcript: list[str] = []
         resuming = False
+        refusal_retry = True  # one refused URL (close 1008, HTTP 403) is retried with a fresh one
         deadline = trio.current_time() + START_WINDOW
         self._board.update(state=KioskState.CONNECTING, reason="", conversation_id=None)
         try:
@@ -261,8 +266,13 @@ class Supervisor:
                 self.last_outcome = outcome
                 # the gist so far: earlier lines plus this connection's, newest kept
                 transcript = (transcript + outcome.transcript)[-max(self.config.conversation.context_lines, 1):]
+                if refusal_retry and outcome.rejected and not outcome.opened and trio.current_time() < deadline:
+                    # e.g. a URL minted by an agent service that has restarted since: once more, fresh
+                    refusal_retry = False
+                    log.info("the agent refused the URL; trying once with a fresh one: %s", outcome.reason)
+                    continue
                 if outcome.opened:
-                    self._error = None
+                    self._error = self._backend_error = None
                 elif outcome.rejected:
                     self._error = outcome.reason
                 elif not resuming:
@@ -316,7 +326,7 @@ class Supervisor:
     def _url_failed(self, exc: SignedUrlError) -> None:
         log.warning("no conversation URL: %s", exc)
         if exc.kind in ("unauthorized", "forbidden"):
-            self._error = str(exc)
+            self._backend_error = str(exc)
         self._board.update(reason=str(exc))
 
     async def _run_session(
