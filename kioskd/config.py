@@ -390,9 +390,15 @@ def _checked_token(line: str, where: str) -> str:
         raise ConfigError([f"{where}the first line is empty (the token goes on line 1)"])
     if not _TOKEN_CHARS.fullmatch(token):
         bad = next(i for i, ch in enumerate(token) if not _TOKEN_CHARS.fullmatch(ch))
-        kind = "a space" if token[bad].isspace() else "a control character" if not token[bad].isprintable() else "a non-ASCII character"
-        raise ConfigError([f"{where}the token has {kind} at position {bad + 1}; it must be printable ASCII without spaces"])
+        problem = f"the token has {_kind(token[bad])} at position {bad + 1}"
+        raise ConfigError([f"{where}{problem}; it must be printable ASCII without spaces"])
     return token
+
+
+def _kind(char: str) -> str:
+    if char.isspace():
+        return "a space"
+    return "a non-ASCII character" if char.isprintable() else "a control character"
 
 
 def parse_config(data: dict[str, Any]) -> Config:

@@ -359,7 +359,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", default="/etc/kioskd/backend.toml", help="backend.toml (default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=sorted(logs.LEVELS), help="default: %(default)s")
-    parser.add_argument("--listen", help="HOST:PORT instead of the config's listen (one per replica, e.g. kioskd-backend@8701)")
+    parser.add_argument(
+        "--listen", help="HOST:PORT instead of the config's listen (one per replica, e.g. kioskd-backend@8701)"
+    )
     return parser
 
 
@@ -410,7 +412,8 @@ def main(argv: list[str]) -> int:
 
     store = describe_url(config.redis_url) if config.redis_url else "in-process"
     log.info(
-        "backend starting listen=%s kiosks=%d api_base=%s store=%s", config.listen, len(config.kiosk), config.api_base, store
+        "backend starting listen=%s kiosks=%d api_base=%s store=%s",
+        config.listen, len(config.kiosk), config.api_base, store,
     )
     trio.run(lambda: serve(config, api_key, shutdown_trigger=_until_signal))
     return 0

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import trio
 import trio_websocket
 
-__all__ = ["CONGESTED_BYTES", "SEND_BUFFER", "Link", "describe_exc", "congested", "open_link"]
+__all__ = ["CONGESTED_BYTES", "SEND_BUFFER", "Link", "congested", "describe_exc", "open_link"]
 
 log = logging.getLogger(__name__)
 
