@@ -12,8 +12,10 @@ throughput, not 429s.
 - signed URLs: a closed loop of ``CONNECTIONS_PER_REPLICA`` connections per replica,
   throughput and latency, for one replica and for two;
 - heartbeats: 10,000 kiosks at a 30 s interval (333/s), open loop (latency counted
-  from when each was due, so a stall is not hidden), while signed URLs flow on two
-  replicas.
+  from when each was due, so a stall is not hidden), alone and while signed URLs flow
+  on two replicas at half their closed-loop maximum (also open loop);
+- the replicas' CPU per answered request: on a machine shared with other work the
+  rates follow the CPU the replicas get, the CPU cost per request much less so.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from .common import REPO, summary
 KIOSKS = 10_000
 HEARTBEAT_INTERVAL = 30.0
 HEARTBEAT_RATE = KIOSKS / HEARTBEAT_INTERVAL  # 333 per second
-HEARTBEAT_WORKERS = 32
+OPEN_LOOP_WORKERS = 32
+#: While heartbeats flow, signed URLs come at this share of the two replicas' closed-loop maximum.
+MIXED_SIGNED_SHARE = 0.5
 CONNECTIONS_PER_REPLICA = 8
 AGENT = "bench_agent"
 STARTUP_TIMEOUT = 60.0
@@ -209,11 +213,12 @@ async def _signed_url_load(ports: list[int], seconds: float, first_kiosk: int) -
             "connections": CONNECTIONS_PER_REPLICA * len(ports), "seconds": round(wall, 2)}
 
 
-async def _heartbeat_load(ports: list[int], seconds: float) -> dict[str, Any]:
+async def _open_loop(ports: list[int], rate: float, seconds: float, heartbeat: bool, first: int) -> dict[str, Any]:
+    """Requests due at a fixed ``rate`` (open loop); latency counted from when each was due, so stalls show."""
     body = json.dumps(STATUS).encode()
     latencies: list[float] = []
     statuses: dict[int, int] = {}
-    total = int(seconds * HEARTBEAT_RATE)
+    total = int(seconds * rate)
     schedule = iter(range(total))
     t0 = time.perf_counter() + 0.1
 
@@ -221,22 +226,44 @@ async def _heartbeat_load(ports: list[int], seconds: float) -> dict[str, Any]:
         conn = await Connection.open(ports[w % len(ports)])
         try:
             for k in schedule:
-                due = t0 + k / HEARTBEAT_RATE
+                due = t0 + k / rate
                 delay = due - time.perf_counter()
                 if delay > 0:
                     await trio.sleep(delay)
-                status = await conn.request("POST", "/heartbeat", _token(k % KIOSKS), body)
-                latencies.append(time.perf_counter() - due)  # from when it was due: stalls count
+                token = _token((first + k) % KIOSKS)
+                if heartbeat:
+                    status = await conn.request("POST", "/heartbeat", token, body)
+                else:
+                    status = await conn.request("GET", f"/signed-url?agent_id={AGENT}", token)
+                latencies.append(time.perf_counter() - due)
                 statuses[status] = statuses.get(status, 0) + 1
         finally:
             await conn.aclose()
 
     async with trio.open_nursery() as nursery:
-        for w in range(HEARTBEAT_WORKERS):
+        for w in range(OPEN_LOOP_WORKERS):
             nursery.start_soon(worker, w)
     achieved = total / max(1e-9, time.perf_counter() - t0)
-    return {"rate_per_s": achieved, "target_rate_per_s": HEARTBEAT_RATE, "latency": summary(latencies, scale=1000.0),
-            "statuses": statuses, "kiosks": KIOSKS, "bytes": len(body)}
+    return {"rate_per_s": achieved, "target_rate_per_s": rate, "latency": summary(latencies, scale=1000.0),
+            "statuses": statuses, **({"kiosks": KIOSKS, "bytes": len(body)} if heartbeat else {})}
+
+
+def _cpu_seconds(procs: list[trio.Process]) -> float:
+    """User + system CPU seconds of these processes so far (Linux /proc)."""
+    total = 0
+    for proc in procs:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def _measured(procs: list[trio.Process], phase: Any) -> dict[str, Any]:
+    """Run ``phase`` and add the replicas' CPU per answered request (what a quiet machine's capacity follows)."""
+    before = _cpu_seconds(procs)
+    out: dict[str, Any] = await phase
+    answered = sum(out.get("statuses", {}).values()) or 1
+    out["replica_cpu_ms_per_request"] = (_cpu_seconds(procs) - before) * 1000 / answered
+    return out
 
 
 async def run(quick: bool) -> dict[str, Any]:
@@ -276,17 +303,20 @@ async def run(quick: bool) -> dict[str, Any]:
             )
             procs.append(proc)
             await _wait_port(port, proc)
+        replicas = procs[1:]
         await _signed_url_load(ports, 1.0, 0)  # warm-up: connections, Lua scripts loaded
-        out["one_replica"] = await _signed_url_load(ports[:1], seconds, 1000)
-        out["two_replicas"] = await _signed_url_load(ports, seconds, 4000)
+        out["one_replica"] = await _measured(replicas[:1], _signed_url_load(ports[:1], seconds, 1000))
+        out["two_replicas"] = await _measured(replicas, _signed_url_load(ports, seconds, 4000))
+        out["heartbeats_alone"] = await _measured(replicas, _open_loop(ports, HEARTBEAT_RATE, seconds, True, 0))
+        signed_rate = max(1.0, MIXED_SIGNED_SHARE * out["two_replicas"]["per_s"])
+        mixed: dict[str, Any] = {}
         async with trio.open_nursery() as nursery:
-            mixed: dict[str, Any] = {}
 
             async def signed() -> None:
-                mixed["signed_urls"] = await _signed_url_load(ports, seconds, 7000)
+                mixed["signed_urls"] = await _open_loop(ports, signed_rate, seconds, False, 7000)
 
             nursery.start_soon(signed)
-            mixed["heartbeats"] = await _heartbeat_load(ports, seconds)
+            mixed["heartbeats"] = await _open_loop(ports, HEARTBEAT_RATE, seconds, True, 0)
         out["two_replicas_with_heartbeats"] = mixed
         one, two = out["one_replica"]["per_s"], out["two_replicas"]["per_s"]
         out["scaling"] = two / one if one else None
