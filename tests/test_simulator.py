@@ -625,3 +625,29 @@ async def test_default_silence_timeout_in_virtual_time(mock_clock: trio.testing.
             conv = sim.conversations[0]
             assert conv.close_code == 1002
             assert "ping" in conv.sent_types  # the 30 s ping went out on the way
+
+
+def test_cli_secrets_come_from_env_or_files_never_argv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Arguments are visible to every local user in ps; the simulator's secrets are not arguments."""
+    from kioskd.simulator.cli import API_KEY_ENV, KIOSK_TOKEN_ENV, build_parser, config_from_args
+
+    for flag in ("--kiosk-token", "--api-key"):
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args([flag, "Zq9-secret"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "ps" in err and "Zq9-secret" not in err
+    monkeypatch.delenv(KIOSK_TOKEN_ENV, raising=False)
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    defaults = config_from_args(build_parser().parse_args([]))
+    assert defaults.kiosk_token == SimulatorConfig().kiosk_token
+    monkeypatch.setenv(KIOSK_TOKEN_ENV, "token-from-env")
+    key_file = tmp_path / "key"
+    key_file.write_text("key-from-file\n")
+    config = config_from_args(build_parser().parse_args(["--api-key-file", str(key_file)]))
+    assert (config.kiosk_token, config.api_key) == ("token-from-env", "key-from-file")
+    with pytest.raises(SystemExit):
+        config_from_args(build_parser().parse_args(["--kiosk-token-file", str(tmp_path / "missing")]))
+    assert "cannot read" in capsys.readouterr().err
