@@ -39,6 +39,8 @@ LEVELS: dict[str, int] = {
 
 #: Chatty third-party loggers held at INFO or above even when kioskd logs at debug.
 QUIET_LOGGERS = ("hpack", "httpcore", "trio-websocket")
+#: Loggers that say something at INFO on every request (httpx: one line per HTTP request): WARNING or above.
+REQUEST_LOGGERS = ("httpx",)
 
 #: Secret-bearing patterns; group 1 is kept, the rest of the match becomes REDACTED.
 _PATTERNS: tuple[re.Pattern[str], ...] = (
@@ -216,5 +218,7 @@ def setup_logging(level: str = "info", stream: TextIO | None = None) -> logging.
     root.setLevel(numeric)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(numeric, logging.INFO))
+    for name in REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     logging.captureWarnings(True)
     return handler
