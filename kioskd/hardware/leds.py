@@ -13,6 +13,8 @@ speaking       cyan    steady, full
 reconnecting   amber   double blink every 1.5 s (150 ms on, 150 ms off, 150 ms on)
 offline        red     slow blink: 0.5 s on every 2 s
 error          red     fast flash: 80 ms on every 250 ms
+fault          amber   idle with problems (``Status.problems``): 1 s on, 1 s off
+closed         violet  steady, dim (0.15): out of service
 =============  ======  =======================================================
 
 Pattern time starts when the state is entered, so every state shows at once (a blink
@@ -32,7 +34,6 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import warnings
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,7 @@ from typing import Any
 import trio
 
 from kioskd.config import LedConfig
+from kioskd.hardware.gpio import GpioUnavailable, open_device
 from kioskd.state import KioskState, Status, StatusBoard
 
 __all__ = [
@@ -72,6 +74,8 @@ CONNECTING_HZ = 4.0
 RECONNECT_PERIOD, RECONNECT_PULSE = 1.5, 0.15
 OFFLINE_PERIOD, OFFLINE_ON = 2.0, 0.5
 ERROR_PERIOD, ERROR_ON = 0.25, 0.08
+FAULT_PERIOD, FAULT_ON = 2.0, 1.0
+CLOSED_LEVEL = 0.15
 #: Time constant of the VAD score smoothing (seconds to ~63 % of a step).
 VAD_TAU = 0.15
 #: Driver: at most this many updates a second.
@@ -80,8 +84,6 @@ UPDATE_HZ = 30.0
 LEVELS = 255
 #: How many (t, value) changes the driver keeps for tests and diagnostics.
 HISTORY_LEN = 4096
-
-_NO_GPIO_ERRORS: tuple[type[BaseException], ...] = (ImportError, OSError, RuntimeError)
 
 
 class LightState(enum.StrEnum):
@@ -94,6 +96,8 @@ class LightState(enum.StrEnum):
     RECONNECTING = "reconnecting"
     OFFLINE = "offline"
     ERROR = "error"
+    FAULT = "fault"  # idle, but something is broken (a missing microphone, a dead button…)
+    CLOSED = "closed"
 
 
 COLOURS: dict[LightState, RGB] = {
@@ -104,6 +108,8 @@ COLOURS: dict[LightState, RGB] = {
     LightState.RECONNECTING: (1.0, 0.5, 0.0),
     LightState.OFFLINE: (1.0, 0.0, 0.0),
     LightState.ERROR: (1.0, 0.0, 0.0),
+    LightState.FAULT: (1.0, 0.5, 0.0),
+    LightState.CLOSED: (0.6, 0.0, 1.0),
 }
 
 #: One status per light state (``kioskd test-leds`` and tests).
@@ -115,6 +121,8 @@ EXAMPLE_STATUS: dict[LightState, Status] = {
     LightState.RECONNECTING: Status(state=KioskState.RECONNECTING),
     LightState.OFFLINE: Status(state=KioskState.OFFLINE),
     LightState.ERROR: Status(state=KioskState.ERROR),
+    LightState.FAULT: Status(problems=("the microphone is missing",)),
+    LightState.CLOSED: Status(state=KioskState.CLOSED),
 }
 
 
@@ -122,12 +130,15 @@ def light_state(status: Status) -> LightState:
     """Which pattern a status shows; in a conversation, speaking wins over listening."""
     if status.state == KioskState.CONVERSATION:
         return LightState.SPEAKING if status.agent_speaking else LightState.LISTENING
+    if status.state == KioskState.IDLE and status.problems:
+        return LightState.FAULT
     return {
         KioskState.IDLE: LightState.IDLE,
         KioskState.CONNECTING: LightState.CONNECTING,
         KioskState.RECONNECTING: LightState.RECONNECTING,
         KioskState.OFFLINE: LightState.OFFLINE,
         KioskState.ERROR: LightState.ERROR,
+        KioskState.CLOSED: LightState.CLOSED,
     }[status.state]
 
 
@@ -147,6 +158,10 @@ def _level(state: LightState, t: float, vad_score: float) -> float:
         return 1.0 if x < RECONNECT_PULSE or 2 * RECONNECT_PULSE <= x < 3 * RECONNECT_PULSE else 0.0
     if state == LightState.OFFLINE:
         return 1.0 if t % OFFLINE_PERIOD < OFFLINE_ON else 0.0
+    if state == LightState.FAULT:
+        return 1.0 if t % FAULT_PERIOD < FAULT_ON else 0.0
+    if state == LightState.CLOSED:
+        return CLOSED_LEVEL
     return 1.0 if t % ERROR_PERIOD < ERROR_ON else 0.0
 
 
@@ -233,8 +248,8 @@ class LedDriver:
             await trio.sleep_forever()
         try:
             self._device = self._open()
-        except _NO_GPIO_ERRORS as exc:
-            self.unavailable_reason = str(exc) or type(exc).__name__
+        except GpioUnavailable as exc:
+            self.unavailable_reason = str(exc)
             log.warning("status light unavailable: %s; running without a light", self.unavailable_reason)
         if self._device is None:
             task_status.started()
@@ -287,17 +302,7 @@ class LedDriver:
             self._device.value = value
 
     def _open(self) -> Any:
-        from gpiozero import PWMLED, RGBLED  # imported late: a broken GPIO stack must not break imports
-        from gpiozero.exc import GPIOZeroError
-
-        kwargs: dict[str, Any] = {"active_high": self.config.active_high}
-        if self.pin_factory is not None:
-            kwargs["pin_factory"] = self.pin_factory
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PinFactoryFallback chatter on a PC
-            try:
-                if self.config.kind == "rgb":
-                    return RGBLED(self.config.red, self.config.green, self.config.blue, **kwargs)
-                return PWMLED(self.config.pin, **kwargs)
-            except GPIOZeroError as exc:
-                raise RuntimeError(str(exc) or type(exc).__name__) from exc
+        c = self.config
+        if c.kind == "rgb":
+            return open_device("RGBLED", c.red, c.green, c.blue, pin_factory=self.pin_factory, active_high=c.active_high)
+        return open_device("PWMLED", c.pin, pin_factory=self.pin_factory, active_high=c.active_high)
