@@ -40,7 +40,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AVAILABLE", "EchoCanceller", "MAX_FAR_BACKLOG_FRAMES"]
+__all__ = ["AVAILABLE", "MAX_FAR_BACKLOG_FRAMES", "EchoCanceller"]
 
 DEFAULT_RATE = 16000
 """Rate the canceller runs at (the internal microphone rate)."""
@@ -134,7 +134,8 @@ def _learn(leak: np.ndarray, ratio: np.ndarray, present: np.ndarray, fall: np.nd
     down = present & (ratio < leak)
     up = present & ~down & (ratio < LEAK_ECHO_LIKE * leak)
     rate = down * fall + up * np.float32(LEAK_RISE)
-    return np.minimum(leak + rate * (ratio - leak), LEAK_MAX)
+    learnt: np.ndarray = np.minimum(leak + rate * (ratio - leak), LEAK_MAX)
+    return learnt
 
 
 def _sqrt_hann(n: int) -> np.ndarray:
@@ -196,7 +197,7 @@ class EchoCanceller:
         self._constrain = 0
         # suppressor
         self._ey = np.zeros((2, 2 * m), dtype=np.float32)  # the last two error and echo-estimate frames
-        self._ola = np.zeros(m, dtype=np.float32)
+        self._ola: np.ndarray = np.zeros(m, dtype=np.float32)
         self._eb = np.zeros(2 * m, dtype=np.float32)  # [zeros, error]: the gradient block
         self._spectra = np.zeros((4, k), dtype=np.float32)
         self._leaks = np.full((3, k), LEAK_MAX, dtype=np.float32)
@@ -251,7 +252,8 @@ class EchoCanceller:
             self._realign(-1)  # the late frame pairs with the next microphone frame
         self.frames += 1
         out = self._process(far.astype(np.float32), f.astype(np.float32))
-        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+        result: np.ndarray = np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+        return result
 
     def _trim_far(self) -> None:
         """Keep the far queue short: queued far frames whose echo already reached the
@@ -319,7 +321,7 @@ class EchoCanceller:
         m = self._mismatch
         m[active] += (1 - DELAY_SMOOTHING) * (mismatch[active] - m[active])
         best = int(np.argmin(m))
-        if m[best] > DELAY_CONFIDENT or self._lag <= best - PRE_PARTITIONS + 1 <= self._lag + 2 and self._placed:
+        if m[best] > DELAY_CONFIDENT or (self._placed and self._lag <= best - PRE_PARTITIONS + 1 <= self._lag + 2):
             self._held = 0
             return
         if best != self._candidate:
@@ -410,10 +412,7 @@ class EchoCanceller:
         mine = (ser > NEAR_SER) & (d2 > NEAR_SER * erl * xw2)
         near = float(np.dot(ew2, mine)) > NEAR_SHARE * float(np.sum(ew2)) + 1e-3
         self._hang = NEAR_HANGOVER_FRAMES if near else max(0, self._hang - 1)
-        if self._hang:
-            gain = np.clip((ser - 1.0) / (ser + 1e-9), self._floor, 1.0)
-        else:
-            gain = self._silent
+        gain = np.clip((ser - 1.0) / (ser + 1e-9), self._floor, 1.0) if self._hang else self._silent
         block = np.fft.irfft(gain * ew) * self._window
         out = self._ola + block[:m]
         self._ola = block[m:]
