@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "AgentConfig",
     "AudioConfig",
     "BackendConfig",
@@ -38,6 +39,9 @@ __all__ = [
     "parse_as",
     "parse_config",
 ]
+
+#: Where ``kioskd run`` and the other commands look for the config file by default.
+DEFAULT_CONFIG = "/etc/kioskd/config.toml"
 
 SCALAR = Union[str, int, float, bool]
 T = TypeVar("T")
@@ -96,11 +100,19 @@ class BackendConfig:
     prefetch: bool = True
     url_max_age: float = 600.0
     health_interval: float = 60.0
+    #: Where the kiosk POSTs its status; empty = ``url`` with its last path segment replaced by ``heartbeat``.
+    heartbeat_url: str = ""
+    #: Seconds between heartbeats; 0 = off (then health checks fetch signed URLs).
+    heartbeat_interval: float = 60.0
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
         if not self.url.startswith(("https://", "http://")):
             out.append(("url", f"must be an https:// URL, got {self.url!r}"))
+        if self.heartbeat_url and not self.heartbeat_url.startswith(("https://", "http://")):
+            out.append(("heartbeat_url", f"must be an https:// URL or empty, got {self.heartbeat_url!r}"))
+        if self.heartbeat_interval < 0:
+            out.append(("heartbeat_interval", "must be 0 (off) or positive"))
         if self.timeout <= 0:
             out.append(("timeout", "must be positive"))
         if not 0 < self.url_max_age <= 840:
@@ -304,21 +316,19 @@ class ControlConfig:
         return [] if self.socket.strip() else [("socket", "must be a path")]
 
 
+#: The client tools built into kioskd (handlers in :mod:`kioskd.tools`).
+BuiltinTool = Literal["kiosk_info", "current_time", "end_conversation"]
+
+
 @dataclass(frozen=True)
 class ToolsConfig:
     """Client tools the agent may call: built-ins by name, plus fixed-text answers."""
 
-    builtin: list[str] = field(default_factory=lambda: ["kiosk_info", "current_time", "end_conversation"])
+    builtin: list[BuiltinTool] = field(default_factory=lambda: list(get_args(BuiltinTool)))
     static: dict[str, str] = field(default_factory=dict)
 
     def problems(self) -> list[tuple[str, str]]:
-        from kioskd.tools import BUILTIN_TOOLS  # late import: tools imports config types
-
-        return [
-            ("builtin", f"unknown tool {name!r}; known: {', '.join(sorted(BUILTIN_TOOLS))}")
-            for name in self.builtin
-            if name not in BUILTIN_TOOLS
-        ]
+        return []
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]

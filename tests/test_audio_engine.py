@@ -355,7 +355,8 @@ async def test_idle_capture_keeps_the_preroll_in_the_thread_and_hands_it_over_ex
                 assert read_before - 16 * preroll <= k <= read_before + block - 16 * preroll
                 assert cap.block_periods == IDLE_CAPTURE_PERIODS
                 posted = cap.blocks_posted
-                await wait_for(lambda: cap.frames_read >= read_before + 16 * (2 * preroll + 400))
+                until = read_before + 16 * (2 * preroll + 400)
+                await wait_for(lambda: cap.frames_read >= until)  # noqa: B023 - awaited here
                 assert cap.blocks_posted <= posted + 1  # at most one block was already in flight
             heard: list[float] = []
             listener = lambda frame, t: heard.append(t)  # noqa: E731

@@ -15,7 +15,8 @@ from gpiozero.pins.mock import MockFactory
 
 from kioskd.config import ButtonConfig
 from kioskd.state import Command
-from kioskd.triggers.button import ButtonLogic, ButtonTrigger
+from kioskd.hardware.button import ButtonLogic, ButtonTrigger
+from kioskd.hardware.handoff import ToTrio
 
 PIN = 17
 BOUNCE = 0.05
@@ -214,9 +215,9 @@ async def test_press_after_run_finished_is_swallowed(factory: MockFactory) -> No
         token_holder.append(trio.lowlevel.current_trio_token())
 
     await trio.to_thread.run_sync(lambda: trio.run(capture))
-    trigger._token = token_holder[0]  # a token of a run that has ended
+    trigger._to_trio = ToTrio(token_holder[0])  # the hand-off of a run that has ended
     trigger._from_gpio(trigger._on_press)  # must not raise
-    assert sent == []
+    assert sent == [] and not trigger._to_trio.alive
 
 
 class _NoGpio:
@@ -228,7 +229,7 @@ class _NoGpio:
 
 async def test_no_gpio_logs_once_and_keeps_running(caplog: pytest.LogCaptureFixture) -> None:
     trigger = ButtonTrigger(ButtonConfig(pin=PIN), lambda c: None, pin_factory=_NoGpio())
-    caplog.set_level(logging.WARNING, logger="kioskd.triggers.button")
+    caplog.set_level(logging.WARNING, logger="kioskd.hardware.button")
     with trio.fail_after(TEST_TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(trigger.run)

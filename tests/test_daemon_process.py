@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from kioskd.control import request
+from kioskd.ops.control import request
 from kioskd.simulator import SimulatorConfig, open_simulator
 
 from kiosk_harness import SPEECH_WAV
@@ -88,6 +88,16 @@ async def test_ready_status_sigterm_and_sighup(tmp_path: Path) -> None:
                 proc.send_signal(signal.SIGHUP)
                 while "config reloaded" not in log_path.read_text():
                     await trio.sleep(0.05)
+
+                # a second copy on the same control socket refuses to start and leaves the socket alone
+                second = await trio.run_process(
+                    [sys.executable, "-m", "kioskd", "run", "--config", str(config)],
+                    capture_stdout=True, capture_stderr=True, env=env, check=False,
+                )
+                assert second.returncode == 1, second.stderr
+                assert f"in use by a running kioskd (pid {proc.pid})".encode() in second.stderr
+                assert b"Traceback" not in second.stderr
+                assert (await trio.to_thread.run_sync(request, sock, "status"))["ok"]
 
                 assert (await trio.to_thread.run_sync(request, sock, "start"))["ok"]
                 conv = await sim.wait_for_conversation()

@@ -6,7 +6,7 @@ A *stream* is one open device in one direction (:class:`Stream`): ``read(frames)
 
 A *device thread* (:class:`CaptureThread`, :class:`PlaybackThread`) owns one stream for
 one open-to-failure lifetime: it opens the stream, loops over device periods, and reports
-everything to Trio as values through ``TrioToken.run_sync_soon`` (never blocking):
+everything to Trio as values through :class:`~kioskd.hardware.handoff.ToTrio` (never blocking):
 :class:`DeviceOpened` once, then data, then at most one :class:`DeviceFailed`. The engine
 reopens with backoff by starting a new thread. A thread never dies silently: any
 exception, even a bug, becomes a :class:`DeviceFailed`.
@@ -31,7 +31,9 @@ from typing import Any, Literal, NamedTuple, Protocol
 import numpy as np
 import trio
 
+from kioskd.audio.errors import DeviceError
 from kioskd.audio.ring import SampleRing
+from kioskd.hardware.handoff import ToTrio
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +79,6 @@ WRITABLE_POLL_MIN_S = 0.0005
 
 _PA_LOCK = threading.Lock()
 """PortAudio's init/open/close are not thread-safe: one at a time, process-wide."""
-
-
-class DeviceError(Exception):
-    """A device could not be opened, read or written; the message names it and why."""
 
 
 @dataclass(frozen=True)
@@ -257,7 +255,8 @@ class PyAudioStream:
 def open_stream(name: str, direction: Direction, rate: int, period_frames_ms: int) -> Stream:
     """Open device ``name`` (``wav:PATH``, ``default`` or a PortAudio name/substring).
 
-    ``rate`` 0 means the device's default rate; channels per :func:`choose_channels`. Raises :class:`DeviceError` naming the device.
+    ``rate`` 0 means the device's default rate; channels per :func:`choose_channels`.
+    Raises :class:`DeviceError` naming the device.
     """
     if name.startswith("wav:"):
         from kioskd.audio import wavio
@@ -278,9 +277,10 @@ def _open_pa(pyaudio: Any, pa: Any, name: str, direction: Direction, rate: int, 
     info = find_device(devices, name, direction)
     if info is None and name == "default":
         try:
-            default = pa.get_default_input_device_info() if direction == "input" else pa.get_default_output_device_info()
+            is_input = direction == "input"
+            default = pa.get_default_input_device_info() if is_input else pa.get_default_output_device_info()
             info = _info(default)
-        except (OSError, IOError):
+        except OSError:
             info = None
     if info is None:
         known = ", ".join(d.name for d in find_usable(devices, direction)) or "none"
@@ -404,23 +404,6 @@ def name_os_thread(name: str) -> None:
 _libc: Any = None
 
 
-class _Port:
-    """Hands values to the Trio thread without ever blocking the device thread."""
-
-    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
-        self._token = token
-        self.alive = True
-
-    def post(self, fn: Callable[..., object], *args: object) -> None:
-        """Run ``fn(*args)`` on the Trio thread soon; after Trio has exited, mark dead."""
-        if not self.alive:
-            return
-        try:
-            self._token.run_sync_soon(fn, *args)
-        except trio.RunFinishedError:
-            self.alive = False
-
-
 class _DeviceThread:
     """Common life cycle: open → loop periods → close; every end is reported once."""
 
@@ -441,7 +424,7 @@ class _DeviceThread:
         self.rate = rate
         self.period_ms = period_ms
         self.pacing: Pacing = pacing
-        self._port = _Port(token)
+        self._port = ToTrio(token)
         self._on_event = on_event
         self._opener = opener
         self._stop = threading.Event()

@@ -23,6 +23,8 @@ Threads and clocks:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -283,7 +285,7 @@ class AudioEngine:
         started = False
         while True:
             send, recv = trio.open_memory_channel[DeviceOpened | DeviceFailed](math.inf)
-            thread = self._make_thread(direction, lambda ev: _send(send, ev))
+            thread = self._make_thread(direction, functools.partial(_send, send))
             opened_at: float | None = None
             try:
                 thread.start()
@@ -437,7 +439,5 @@ class _Framer:
 
 def _send(channel: trio.MemorySendChannel[Any], event: object) -> None:
     """Deliver a device event unless its loop is gone (never raise into Trio's run loop)."""
-    try:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         channel.send_nowait(event)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass

@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from kioskd.control import request
+from kioskd.ops.control import request
 from kioskd.simulator import open_simulator
 
 from .common import REPO, script, write_wav
@@ -77,7 +77,7 @@ def _thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
             name = (task / tid / "comm").read_text().strip()
         except (OSError, ValueError, IndexError):
             continue
-        out[int(tid)] = ("trio (main)" if int(tid) == pid else name, ns / 1e9)
+        out[int(tid)] = ("main" if int(tid) == pid else name, ns / 1e9)
     return out
 
 
@@ -200,7 +200,8 @@ async def run(quick: bool, with_official: bool) -> dict[str, Any]:
         out["official"] = await official_cost(conv_s)
         o, t = out["ours"], out["official"]["conversation_cpu_pct"]
         if t > 0:
+            idle = o["idle_cpu_pct_by_trigger"]
             out["ratios"] = {"conversation_cpu_vs_official": o["conversation_cpu_pct"] / t,
-                             "idle_cpu_vs_official_conversation": {k: v / t for k, v in o["idle_cpu_pct_by_trigger"].items()},
+                             "idle_cpu_vs_official_conversation": {k: v / t for k, v in idle.items()},
                              "peak_rss_vs_official": o["peak_rss_mb"] / out["official"]["peak_rss_mb"]}
     return out

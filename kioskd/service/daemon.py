@@ -18,15 +18,15 @@ from typing import Any
 
 import trio
 
-from kioskd import systemd
+from kioskd.ops import systemd
 from kioskd.audio.engine import AudioEngine
 from kioskd.backend.client import PublicAgentUrl, SignedUrlProvider, UrlSource
-from kioskd.check_config import DEFAULT_CONFIG
-from kioskd.config import Config, ConfigError, load_config
-from kioskd.control import ControlServer
-from kioskd.logs import register_secret, setup_logging
+from kioskd.backend.heartbeat import HeartbeatSender
+from kioskd.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from kioskd.ops.control import ControlServer, ControlSocketInUse, check_socket_free
+from kioskd.ops.logs import register_secret, setup_logging
 from kioskd.state import Status, StatusBoard
-from kioskd.supervisor import Supervisor
+from kioskd.service.supervisor import Supervisor
 from kioskd.tools import ToolRegistry
 
 __all__ = ["Kiosk", "main"]
@@ -58,6 +58,9 @@ class Kiosk:
         self.audio = audio or AudioEngine(config.audio)
         self.urls = make_url_source(config)
         self.supervisor = Supervisor(config, self.audio, self.board, self.urls, ToolRegistry.from_config(config))
+        self.heartbeat: HeartbeatSender | None = None
+        if config.backend is not None and isinstance(self.urls, SignedUrlProvider):
+            self.heartbeat = HeartbeatSender(config.backend, config.kiosk_token(), self.status, self.urls)
         self._pin_factory = pin_factory
         self._last_status_line = ""
 
@@ -85,8 +88,7 @@ class Kiosk:
             new, **{section: getattr(self.config, section) for section in RESTART_SECTIONS}
         )
         self.config = new
-        self.supervisor.config = new
-        self.supervisor.set_tools(ToolRegistry.from_config(new))
+        self.supervisor.reload(new, ToolRegistry.from_config(new))
         setup_logging(new.log.level)
         log.info("config reloaded path=%s", path)
         return True
@@ -100,9 +102,9 @@ class Kiosk:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every part until cancelled; ``started()`` once the audio devices are open."""
-        from kioskd.leds import LedDriver
-        from kioskd.triggers.button import ButtonTrigger
-        from kioskd.triggers.vad_wake import VadWakeTrigger
+        from kioskd.hardware.leds import LedDriver
+        from kioskd.hardware.button import ButtonTrigger
+        from kioskd.audio.vad_wake import VadWakeTrigger
 
         config = self.config
         self.board.listen(self._announce)
@@ -110,6 +112,8 @@ class Kiosk:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.audio.run)
             await nursery.start(self.urls.run)
+            if self.heartbeat is not None:
+                await nursery.start(self.heartbeat.run)
             # the light first: it must be driven before anything can send microphone audio
             self.leds = LedDriver(config.leds, self.board, pin_factory=self._pin_factory)
             await nursery.start(self.leds.run)
@@ -132,6 +136,8 @@ class Kiosk:
         """Release what outlives the tasks (the backend client's connections)."""
         with trio.CancelScope(shield=True):
             await self.urls.aclose()
+            if self.heartbeat is not None:
+                await self.heartbeat.aclose()
 
     async def shutdown(self) -> None:
         """End a running conversation cleanly (close 1000), waiting at most SHUTDOWN_GRACE."""
@@ -139,13 +145,21 @@ class Kiosk:
             await self.supervisor.end_and_wait()
 
 
+#: Exit status when another kioskd answers on the control socket.
+EXIT_IN_USE = 1
+
+
 async def _serve(config: Config, config_path: str) -> int:
     try:
+        check_socket_free(config.control.socket)  # before opening any device: a second copy stops here
         kiosk = Kiosk(config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"kioskd: {problem}", file=sys.stderr)
         return 2
+    except ControlSocketInUse as exc:
+        print(f"kioskd: {exc}", file=sys.stderr)
+        return EXIT_IN_USE
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             await nursery.start(kiosk.run)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+import enum
+from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -20,11 +20,14 @@ from kioskd.backend.client import SignedUrlError, UrlSource
 from kioskd.backoff import Backoff
 from kioskd.config import Config
 from kioskd.protocol import ConversationInitiationMetadata, ServerEvent, UnknownEvent
-from kioskd.session import AudioPort, Session, SessionOutcome, Uplink
+from kioskd.actions import SessionOutcome
+from kioskd.service.ports import MicPort, SupervisedAudio
+from kioskd.service.race import Race
+from kioskd.service.session import Session
 from kioskd.state import Command, KioskState, StatusBoard
 from kioskd.tools import ToolRegistry
 
-__all__ = ["Supervisor", "resume_context"]
+__all__ = ["Next", "Supervisor", "after_outcome", "resume_context"]
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +56,6 @@ IDLE_REFRESH = 0.5
 HEARTBEAT_LIMIT = 5.0
 
 
-class SupervisedAudio(AudioPort, Protocol):
-    """What the supervisor needs of the audio engine beyond a session's needs."""
-
-    def open_uplink(self) -> Uplink: ...
-    def play_cue(self, name: str) -> None: ...
-
-
 def resume_context(transcript: list[str]) -> str:
     """The ``contextual_update`` that lets the agent pick up a conversation after a dropped link."""
     if not transcript:
@@ -69,6 +65,32 @@ def resume_context(transcript: list[str]) -> str:
         "The connection dropped and was restored; the visitor is still here. "
         "Continue the conversation without starting over. The conversation so far:\n" + lines
     )
+
+
+class Next(enum.Enum):
+    """What the supervisor does after a session ended."""
+
+    END = "end"  # the conversation is over: show why
+    GIVE_UP = "give up"  # resuming failed for the whole grace window
+    RESUME = "resume"  # open a new conversation that picks up where this one was
+
+
+def after_outcome(
+    outcome: SessionOutcome, *, resuming: bool, grace: float, now: float, deadline: float
+) -> tuple[Next, float]:
+    """What to do after ``outcome``, and until when resuming may go on (pure).
+
+    Only a link fault is resumed, and only once the conversation had opened (a start that
+    fails is retried by the start loop instead): within ``grace`` of the latest drop.
+    ``resuming``: this outcome is of a resume attempt; ``deadline``: the current window's end.
+    """
+    if not outcome.resumable or grace <= 0 or not (outcome.opened or resuming):
+        return Next.END, deadline
+    if outcome.opened:  # the grace window counts from the latest drop
+        return Next.RESUME, now + grace
+    if now >= deadline:
+        return Next.GIVE_UP, deadline
+    return Next.RESUME, deadline
 
 
 class Supervisor:
@@ -115,8 +137,9 @@ class Supervisor:
             self.counters["dropped_commands"] += 1
             log.warning("command dropped: queue full command=%s", cmd)
 
-    def set_tools(self, tools: ToolRegistry) -> None:
-        """Use a new tool registry from the next tool call on (config reload)."""
+    def reload(self, config: Config, tools: ToolRegistry) -> None:
+        """Use new settings and tools from the next conversation (or tool call) on."""
+        self.config = config
         self._tools = tools
 
     def healthy(self) -> bool:
@@ -245,12 +268,13 @@ class Supervisor:
                 elif not resuming:
                     self._start_failure = outcome.reason  # else lost when the board returns to idle
                 log.info("conversation ended id=%s reason=%r", outcome.conversation_id, outcome.reason)
-                if not outcome.resumable or grace <= 0 or not (outcome.opened or resuming):
+                step, deadline = after_outcome(
+                    outcome, resuming=resuming, grace=grace, now=trio.current_time(), deadline=deadline
+                )
+                if step is Next.END:
                     self._board.update(reason=outcome.reason)
                     return
-                if outcome.opened:  # the grace window counts from the latest drop
-                    deadline = trio.current_time() + grace
-                elif trio.current_time() >= deadline:
+                if step is Next.GIVE_UP:
                     self.counters["failed_resumes"] += 1
                     return
                 resuming = True
@@ -263,7 +287,7 @@ class Supervisor:
         finally:
             uplink.close()
 
-    async def _start_once(self, uplink: Uplink, deadline: float) -> SessionOutcome | None:
+    async def _start_once(self, uplink: MicPort, deadline: float) -> SessionOutcome | None:
         """A visitor's start: URL (with the backend's waits), then one connection; None: gave up."""
         backoff = self._backoff()
         while True:
@@ -296,7 +320,7 @@ class Supervisor:
         self._board.update(reason=str(exc))
 
     async def _run_session(
-        self, uplink: Uplink, url: str, context: str | None, *,
+        self, uplink: MicPort, url: str, context: str | None, *,
         connect_timeout: float | None = None, claim: Callable[[], bool] | None = None,
         on_claimed: Callable[[Session], None] | None = None,
     ) -> SessionOutcome:
@@ -323,20 +347,19 @@ class Supervisor:
             if self._session is session:
                 self._session = None
 
-    async def _resume_once(self, uplink: Uplink, context: str, deadline: float) -> SessionOutcome | None:
+    async def _resume_once(self, uplink: MicPort, context: str, deadline: float) -> SessionOutcome | None:
         """Race URL fetches, then connections, until one opens or the grace window ends."""
-        backoff = self._backoff(RESUME_BACKOFF_BASE, RESUME_BACKOFF_CAP)
+        backoff = self._backoff(RESUME_BACKOFF_BASE, RESUME_BACKOFF_CAP)  # shared: it paces both races
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._repeat_cue)
             try:
-                url_race = _Race[str]()
-                url = await url_race.run(self._resume_fetch, backoff, deadline)
+                url_race = Race[str](interval=RESUME_INTERVAL, slots=RESUME_ATTEMPTS, backoff=backoff)
+                url = await url_race.run(self._resume_fetch, deadline)
                 if url is None:
                     self._board.update(reason=f"gave up reconnecting: {url_race.last_reason}")
                     return None
-                outcome_race = _Race[SessionOutcome]()
 
-                async def attempt(race: _Race[SessionOutcome]) -> None:
+                async def attempt(race: Race[SessionOutcome]) -> None:
                     outcome = await self._run_session(
                         uplink, url, context, connect_timeout=RESUME_ATTEMPT_TIMEOUT, claim=race.claim
                     )
@@ -345,14 +368,15 @@ class Supervisor:
                     else:
                         race.failed(outcome.reason, stop=not outcome.resumable)
 
-                outcome = await outcome_race.run_tasks(attempt, backoff, deadline)
+                outcome_race = Race[SessionOutcome](interval=RESUME_INTERVAL, slots=RESUME_ATTEMPTS, backoff=backoff)
+                outcome = await outcome_race.run(attempt, deadline)
                 if outcome is None:
                     self._board.update(reason=f"gave up reconnecting: {outcome_race.last_reason}")
                 return outcome
             finally:
                 nursery.cancel_scope.cancel()
 
-    async def _resume_fetch(self, race: _Race[str]) -> None:
+    async def _resume_fetch(self, race: Race[str]) -> None:
         try:
             url = await self._urls.take(timeout=RESUME_ATTEMPT_TIMEOUT)
         except SignedUrlError as exc:
@@ -366,91 +390,3 @@ class Supervisor:
         while True:
             self._audio.play_cue("reconnecting")
             await trio.sleep(CUE_REPEAT)
-
-
-T = TypeVar("T")
-
-
-@dataclass
-class _Race(Generic[T]):
-    """Attempts started every RESUME_INTERVAL (RESUME_ATTEMPTS at most in flight); the first to claim wins.
-
-    An attempt calls :meth:`claim` at the moment it succeeds (for a connection: when the
-    handshake is done, before a conversation starts); the others are cancelled then.
-    """
-
-    value: T | None = None
-    last_reason: str = "no attempt finished"
-    _winner: trio.CancelScope | None = None
-    _scopes: dict[trio.Task, trio.CancelScope] = field(default_factory=dict)
-    _changed: trio.Event = field(default_factory=trio.Event)
-    _not_before: float = 0.0
-    _stop: bool = False
-
-    def claim(self) -> bool:
-        """True for the first caller: it wins and every other attempt is cancelled."""
-        if self._winner is not None or self._stop:
-            return False
-        scope = self._scopes.get(trio.lowlevel.current_task())
-        if scope is None:
-            return False
-        self._winner = scope
-        for other in self._scopes.values():
-            if other is not scope:
-                other.cancel()
-        self._changed.set()
-        return True
-
-    def won_by_current(self) -> bool:
-        """True when the calling attempt is the winner."""
-        return self._winner is not None and self._scopes.get(trio.lowlevel.current_task()) is self._winner
-
-    def failed(self, reason: str, *, wait: float | None = None, stop: bool = False, backoff: Backoff | None = None) -> None:
-        """An attempt failed; ``wait`` (e.g. Retry-After) delays the next one, ``stop`` ends the race."""
-        self.last_reason = reason
-        if wait is not None:
-            self._not_before = max(self._not_before, trio.current_time() + wait)
-        self._stop = self._stop or stop
-        self._changed.set()
-
-    async def run(self, attempt: Callable[[_Race[T]], Awaitable[None]], backoff: Backoff, deadline: float) -> T | None:
-        """Start attempts until one wins (its value is returned) or ``deadline``/a stop (None)."""
-        return await self.run_tasks(attempt, backoff, deadline)
-
-    async def run_tasks(
-        self, attempt: Callable[[_Race[T]], Awaitable[None]], backoff: Backoff, deadline: float
-    ) -> T | None:
-        """Like :meth:`run`; the winner's task runs on (e.g. a whole conversation) before this returns."""
-        async with trio.open_nursery() as nursery:
-            next_launch = trio.current_time()
-            while self._winner is None and not self._stop:
-                now = trio.current_time()
-                if now >= deadline:
-                    break
-                if len(self._scopes) < RESUME_ATTEMPTS and now >= max(next_launch, self._not_before):
-                    nursery.start_soon(self._one, attempt, backoff)
-                    await trio.lowlevel.checkpoint()  # let it register its scope
-                    next_launch = now + RESUME_INTERVAL
-                self._changed = trio.Event()
-                with trio.move_on_at(min(max(next_launch, self._not_before), deadline)):
-                    await self._changed.wait()
-            if self._winner is None:
-                nursery.cancel_scope.cancel()
-        return self.value
-
-    async def _one(self, attempt: Callable[[_Race[T]], Awaitable[None]], backoff: Backoff) -> None:
-        task = trio.lowlevel.current_task()
-        scope = trio.CancelScope()
-        self._scopes[task] = scope
-        try:
-            with scope:
-                await attempt(self)
-                if not self.won_by_current():
-                    # failed fast: pace the next attempt by the short resume backoff
-                    self._not_before = max(self._not_before, trio.current_time() + backoff.next_delay())
-                else:
-                    backoff.reset()
-        finally:
-            if self._scopes.get(task) is not self._winner:
-                del self._scopes[task]
-            self._changed.set()
