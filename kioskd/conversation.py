@@ -146,6 +146,7 @@ class Conversation:
         self._client_data = client_data(config)
         self._tools = tools
         self._context = context
+        self._log_transcripts = config.log.transcripts
         self.phase = Phase.CONNECTING
         self.stats = SessionStats()
         self.conversation_id: str | None = None
@@ -287,19 +288,19 @@ class Conversation:
             case UserTranscript(user_transcription_event=body):
                 self._last_activity = now
                 self._transcript.append(f"Visitor: {body.user_transcript}")
-                log.info("visitor said id=%s text=%r", cid, body.user_transcript)
+                self._log_words("visitor said", cid, body.user_transcript)
             case AgentResponse(agent_response_event=body):
                 self._transcript.append(f"Agent: {body.agent_response}")
-                log.info("agent said id=%s text=%r", cid, body.agent_response)
+                self._log_words("agent said", cid, body.agent_response)
             case AgentResponseCorrection(agent_response_correction_event=body):
                 self._correct(body.original_agent_response, body.corrected_agent_response)
-                log.info("agent corrected id=%s text=%r", cid, body.corrected_agent_response)
+                self._log_words("agent corrected", cid, body.corrected_agent_response)
             case ClientToolCall(client_tool_call=body):
                 return self._tool_call(body.tool_name, body.tool_call_id, body.parameters, now)
             case ContextualUpdate(text=text):
-                log.info("agent context update id=%s text=%r", cid, text[:200])
+                self._log_words("agent context update", cid, text[:200])
             case InternalTentativeAgentResponse(tentative_agent_response_internal_event=body):
-                log.debug("agent drafting id=%s text=%r", cid, body.tentative_agent_response)
+                self._log_words("agent drafting", cid, body.tentative_agent_response, logging.DEBUG)
             case ErrorEvent(error_event=body):
                 log.warning(
                     "agent reported an error id=%s code=%s type=%s message=%r",
@@ -313,6 +314,13 @@ class Conversation:
                 self.stats.unknown += 1
                 log.warning("unknown server event skipped id=%s type=%s", cid, kind[:80])
         return []
+
+    def _log_words(self, what: str, cid: str | None, text: str, level: int = logging.INFO) -> None:
+        """Visitors' and the agent's words reach the log only with ``[log] transcripts = true`` (privacy)."""
+        if self._log_transcripts:
+            log.log(level, "%s id=%s text=%r", what, cid, text)
+        else:
+            log.log(level, "%s id=%s chars=%d", what, cid, len(text))
 
     def _correct(self, original: str, corrected: str) -> None:
         for i in range(len(self._transcript) - 1, -1, -1):

@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import trio
 
-from kioskd.audio.cues import cue
 from kioskd.audio.devices import (
     CaptureThread,
     DeviceFailed,
@@ -46,7 +45,7 @@ from kioskd.audio.devices import (
     Stream,
     open_stream,
 )
-from kioskd.audio.formats import FRAME_SAMPLES, INTERNAL_RATE, AudioFormat, Resampler, encode, to_mono
+from kioskd.audio.formats import FRAME_SAMPLES, INTERNAL_RATE, AudioFormat, Resampler, to_mono
 from kioskd.audio.jitter import JitterBuffer
 from kioskd.audio.ring import SampleRing
 from kioskd.audio.speaker import Speaker
@@ -106,6 +105,8 @@ class AudioEngine:
         """Prepare (devices open in :meth:`run`). ``pacing``/``opener`` are for tests and tools."""
         self.config = config
         self._mic_enabled = True
+        self.cues: dict[str, np.ndarray] = {}
+        """Cue name → 16 kHz samples for :meth:`play_cue` (a missing name is a cue turned off)."""
         self._backoff = (backoff_base, backoff_cap)
         self._pacing: Pacing = pacing
         self._opener = opener
@@ -180,9 +181,42 @@ class AudioEngine:
         self._playback = Playback(self._speaker, fmt, on_push=self._played, on_close=self._playback_closed)
         return self._playback
 
-    def play_cue(self, name: str) -> None:
-        """Play a local cue (see :mod:`kioskd.audio.cues`); the next :meth:`open_playback` cuts it."""
-        self.open_playback(DEFAULT_FORMAT).push(0, encode(cue(name), DEFAULT_FORMAT))
+    def play_cue(self, name: str) -> float:
+        """Play cue ``name`` from :attr:`cues` (nothing if it is turned off); returns its length in seconds."""
+        samples = self.cues.get(name)
+        return 0.0 if samples is None else self.play_sound(samples)
+
+    def play_sound(self, samples: np.ndarray, rate: int = INTERNAL_RATE) -> float:
+        """Mix int16 mono ``samples`` into the speaker, on top of any agent audio; returns seconds.
+
+        The sound takes the agent's path from the jitter buffer on (volume, mute, the echo
+        canceller's far end), so the canceller knows it; a new sound replaces one still playing.
+        """
+        if not self._speaker.ok:
+            return 0.0
+        out_rate = self._speaker.rate
+        mono = Resampler(rate, out_rate).process(samples, last=True) if rate != out_rate else samples
+        self._speaker.play_sound(mono)
+        self._update_mode()  # echo handling hears the microphone while the sound plays
+        return len(samples) / rate
+
+    @property
+    def volume(self) -> float:
+        """Speaker volume 0.0–1.0 for everything played (agent and sounds); may change at any time."""
+        return self._speaker.volume
+
+    @volume.setter
+    def volume(self, value: float) -> None:
+        self._speaker.volume = value
+
+    @property
+    def muted(self) -> bool:
+        """True: the speaker plays silence (the agent's audio is still received and timed)."""
+        return self._speaker.muted
+
+    @muted.setter
+    def muted(self, value: bool) -> None:
+        self._speaker.muted = value
 
     @property
     def speaking(self) -> bool:
@@ -203,6 +237,8 @@ class AudioEngine:
             "input_failures": i.failures,
             "output_failures": o.failures,
             "last_device_error": self._last_error,
+            "input_error": None if i.ok else i.error,
+            "output_error": None if o.ok else o.error,
             "mic_enabled": self.mic_enabled,
             "echo": self.config.echo,
             "speaking": self.speaking,
@@ -353,7 +389,8 @@ class AudioEngine:
     def _on_failed(self, dev: _Device, event: DeviceFailed) -> None:
         dev.ok = False
         dev.failures += 1
-        dev.error = self._last_error = f"{event.direction} {event.name!r}: {event.message}"
+        dev.error = event.message  # names the device already
+        self._last_error = f"{event.direction} {event.name!r}: {event.message}"
         log.warning("audio device failed direction=%s device=%r error=%r", event.direction, event.name, event.message)
         if event.direction == "output":
             self._speaker.failed()

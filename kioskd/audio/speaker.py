@@ -1,8 +1,9 @@
 """The speaker path: one lock-owning object shared by the Trio side and the playback thread.
 
-:class:`Speaker` holds everything both sides touch: the :class:`JitterBuffer`, the
-device's rate, until when the last audible sample is still in the device, and the
-far-end (speaker) periods kept for the echo canceller. ``Playback`` (Trio thread) calls
+:class:`Speaker` holds everything both sides touch: the :class:`JitterBuffer`, a local
+sound mixed on top (cues), volume and mute, the device's rate, until when the last
+audible sample is still in the device, and the far-end (speaker) periods kept for the
+echo canceller. ``Playback`` (Trio thread) calls
 :meth:`~Speaker.push`, :meth:`~Speaker.interrupt`, :meth:`~Speaker.reset` and reads
 :attr:`~Speaker.speaking`; the playback thread calls :meth:`~Speaker.pull` and
 :meth:`~Speaker.wait`. Every method holds the lock only for a copy.
@@ -57,7 +58,11 @@ class Speaker:
         self._rate = rate
         self._audible_until = 0.0
         self._silent_periods = DEVICE_LATENCY_PERIODS  # written since the last audible one
-        self._volume = volume
+        self._sound = np.zeros(0, dtype=np.int16)  # a local sound being mixed in (device rate)
+        self.volume = volume
+        """Gain 0.0–1.0 for everything played (agent and sounds); may change at any time."""
+        self.muted = False
+        """True: silence is played (the agent's audio is still received and timed)."""
         self._far: deque[np.ndarray] | None = deque(maxlen=MAX_FAR_PERIODS) if keep_far else None
         self._far_rate = rate
         self.ok = False
@@ -73,13 +78,21 @@ class Speaker:
     @property
     def speaking(self) -> bool:
         """True while audio is queued or still audible in the device."""
-        with self._lock:
-            return self._jitter.playing or self._clock() < self._audible_until
+        return self.audible_within(0.0)
 
     def audible_within(self, seconds: float) -> bool:
         """True while audio is queued, or was audible less than ``seconds`` ago."""
         with self._lock:
-            return self._jitter.playing or self._clock() < self._audible_until + seconds
+            return self._has_audio() or self._clock() < self._audible_until + seconds
+
+    def _has_audio(self) -> bool:
+        return self._jitter.playing or len(self._sound) > 0
+
+    def play_sound(self, samples: np.ndarray) -> None:
+        """Mix ``samples`` (mono, at :attr:`rate`) in on top of any agent audio; replaces a sound still playing."""
+        with self._lock:
+            self._sound = np.asarray(samples, dtype=np.int16).reshape(-1)
+            self._wake.notify_all()
 
     def push(self, event_id: int, samples: np.ndarray) -> None:
         """Queue agent audio at :attr:`rate` (dropped if ``event_id`` was interrupted); wakes the thread."""
@@ -127,6 +140,7 @@ class Speaker:
         with self._lock:
             self.ok = False
             self._jitter.reset()
+            self._sound = self._sound[:0]
             self._audible_until = 0.0
 
     def pull(self, frames: int, rate: int, channels: int) -> np.ndarray | None:
@@ -141,18 +155,23 @@ class Speaker:
             if rate != self._rate:
                 self._jitter = self._new_jitter(rate)
                 self._rate = rate
-            jitter = self._jitter
-            audible = jitter.playing
+            audible = self._has_audio()
             if not audible and self._silent_periods >= DEVICE_LATENCY_PERIODS and now >= self._audible_until:
                 return None  # the device holds only silence and nothing is audible
-            mono = jitter.pull(frames, now)
+            mono = self._jitter.pull(frames, now)
+            if len(self._sound):
+                part, self._sound = self._sound[:frames], self._sound[frames:]
+                mixed = mono.astype(np.int32)
+                mixed[: len(part)] += part
+                mono = np.clip(mixed, -32768, 32767).astype(np.int16)
             if audible:
                 self._audible_until = now + (DEVICE_LATENCY_PERIODS + 1) * frames / rate
                 self._silent_periods = 0
             else:
                 self._silent_periods += 1
-        if self._volume != 1.0:
-            mono = np.round(mono * self._volume).astype(np.int16)
+        gain = 0.0 if self.muted else self.volume
+        if gain != 1.0:
+            mono = np.round(mono * gain).astype(np.int16)
         if self._far is not None:
             with self._lock:
                 self._far.append(mono)
@@ -162,7 +181,7 @@ class Speaker:
     def wait(self, stop: threading.Event) -> None:
         """Block the playback thread until audio is queued or ``stop`` is set (see :meth:`wake`)."""
         with self._lock:
-            while not stop.is_set() and not self._jitter.playing:
+            while not stop.is_set() and not self._has_audio():
                 self._wake.wait()
 
     def wake(self) -> None:

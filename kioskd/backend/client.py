@@ -43,6 +43,9 @@ UNAUTHORIZED_RETRY = 60.0
 #: Longest Retry-After honoured (a broken header must not park the kiosk for a day).
 MAX_RETRY_AFTER = 600.0
 
+#: Failures that retrying will not fix: the operator must change the token or the backend's config.
+REJECTED_KINDS = ("unauthorized", "forbidden")
+
 ErrorKind = Literal["unauthorized", "forbidden", "rate_limited", "server", "timeout", "network", "bad_reply"]
 
 
@@ -139,10 +142,23 @@ async def fetch_signed_url(
             )
     except (httpx.TimeoutException, trio.TooSlowError):
         raise SignedUrlError("timeout", f"no answer from the backend within {limit:g} s") from None
+    except httpx.LocalProtocolError:
+        # its text quotes the offending header, i.e. the token: never pass it on
+        raise SignedUrlError("network", "the request could not be sent: a header is not valid (check the kiosk token)") from None
     except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError, ValueError) as exc:
-        text = str(exc)[:200]
-        raise SignedUrlError("network", f"cannot reach the backend: {type(exc).__name__}: {text}") from None
+        raise SignedUrlError("network", f"cannot reach the backend: {_describe_failure(exc)}") from None
     return parse_reply(response.status_code, response.content, response.headers)
+
+
+#: Failures whose text names only the transport (refused, reset, unreachable), never our request.
+_PLAIN_FAILURES = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.CloseError, OSError)
+
+
+def _describe_failure(exc: BaseException) -> str:
+    """The failure's type, and its text only where that cannot hold a header or URL we sent."""
+    if isinstance(exc, _PLAIN_FAILURES):
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return type(exc).__name__
 
 
 def public_agent_url(server: str, agent_id: str) -> str:
@@ -163,6 +179,11 @@ class UrlSource(Protocol):
         """Why it is unhealthy ("" when healthy)."""
         ...
 
+    @property
+    def last_error_kind(self) -> str:
+        """The latest failure's :data:`ErrorKind` ("" while healthy)."""
+        ...
+
     async def take(self, *, timeout: float | None = None) -> str:
         """A URL for one new conversation (a fetch bounded by ``timeout``). Raises SignedUrlError."""
         ...
@@ -181,6 +202,7 @@ class PublicAgentUrl:
 
     healthy = True
     last_error = ""
+    last_error_kind = ""
 
     def __init__(self, server: str, agent_id: str) -> None:
         self._url = public_agent_url(server, agent_id)
@@ -224,6 +246,7 @@ class SignedUrlProvider:
         self._ready: tuple[str, float] | None = None  # (url, fetched_at)
         self._wanted = trio.Event()
         self._fetch_error = ""  # the last fetch's failure, "" after a success
+        self._fetch_error_kind = ""  # its ErrorKind
         self._heartbeat_error = ""  # the last heartbeat's failure, "" after an answered one
         #: True while the backend answers heartbeats: health checks need no signed URL then.
         self.heartbeats = False
@@ -239,6 +262,13 @@ class SignedUrlProvider:
         """Why the backend counts as unhealthy ("" when healthy)."""
         return self._fetch_error or self._heartbeat_error
 
+    @property
+    def last_error_kind(self) -> str:
+        """The :data:`ErrorKind` of :attr:`last_error` (a failed heartbeat counts as ``network``)."""
+        if self._fetch_error:
+            return self._fetch_error_kind
+        return "network" if self._heartbeat_error else ""
+
     def note_heartbeat(self, error: str | None) -> None:
         """A heartbeat's outcome: ``""`` answered, a message if it failed, None if the backend has no heartbeats.
 
@@ -249,6 +279,11 @@ class SignedUrlProvider:
         self._heartbeat_error = error or ""
         if was != self.heartbeats:
             self._wanted.set()  # re-plan the next fetch
+
+    @property
+    def token(self) -> str:
+        """The kiosk token in use (compare only; never log it)."""
+        return self._token
 
     def set_token(self, token: str) -> None:
         """Use a new kiosk token (after a config reload); drops any prefetched URL."""
@@ -262,10 +297,12 @@ class SignedUrlProvider:
             url = await fetch_signed_url(self._client, self._backend, self._agent_id, self._token, timeout=timeout)
         except SignedUrlError as exc:
             self._fetch_error = str(exc)
+            self._fetch_error_kind = exc.kind
             if self.heartbeats:
                 self._wanted.set()  # no health fetches are planned: retry soon to learn when it is back
             raise
         self._fetch_error = ""
+        self._fetch_error_kind = ""
         self._backoff.reset()
         return url
 
@@ -324,7 +361,8 @@ class SignedUrlProvider:
                     url = await self._fetch()
                 except SignedUrlError as exc:
                     wait = exc.wait(self._backoff)
-                    log.warning("backend unavailable, retrying in %.1f s: %s", wait, exc)
+                    what = "backend refuses this kiosk" if exc.kind in REJECTED_KINDS else "backend unavailable"
+                    log.warning("%s, next check in %.1f s: %s", what, wait, exc.detail)
                     self._fresh()  # drop an expired one
                 else:
                     if self._backend.prefetch:

@@ -16,10 +16,11 @@ from typing import Any
 
 import trio
 
-from kioskd.backend.client import SignedUrlError, UrlSource
+from kioskd.backend.client import REJECTED_KINDS, SignedUrlError, UrlSource
 from kioskd.backoff import Backoff
 from kioskd.config import Config
-from kioskd.protocol import ConversationInitiationMetadata, ServerEvent, UnknownEvent
+from kioskd.events import EventBus
+from kioskd.protocol import AgentResponse, ConversationInitiationMetadata, ServerEvent, UnknownEvent, UserTranscript
 from kioskd.actions import SessionOutcome
 from kioskd.service.ports import MicPort, SupervisedAudio
 from kioskd.service.race import Race
@@ -105,8 +106,14 @@ class Supervisor:
         tools: ToolRegistry,
         *,
         rng: random.Random | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self.config = config
+        self.events = events or EventBus()
+        #: why the kiosk is out of service (``ctl close``, opening hours); None: open
+        self.closed: str | None = None
+        #: played (and awaited) before each conversation connects: the privacy notice
+        self.notice: Callable[[], Awaitable[None]] | None = None
         self._rng = rng or random.Random()
         self._audio = audio
         self._board = board
@@ -116,6 +123,8 @@ class Supervisor:
         self._session: Session | None = None
         self._in_conversation = False
         self._error: str | None = None
+        #: the backend refused this kiosk (401/403): an error until it gives a URL again
+        self._backend_error: str | None = None
         #: why the latest start gave up (shown with the idle state until the next start)
         self._start_failure: str | None = None
         self.counters = {
@@ -126,6 +135,7 @@ class Supervisor:
         self.observers: list[Callable[[ServerEvent | UnknownEvent], None]] = []
         self._heartbeat = trio.current_time()
         self._idle = trio.Event()
+        self._opened_any = False
 
     # ------------------------------------------------------------------ public
 
@@ -172,7 +182,9 @@ class Supervisor:
             nursery.start_soon(self._refresh_idle_state)
             task_status.started()
             async for cmd in self._receive:
-                if cmd in (Command.START, Command.TOGGLE):
+                if cmd in (Command.START, Command.TOGGLE) and self.closed is not None:
+                    log.info("start ignored: the kiosk is closed (%s)", self.closed)
+                elif cmd in (Command.START, Command.TOGGLE):
                     await self._conversation()
                 elif cmd in (Command.MIC_ON, Command.MIC_OFF):
                     log.debug("ignored while idle command=%s", cmd)
@@ -180,8 +192,14 @@ class Supervisor:
     # ------------------------------------------------------------------ idle
 
     def _idle_state(self) -> tuple[KioskState, str]:
-        if self._error is not None:
-            return KioskState.ERROR, self._error
+        if self._backend_error is not None and self._urls.healthy:
+            self._backend_error = None  # the backend gives URLs again (e.g. the token was fixed)
+        if self._error is not None or self._backend_error is not None:
+            return KioskState.ERROR, self._error or self._backend_error or ""
+        if self.closed is not None:
+            return KioskState.CLOSED, self.closed
+        if not self._urls.healthy and self._urls.last_error_kind in REJECTED_KINDS:
+            return KioskState.ERROR, f"backend refuses this kiosk: {self._urls.last_error}"
         if not self._urls.healthy:
             return KioskState.OFFLINE, f"backend unreachable: {self._urls.last_error}"
         if self._start_failure is not None:
@@ -203,13 +221,21 @@ class Supervisor:
         self._idle = trio.Event()
         self._audio.mic_enabled = True
         self._start_failure = None
+        self._opened_any = False
         self.counters["conversations"] += 1
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._commands_during_conversation, nursery.cancel_scope)
+                if self.notice is not None:
+                    self._board.update(state=KioskState.CONNECTING, reason="privacy notice", conversation_id=None)
+                    await self.notice()
                 await self._hold_conversation()
                 nursery.cancel_scope.cancel()
         finally:
+            if not self._opened_any:
+                reason = self._start_failure or self._error or self._board.status.reason or "abandoned"
+                self.events.publish("start_failed", reason=reason)
+                self._audio.play_cue("error")
             self._session = None
             self._in_conversation = False
             self._idle.set()
@@ -225,6 +251,7 @@ class Supervisor:
                     session.end("ended by the visitor or operator")
                 else:
                     log.info("start abandoned by request")
+                    self._start_failure = "abandoned by request"
                     scope.cancel()
             elif cmd is Command.MIC_ON:
                 self._audio.mic_enabled = True
@@ -247,6 +274,7 @@ class Supervisor:
         uplink = self._audio.open_uplink()  # captures from the trigger on: nothing said is lost
         transcript: list[str] = []
         resuming = False
+        refusal_retry = True  # one refused URL (close 1008, HTTP 403) is retried with a fresh one
         deadline = trio.current_time() + START_WINDOW
         self._board.update(state=KioskState.CONNECTING, reason="", conversation_id=None)
         try:
@@ -261,24 +289,35 @@ class Supervisor:
                 self.last_outcome = outcome
                 # the gist so far: earlier lines plus this connection's, newest kept
                 transcript = (transcript + outcome.transcript)[-max(self.config.conversation.context_lines, 1):]
+                if refusal_retry and outcome.rejected and not outcome.opened and trio.current_time() < deadline:
+                    # e.g. a URL minted by an agent service that has restarted since: once more, fresh
+                    refusal_retry = False
+                    log.info("the agent refused the URL; trying once with a fresh one: %s", outcome.reason)
+                    continue
                 if outcome.opened:
-                    self._error = None
+                    self._error = self._backend_error = None
                 elif outcome.rejected:
                     self._error = outcome.reason
                 elif not resuming:
                     self._start_failure = outcome.reason  # else lost when the board returns to idle
-                log.info("conversation ended id=%s reason=%r", outcome.conversation_id, outcome.reason)
+                if outcome.opened:
+                    log.info("conversation ended id=%s reason=%r", outcome.conversation_id, outcome.reason)
+                    self.events.publish("conversation_ended", id=outcome.conversation_id, reason=outcome.reason)
+                else:
+                    log.warning("%s failed: %s", "resuming" if resuming else "start", outcome.reason)
                 step, deadline = after_outcome(
                     outcome, resuming=resuming, grace=grace, now=trio.current_time(), deadline=deadline
                 )
                 if step is Next.END:
-                    self._board.update(reason=outcome.reason)
+                    if outcome.opened:
+                        self._audio.play_cue("end")
                     return
                 if step is Next.GIVE_UP:
                     self.counters["failed_resumes"] += 1
                     return
                 resuming = True
-                log.info("resuming conversation within %.0f s: %s", grace, outcome.reason)
+                if outcome.opened:
+                    log.info("resuming conversation within %.0f s: %s", grace, outcome.reason)
                 self._board.update(
                     state=KioskState.RECONNECTING, reason=f"reconnecting: {outcome.reason}", conversation_id=None
                 )
@@ -296,9 +335,11 @@ class Supervisor:
             except SignedUrlError as exc:
                 self._url_failed(exc)
                 wait = exc.wait(backoff)
-                if exc.kind in ("unauthorized", "forbidden") or trio.current_time() + wait > deadline:
-                    log.warning("start abandoned: %s", exc)
+                if exc.kind in REJECTED_KINDS or trio.current_time() + wait > deadline:
+                    log.warning("start failed: no conversation URL: %s", exc)
+                    self._start_failure = str(exc)
                     return None
+                log.warning("no conversation URL, retrying in %.1f s: %s", wait, exc)
                 self._board.update(reason=f"retrying in {wait:.1f} s: {exc}")
                 await trio.sleep(wait)
                 continue
@@ -310,13 +351,13 @@ class Supervisor:
             if trio.current_time() + wait > deadline:
                 return outcome
             self.last_outcome = outcome
+            log.warning("connection failed, retrying in %.1f s: %s", wait, outcome.reason)
             self._board.update(reason=f"retrying in {wait:.1f} s: {outcome.reason}")
             await trio.sleep(wait)
 
     def _url_failed(self, exc: SignedUrlError) -> None:
-        log.warning("no conversation URL: %s", exc)
-        if exc.kind in ("unauthorized", "forbidden"):
-            self._error = str(exc)
+        if exc.kind in REJECTED_KINDS:
+            self._backend_error = f"backend refuses this kiosk: {exc}"
         self._board.update(reason=str(exc))
 
     async def _run_session(
@@ -325,8 +366,20 @@ class Supervisor:
         on_claimed: Callable[[Session], None] | None = None,
     ) -> SessionOutcome:
         def count_resumed(event: ServerEvent | UnknownEvent) -> None:
-            if context is not None and isinstance(event, ConversationInitiationMetadata):
-                self.counters["resumed"] += 1
+            if isinstance(event, ConversationInitiationMetadata):
+                if context is not None:
+                    self.counters["resumed"] += 1
+                elif not self._opened_any:
+                    self._audio.play_cue("listening")
+                self._opened_any = True
+                cid = event.conversation_initiation_metadata_event.conversation_id or "unknown"
+                self.events.publish("conversation_started", id=cid, resumed=context is not None)
+            elif isinstance(event, UserTranscript):
+                self.events.publish("visitor_said", id=session.conversation_id,
+                                    text=event.user_transcription_event.user_transcript)
+            elif isinstance(event, AgentResponse):
+                self.events.publish("agent_said", id=session.conversation_id,
+                                    text=event.agent_response_event.agent_response)
 
         session = Session(
             self.config, self._audio, uplink, self._tools, self._board, context=context,
@@ -381,7 +434,7 @@ class Supervisor:
             url = await self._urls.take(timeout=RESUME_ATTEMPT_TIMEOUT)
         except SignedUrlError as exc:
             self._url_failed(exc)
-            race.failed(str(exc), wait=exc.retry_after, stop=exc.kind in ("unauthorized", "forbidden"))
+            race.failed(str(exc), wait=exc.retry_after, stop=exc.kind in REJECTED_KINDS)
             return
         if race.claim():
             race.value = url
