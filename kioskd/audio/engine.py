@@ -117,7 +117,7 @@ class AudioEngine:
         self._preroll = SampleRing(config.preroll_ms // FRAME_MS * FRAME_SAMPLES)
         self._echo: Any = None
         if config.echo == "aec":
-            from kioskd.audio.echo import EchoCanceller  # late: only AEC needs pywebrtc-audio
+            from kioskd.audio.echo import EchoCanceller  # late: only AEC needs it
 
             self._echo = EchoCanceller(rate=INTERNAL_RATE, enabled=True)
         self._echo_quiet_s = config.preroll_ms / 1000 + HALF_DUPLEX_TAIL_S
