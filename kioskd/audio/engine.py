@@ -76,8 +76,10 @@ go to listeners such as the voice wake (a few tens of milliseconds do not hurt i
 open uplink reads ``chunk_ms`` blocks instead, one uplink message each (no latency added:
 a message waits for its last sample either way)."""
 QUIET_CAPTURE_PERIODS = 10
-"""Reads while nothing listens at all: the blocks only feed the thread's pre-roll ring
-(an uplink opening meanwhile gets the rest of the block read in progress when it ends)."""
+"""Reads while no frames flow (nothing listens, or only gated listeners): the blocks feed
+the thread's pre-roll ring and the level gate (an uplink opening meanwhile gets the rest
+of the block read in progress when it ends; a voice wake hears a loud block 100 ms late
+at most, well inside the pre-roll)."""
 
 
 @dataclass
@@ -297,7 +299,7 @@ class AudioEngine:
     def _block_periods(self) -> int:
         if self._uplinks:
             return max(1, self.config.chunk_ms // FRAME_MS)
-        return IDLE_CAPTURE_PERIODS if self._hot or self._gated else QUIET_CAPTURE_PERIODS
+        return IDLE_CAPTURE_PERIODS if self._hot else QUIET_CAPTURE_PERIODS
 
     def _set_hot(self, hot: bool) -> None:
         """Start or stop the hand-off of microphone blocks; starting brings the raw pre-roll over."""
