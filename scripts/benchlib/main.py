@@ -228,13 +228,19 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     k = results.get("cost", {})
     if k:
         cpu = stat("cost", "ours", "conversation_cpu_pct")
-        add("9 CPU during conversation (% of a core)", cpu, stat("cost", "official", "conversation_cpu_pct"), " %",
-            "≤ 5 %", None if cpu is None else cpu <= 5)
-        idle = stat("cost", "ours", "idle_cpu_pct")
-        add("9 CPU idle (% of a core)", idle, None, " %", "≤ 1 %", None if idle is None else idle <= 1, ratio=False)
+        theirs = stat("cost", "official", "conversation_cpu_pct")
+        has_theirs = isinstance(theirs, (int, float)) and theirs > 0
+        add("9 CPU during conversation (% of a core)", cpu, theirs, " %", "≤ 2× official",
+            None if cpu is None or not has_theirs else cpu <= 2 * theirs)
+        for trigger in ("button", "vad", "manual"):
+            idle = stat("cost", "ours", "idle_cpu_pct_by_trigger", trigger)
+            add(f"9 CPU idle, trigger {trigger} (% of a core)", idle, None, " %",
+                "≤ 0.5× official in conversation",
+                None if idle is None or not has_theirs else idle <= 0.5 * theirs, ratio=False)
         rss = stat("cost", "ours", "peak_rss_mb")
-        add("9 peak RSS", rss, stat("cost", "official", "peak_rss_mb"), " MB", "≤ 80 MB",
-            None if rss is None else rss <= 80)
+        their_rss = stat("cost", "official", "peak_rss_mb")
+        add("9 peak RSS", rss, their_rss, " MB", "≤ official",
+            None if rss is None or their_rss is None else rss <= their_rss)
         add("9 start-up to READY=1", stat("cost", "ours", "ready_s"), None, " s", "", None, ratio=False)
     b = results.get("backend", {})
     if b and "error" not in b:
