@@ -254,7 +254,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         scaling = _get(b, "scaling")
         add("10 backend: two replicas / one", scaling, None, "×", "≥ 1.6×", None if scaling is None else scaling >= 1.6,
             ratio=False)
-        for key, label in (("one_replica", "signed URL"), ("heartbeats_alone", "heartbeat")):
+        for key, label in (("healthz_one_replica", "/healthz (HTTP stack floor)"), ("one_replica", "signed URL"),
+                           ("heartbeats_alone", "heartbeat")):
             add(f"10 backend CPU per {label} (replica, ms)", _get(b, key, "replica_cpu_ms_per_request"), None, " ms", "",
                 None, ratio=False)
         hb = _get(b, "two_replicas_with_heartbeats", "heartbeats")
@@ -262,6 +263,9 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         add(f"10 heartbeats, {_fmt(_get(hb, 'kiosks'))} kiosks at {_fmt(_get(hb, 'rate_per_s'), '/s')}: p50 / p99",
             f"{_fmt(_get(hb, 'latency', 'median'), ' ms')} / {_fmt(hb99, ' ms')}", None, "", "p99 ≤ 50 ms",
             None if hb99 is None else hb99 <= 50, ratio=False)
+        for path in ("/fleet.json", "/metrics"):
+            add(f"10 GET {path} with {_fmt(_get(b, 'kiosks'))} kiosks (median)", _get(b, "fleet_views", path, "median"),
+                None, " ms", "", None, ratio=False)
         mixed = _get(b, "two_replicas_with_heartbeats", "signed_urls")
         add("10 signed URLs meanwhile (2 replicas, open loop): rate, p99",
             f"{_fmt(_get(mixed, 'rate_per_s'), '/s')}, {_fmt(_get(mixed, 'latency', 'p99'), ' ms')}", None, "", "", None,
