@@ -8,11 +8,13 @@ repository root documents every key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from kioskd.schema import ConfigError, load_as, parse_as
 
@@ -38,6 +40,8 @@ __all__ = [
     "ToolsConfig",
     "TriggerConfig",
     "VadWakeConfig",
+    "https_or_loopback",
+    "is_loopback",
     "load_config",
     "parse_config",
 ]
@@ -48,6 +52,34 @@ DEFAULT_CONFIG = "/etc/kioskd/config.toml"
 SCALAR = str | int | float | bool
 #: The header's GPIO pins in BCM numbering (the 40-pin header of every Raspberry Pi since the B+).
 BCM_PINS = range(0, 28)
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for ``localhost`` and addresses in 127.0.0.0/8 or ``::1``."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def https_or_loopback(url: str) -> bool:
+    """True for an ``https://`` URL with a host, or ``http://`` to a loopback host (a local test double).
+
+    Tokens and keys travel in these requests: never in clear text over a network.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return False
+    return bool(host) and (parts.scheme == "https" or (parts.scheme == "http" and is_loopback(host)))
 
 
 # --------------------------------------------------------------------------- sections
@@ -102,10 +134,11 @@ class BackendConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
-        if not self.url.startswith(("https://", "http://")):
-            out.append(("url", f"must be an https:// URL, got {self.url!r}"))
-        if self.heartbeat_url and not self.heartbeat_url.startswith(("https://", "http://")):
-            out.append(("heartbeat_url", f"must be an https:// URL or empty, got {self.heartbeat_url!r}"))
+        if not https_or_loopback(self.url):
+            out.append(("url", f"must be an https:// URL (http:// only on loopback), got {self.url!r}"))
+        if self.heartbeat_url and not https_or_loopback(self.heartbeat_url):
+            problem = f"must be an https:// URL (http:// only on loopback) or empty, got {self.heartbeat_url!r}"
+            out.append(("heartbeat_url", problem))
         if self.heartbeat_interval < 0:
             out.append(("heartbeat_interval", "must be 0 (off) or positive"))
         if self.timeout <= 0:

@@ -252,7 +252,7 @@ h1{font-size:1.4rem;margin:0 0 .5rem}
 .summary{margin:0 0 1rem}
 ul{list-style:none;padding:0;margin:0}
 li{background:#fff;border-left:.5rem solid #2a7;border-radius:.3rem;padding:.6rem .8rem;margin:0 0 .6rem;
-   overflow-wrap:anywhere}
+  overflow-wrap:anywhere}
 li.problem{border-left-color:#c22}
 li.offline{background:#fde}
 .id{font-weight:bold;font-size:1.1rem}

@@ -86,10 +86,8 @@ async def _command(store: Store, config: BackendServerConfig, args: argparse.Nam
         return 0
     for record in await store.kiosks():
         if args.json:
-            row = {
-                "id": record.entry.id, "agents": record.entry.agents, "source": record.source, "revoked": record.revoked
-            }
-            print(json.dumps(row))
+            entry, source, revoked = record.entry, record.source, record.revoked
+            print(json.dumps({"id": entry.id, "agents": entry.agents, "source": source, "revoked": revoked}))
         else:
             flag = "  REVOKED" if record.revoked else ""
             print(f"{record.entry.id}\t{record.source}\t{','.join(record.entry.agents)}{flag}")

@@ -312,8 +312,8 @@ async def _healthz(request: Request) -> JSONResponse:
 
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.error("store unavailable path=%s error=%r", request.url.path, str(exc))
-    retry = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
-    return _error(503, "unavailable", "the backend's shared state is unreachable", retry)
+    headers = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
+    return _error(503, "unavailable", "the backend's shared state is unreachable", headers)
 
 
 def build_app(signer: Signer) -> Starlette:
