@@ -9,6 +9,7 @@ import sys
 import trio
 
 from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
+from kioskd.simulator.settings import DEFAULT_KIOSK_TOKEN
 from kioskd.audio.formats import PCM_RATES, ULAW_RATES
 
 __all__ = ["build_parser", "describe", "main"]
@@ -36,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _token_hint(cfg: SimulatorConfig) -> str:
+    """Which kiosk token the simulator accepts: the demo default is named, one given on the command line is not."""
+    if not cfg.require_token:
+        return "none needed (--public)"
+    if cfg.kiosk_token == DEFAULT_KIOSK_TOKEN:
+        return f"{DEFAULT_KIOSK_TOKEN}   (the demo default and the only one accepted; --kiosk-token changes it)"
+    return "the one given with --kiosk-token (the only one accepted)"
+
+
 def describe(sim: Simulator) -> str:
     """What to tell the user: where things listen and how to point a kiosk at them (no secrets beyond the demo token)."""
     cfg = sim.config
@@ -53,7 +63,9 @@ def describe(sim: Simulator) -> str:
             f'  server = "{sim.ws_base}"' + ("   # public agent: no backend needed" if not cfg.require_token else ""),
             "  [backend]",
             f'  url = "{sim.backend_url}"',
-            '  token_file = "…"   # containing the kiosk token',
+            '  token_file = "…"   # a file containing the kiosk token below',
+            "",
+            f"kiosk token:        {_token_hint(cfg)}",
             "",
             "Ctrl-C to stop.",
         ]
