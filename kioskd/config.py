@@ -131,6 +131,9 @@ class BackendConfig:
 
 
 EchoMode = Literal["aec", "half_duplex", "off"]
+"""``aec``: echo cancellation, full duplex (the visitor is heard while the agent talks and can
+interrupt it); ``half_duplex``: the microphone is muted while the agent speaks (the visitor
+cannot interrupt); ``off``: nothing (a headset, or a speakerphone with its own canceller)."""
 
 
 @dataclass(frozen=True)

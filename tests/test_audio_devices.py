@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import wave
 from pathlib import Path
 from typing import Any
@@ -309,3 +310,20 @@ def test_mic_command_shows_a_level(alsa: AlsaFiles, capsys: pytest.CaptureFixtur
     alsa.write_input("kiosk_mic", np.full(16000, 3000, dtype=np.int16))
     assert test_mic_main(["--device", "kiosk_mic", "--seconds", "0.3"]) == 0
     assert "dBFS" in capsys.readouterr().out
+
+
+def test_wav_output_is_a_fresh_private_file_not_the_old_one(tmp_path: Path) -> None:
+    """An old recording with a loose mode (or an fd someone holds on it) must not get the new audio."""
+    path = tmp_path / "out.wav"
+    path.write_bytes(b"old recording")
+    path.chmod(0o644)
+    held = open(path, "rb")  # noqa: SIM115 - a reader that opened the old file
+    try:
+        sink = wavio.open_wav(str(path), "output", 16000)
+        sink.write(np.ones(160, dtype=np.int16))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert held.read() == b"old recording"  # the held file is not the one being written
+        assert path.read_bytes()[:4] == b"RIFF"
+        sink.close()
+    finally:
+        held.close()

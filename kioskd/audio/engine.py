@@ -268,7 +268,7 @@ class AudioEngine:
         self._vad = webrtcvad.Vad(VAD_AGGRESSIVENESS)
         self._echo: Any = None
         if config.echo == "aec":
-            from kioskd.audio.echo import EchoCanceller  # late: only AEC needs pywebrtc-audio
+            from kioskd.audio.echo import EchoCanceller  # late: only AEC needs it
 
             self._echo = EchoCanceller(rate=INTERNAL_RATE, enabled=True)
         self._cap_conv = _ToFrames()

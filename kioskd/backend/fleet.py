@@ -45,7 +45,8 @@ COOKIE = "kioskd_operator"
 COOKIE_MAX_AGE = 12 * 3600
 MAX_STATE_LEN = 64
 
-Authenticate = Callable[[str | None], Awaitable[KioskEntry | None]]
+#: The request's kiosk, or the reply refusing it (throttled, no valid token).
+Admit = Callable[[Request], Awaitable[KioskEntry | Response]]
 
 
 @dataclass(frozen=True)
@@ -160,19 +161,19 @@ class Fleet:
         self,
         config: BackendServerConfig,
         store: Store,
-        authenticate: Authenticate,
+        admit: Admit,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
         self._store = store
-        self._authenticate = authenticate
+        self._admit = admit
         self._wall_clock = wall_clock
 
     async def heartbeat(self, request: Request) -> Response:
         """``POST /heartbeat``: keep the kiosk's status; 200 also answers its health check."""
-        kiosk = await self._authenticate(request.headers.get("authorization"))
-        if kiosk is None:
-            return _error(401, "unauthorized", "missing or unknown kiosk token", {"WWW-Authenticate": "Bearer"})
+        kiosk = await self._admit(request)
+        if isinstance(kiosk, Response):
+            return kiosk
         body = await _read_capped(request, MAX_HEARTBEAT_BYTES)
         if body is None:
             return _error(413, "too_large", f"a heartbeat is at most {MAX_HEARTBEAT_BYTES} bytes")

@@ -262,6 +262,22 @@ class Signer:
             {"Retry-After": str(retry_after)},
         )
 
+    async def admit(self, request: Request) -> KioskEntry | JSONResponse:
+        """The request's kiosk, or the refusal: 429 while its address is throttled, 401 (charged) without a valid token.
+
+        For the endpoints besides ``/signed-url`` (heartbeats), under the same throttle.
+        """
+        address = request.client.host if request.client else "-"
+        now = self._clock()
+        wait = self._throttle.wait(address, now)
+        if wait > 0:
+            return self._throttled(address, wait)
+        kiosk = await self.authenticate(request.headers.get("authorization"))
+        if kiosk is None:
+            self._throttle.charge(address, now)
+            return _error(401, "unauthorized", "missing or unknown kiosk token", {"WWW-Authenticate": "Bearer"})
+        return kiosk
+
     async def _decide(self, kiosk: KioskEntry | None, agent_ids: list[str]) -> JSONResponse:
         if len(agent_ids) != 1 or not AGENT_ID.fullmatch(agent_ids[0]):
             return _error(400, "bad_request", "agent_id must be given once: 1-64 of A-Z a-z 0-9 _ -")
@@ -302,7 +318,7 @@ async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
 def build_app(signer: Signer) -> Starlette:
     """The Starlette app: signed URLs, heartbeats, the fleet view, metrics and ``/healthz``."""
     stats = metrics.Metrics(signer.config, signer.store)
-    board = fleet.Fleet(signer.config, signer.store, signer.authenticate)
+    board = fleet.Fleet(signer.config, signer.store, signer.admit)
     return Starlette(
         routes=[
             Route("/signed-url", stats.timed("signed_url", signer.signed_url, count=True), methods=["GET"]),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from kioskd.backend.resp import parse_endpoint
 from kioskd.config import load_as, parse_as
 
 __all__ = [
@@ -131,8 +132,11 @@ class BackendServerConfig:
             out.append(("unauthenticated_burst", "must be at least 1"))
         if not self.upstream_timeout > 0:
             out.append(("upstream_timeout", "must be positive"))
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            out.append(("redis_url", f"must be a redis://, rediss:// or unix:// URL, got {self.redis_url!r}"))
+        if self.redis_url:
+            try:
+                parse_endpoint(self.redis_url)
+            except ValueError as exc:
+                out.append(("redis_url", str(exc)))
         for key in ("operator_token_sha256", "metrics_token_sha256"):
             value = getattr(self, key)
             if value and not _SHA256_HEX.fullmatch(value):

@@ -174,7 +174,9 @@ async def official_run(seconds: float) -> dict[str, Any]:
 
 def candidates() -> dict[str, Callable[[], lab.Canceller]]:
     """Echo cancellers measured side by side offline (the first is kioskd's default)."""
-    return {"aec3": lambda: EchoCanceller(rate=RATE, enabled=True)}
+    from .cancellers import available
+
+    return {"kioskd": lambda: EchoCanceller(rate=RATE, enabled=True)} | available()
 
 
 async def run(quick: bool, with_official: bool = True) -> dict[str, Any]:
