@@ -37,6 +37,8 @@ APT_PACKAGES=(python3-venv python3-dev build-essential portaudio19-dev libasound
 APT_OPTIONAL=(python3-lgpio)
 PYTHON=${PYTHON:-python3}
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$SRC/scripts/platform.sh"
+kioskd_refuse_32bit install.sh
 
 PREFIX=""
 DO_APT=1
@@ -127,7 +129,8 @@ fi
 install -d -m 0755 "$OPT_DIR" "$ETC_DIR" "$UNIT_DIR"
 if [[ ! -x $VENV/bin/python ]]; then
     say "creating virtualenv $VENV"
-    # System site-packages: Raspberry Pi OS ships lgpio (gpiozero's pin factory) as python3-lgpio.
+    # System site-packages: Raspberry Pi OS ships lgpio (gpiozero's pin factory) as python3-lgpio
+    # (PyPI's aarch64 lgpio is a placeholder); kioskd_venv_gpio below says whether it works.
     "$PYTHON" -m venv --system-site-packages "$VENV"
 fi
 say "installing kioskd from $SRC into $VENV"
@@ -186,6 +189,7 @@ else
     systemctl try-restart kioskd.service
     say "enabled kioskd.service; start it with: systemctl start kioskd"
 fi
+kioskd_venv_gpio "$VENV" install.sh
 say "operators: sudo usermod -aG $SERVICE_USER USER lets USER run \`kioskd ctl\` (the socket is for root and group $SERVICE_USER)"
 say "next: edit $ETC_DIR/config.toml, then \`kioskd check-config --online --config $ETC_DIR/config.toml\`"
 say "done: $("$VENV/bin/kioskd" --version)"

@@ -78,9 +78,11 @@ async def test_commands_scripts_and_noscript_fallback(redis: RedisServer) -> Non
         third = await script(keys=["n"], args=["z"])  # Redis forgot it: in full again
         with pytest.raises(ReplyError, match="WRONGTYPE"):
             await client.call("LPUSH", "greeting", "x")
+        piped = await client.pipeline([("INCR", "n"), ("LPUSH", "greeting", "x"), ("GET", "greeting")])
         db0 = await RedisClient(parse_endpoint(redis.url), IO_TIMEOUT).call("EXISTS", "greeting")
         await client.aclose()
     assert (first, second, third) == ([b"n", b"x", 1], [b"n", b"y", 2], [b"n", b"z", 3])
+    assert piped[0] == 4 and isinstance(piped[1], ReplyError) and piped[2] == b"hi"  # errors in place, in order
     assert db0 == 0  # SELECT put the first client in database 1
 
 

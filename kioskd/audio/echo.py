@@ -40,7 +40,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AVAILABLE", "EchoCanceller", "MAX_FAR_BACKLOG_FRAMES"]
+__all__ = ["AVAILABLE", "MAX_FAR_BACKLOG_FRAMES", "EchoCanceller"]
 
 DEFAULT_RATE = 16000
 """Rate the canceller runs at (the internal microphone rate)."""
@@ -91,13 +91,15 @@ LEAK_MAX = 1.0
 """Largest residual-echo / echo-estimate ratio the suppressor assumes."""
 LEAK_FALL = 0.3
 """Per-frame rate at which a residual-echo ratio falls towards a lower observation."""
-LEAK_FALL_UNPLACED = 0.05
+LEAK_FALL_UNPLACED = 0.1
 """The same for the first :data:`MAX_DELAY_MS` of far speech while the delay is not known:
 an echo may still be on its way, so silence at the microphone proves little yet."""
 LEAK_RISE = 0.05
 """Per-frame rate at which it rises towards a higher one that still looks like echo."""
-ECHO_PRESENT = 1e3
-"""Smoothed power (per bin) above which an echo source is there to learn from."""
+ECHO_PRESENT = 1e5
+"""Power of a bin (this frame, ≈ −70 dBFS) above which an echo source is there to learn from;
+the smoothed spectra lag behind, so a far signal that just stopped teaches nothing. While the
+delay is unknown, only frames in which the agent is talking teach."""
 LEAK_ECHO_LIKE = 4.0
 """The error looks like echo (not the visitor) while it is below this × the expected residual."""
 OVER_SUPPRESSION = 2.0
@@ -132,7 +134,8 @@ def _learn(leak: np.ndarray, ratio: np.ndarray, present: np.ndarray, fall: np.nd
     down = present & (ratio < leak)
     up = present & ~down & (ratio < LEAK_ECHO_LIKE * leak)
     rate = down * fall + up * np.float32(LEAK_RISE)
-    return np.minimum(leak + rate * (ratio - leak), LEAK_MAX)
+    learnt: np.ndarray = np.minimum(leak + rate * (ratio - leak), LEAK_MAX)
+    return learnt
 
 
 def _sqrt_hann(n: int) -> np.ndarray:
@@ -181,6 +184,7 @@ class EchoCanceller:
         self._near_mean = np.zeros(len(self._band_edges) - 1)
         self._mismatch = np.full(self._lags, 0.5)
         self._far_seen = 0
+        self._far_now = False  # the newest far frame has signal in it
         self._near_seen = 0
         self._lag = 0  # the filter's first partition, in frames
         self._placed = False  # the delay estimator has placed the filter
@@ -193,12 +197,14 @@ class EchoCanceller:
         self._constrain = 0
         # suppressor
         self._ey = np.zeros((2, 2 * m), dtype=np.float32)  # the last two error and echo-estimate frames
-        self._ola = np.zeros(m, dtype=np.float32)
+        self._ola: np.ndarray = np.zeros(m, dtype=np.float32)
         self._eb = np.zeros(2 * m, dtype=np.float32)  # [zeros, error]: the gradient block
         self._spectra = np.zeros((4, k), dtype=np.float32)
         self._leaks = np.full((3, k), LEAK_MAX, dtype=np.float32)
         self._fall_known = np.full((3, 1), LEAK_FALL, dtype=np.float32)
-        self._fall_unknown = np.array([[LEAK_FALL], [LEAK_FALL_UNPLACED], [LEAK_FALL_UNPLACED]], dtype=np.float32)
+        # while the delay is unknown only the residual / far ratio falls slowly: the
+        # double-talk detector needs both it and the ERL to call a frame the visitor's
+        self._fall_unknown = np.array([[LEAK_FALL], [LEAK_FALL_UNPLACED], [LEAK_FALL]], dtype=np.float32)
         self._floor = 10 ** (SUPPRESS_FLOOR_DB / 20)
         self._silent = np.full(k, 10 ** (SINGLE_TALK_FLOOR_DB / 20), dtype=np.float32)
         self._hang = 0
@@ -246,7 +252,8 @@ class EchoCanceller:
             self._realign(-1)  # the late frame pairs with the next microphone frame
         self.frames += 1
         out = self._process(far.astype(np.float32), f.astype(np.float32))
-        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+        result: np.ndarray = np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+        return result
 
     def _trim_far(self) -> None:
         """Keep the far queue short: queued far frames whose echo already reached the
@@ -286,7 +293,7 @@ class EchoCanceller:
         cap = self._cap
         self._i = i = self._i - 1 if self._i > 0 else cap - 1
         power = spec.real**2 + spec.imag**2
-        active = bool(np.max(np.abs(x)) > ACTIVE_PEAK)
+        self._far_now = active = bool(np.max(np.abs(x)) > ACTIVE_PEAK)
         bits = self._bits[i]
         if active:
             bands = self._bands(power)
@@ -314,7 +321,7 @@ class EchoCanceller:
         m = self._mismatch
         m[active] += (1 - DELAY_SMOOTHING) * (mismatch[active] - m[active])
         best = int(np.argmin(m))
-        if m[best] > DELAY_CONFIDENT or self._lag <= best - PRE_PARTITIONS + 1 <= self._lag + 2 and self._placed:
+        if m[best] > DELAY_CONFIDENT or (self._placed and self._lag <= best - PRE_PARTITIONS + 1 <= self._lag + 2):
             self._held = 0
             return
         if best != self._candidate:
@@ -393,7 +400,7 @@ class EchoCanceller:
         see, syy, sxx, sdd = spectra
         known = self._placed or self._far_seen > self._lags
         self._leaks = _learn(self._leaks, np.stack([see / (syy + 1e-3), see / (sxx + 1e-3), sdd / (sxx + 1e-3)]),
-                             np.stack([syy, sxx, sxx]) > ECHO_PRESENT,
+                             (np.stack([yw2, xw2, xw2]) > ECHO_PRESENT) & (self._placed or self._far_now),
                              self._fall_known if known else self._fall_unknown)
         leak_y, leak_x, erl = self._leaks
         # the echo estimate is trusted only once the delay estimator has found an echo
@@ -405,10 +412,7 @@ class EchoCanceller:
         mine = (ser > NEAR_SER) & (d2 > NEAR_SER * erl * xw2)
         near = float(np.dot(ew2, mine)) > NEAR_SHARE * float(np.sum(ew2)) + 1e-3
         self._hang = NEAR_HANGOVER_FRAMES if near else max(0, self._hang - 1)
-        if self._hang:
-            gain = np.clip((ser - 1.0) / (ser + 1e-9), self._floor, 1.0)
-        else:
-            gain = self._silent
+        gain = np.clip((ser - 1.0) / (ser + 1e-9), self._floor, 1.0) if self._hang else self._silent
         block = np.fft.irfft(gain * ew) * self._window
         out = self._ola + block[:m]
         self._ola = block[m:]

@@ -29,7 +29,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from kioskd.backend.server_config import BackendServerConfig, KioskEntry
 from kioskd.backend.store import Heartbeat, KioskRecord, Store
 
-__all__ = ["Fleet", "FleetKiosk", "MAX_HEARTBEAT_BYTES", "fleet_view"]
+__all__ = ["MAX_HEARTBEAT_BYTES", "Fleet", "FleetKiosk", "fleet_view"]
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,8 @@ body{font-family:system-ui,sans-serif;margin:0;padding:1rem;background:#f6f6f6;c
 h1{font-size:1.4rem;margin:0 0 .5rem}
 .summary{margin:0 0 1rem}
 ul{list-style:none;padding:0;margin:0}
-li{background:#fff;border-left:.5rem solid #2a7;border-radius:.3rem;padding:.6rem .8rem;margin:0 0 .6rem;overflow-wrap:anywhere}
+li{background:#fff;border-left:.5rem solid #2a7;border-radius:.3rem;padding:.6rem .8rem;margin:0 0 .6rem;
+  overflow-wrap:anywhere}
 li.problem{border-left-color:#c22}
 li.offline{background:#fde}
 .id{font-weight:bold;font-size:1.1rem}

@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 PREFIX = "kioskd:"
 #: Seconds to connect to Redis or wait for one answer before failing closed.
 REDIS_TIMEOUT = 1.0
-#: Heartbeats are read back in batches of this many keys.
-MGET_BATCH = 500
+#: Heartbeats and registry entries are read back this many per round trip.
+BATCH = 500
 
 T = TypeVar("T")
 
@@ -180,8 +180,8 @@ class RedisStore:
         flat = _strings(await self._command("fleet", "ZRANGE", f"{PREFIX}seen", 0, -1, "WITHSCORES"))
         pairs = [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
         out: list[Heartbeat] = []
-        for start in range(0, len(pairs), MGET_BATCH):
-            batch = pairs[start : start + MGET_BATCH]
+        for start in range(0, len(pairs), BATCH):
+            batch = pairs[start : start + BATCH]
             bodies = await self._command("fleet", "MGET", *[f"{PREFIX}hb:{kiosk_id}" for kiosk_id, _ in batch])
             assert isinstance(bodies, list)
             for (kiosk_id, last_seen), body in zip(batch, bodies, strict=True):
@@ -192,13 +192,19 @@ class RedisStore:
     async def kiosks(self) -> list[KioskRecord]:
         """The TOML list, then the registry, with revocations from Redis."""
         revoked = set(_strings(await self._command("registry", "SMEMBERS", f"{PREFIX}revoked")))
-        ids = _strings(await self._command("registry", "SMEMBERS", f"{PREFIX}kiosks"))
+        ids = sorted(_strings(await self._command("registry", "SMEMBERS", f"{PREFIX}kiosks")))
         out = [KioskRecord(e, "toml", e.id in revoked) for e in self._config.kiosk]
-        for kiosk_id in sorted(ids):
-            flat = _strings(await self._command("registry", "HGETALL", f"{PREFIX}kiosk:{kiosk_id}"))
-            fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            entry = KioskEntry(id=kiosk_id, token_sha256=fields.get("token_sha256", ""), agents=_agents(fields.get("agents", "")))
-            out.append(KioskRecord(entry, "registry", kiosk_id in revoked))
+        for start in range(0, len(ids), BATCH):
+            batch = ids[start : start + BATCH]
+            commands = [("HMGET", f"{PREFIX}kiosk:{kiosk_id}", "token_sha256", "agents") for kiosk_id in batch]
+
+            async def fields(commands: list[tuple[str, str, str, str]] = commands) -> list[list[str]]:
+                replies = await self._client.pipeline(commands)
+                return [[_text(v) if v is not None else "" for v in _array(r)] for r in replies]
+
+            for kiosk_id, (sha, agents) in zip(batch, await self._call("registry", fields), strict=True):
+                entry = KioskEntry(id=kiosk_id, token_sha256=sha, agents=_agents(agents))
+                out.append(KioskRecord(entry, "registry", kiosk_id in revoked))
         return out
 
     async def add_kiosk(self, entry: KioskEntry) -> None:
@@ -229,11 +235,18 @@ def _text(reply: Reply) -> str:
     raise ValueError(f"unexpected redis reply {type(reply).__name__}")
 
 
-def _strings(reply: Reply) -> list[str]:
-    """An array reply as text."""
+def _array(reply: Reply) -> list[Reply]:
+    """An array reply (an error reply inside a pipeline is raised here)."""
+    if isinstance(reply, ReplyError):
+        raise reply
     if not isinstance(reply, list):
         raise ValueError(f"unexpected redis reply {type(reply).__name__}")
-    return [_text(item) for item in reply]
+    return reply
+
+
+def _strings(reply: Reply) -> list[str]:
+    """An array reply as text."""
+    return [_text(item) for item in _array(reply)]
 
 
 def _agents(text: str) -> list[str]:

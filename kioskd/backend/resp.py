@@ -141,6 +141,10 @@ class _Connection:
         await self.stream.send_all(encode_command(words))
         return await self.reader.reply()
 
+    async def pipeline(self, commands: Sequence[Sequence[Word]]) -> list[Reply]:
+        await self.stream.send_all(b"".join(encode_command(words) for words in commands))
+        return [await self.reader.reply() for _ in commands]
+
 
 class RedisClient:
     """A pool of RESP connections to one Redis; connects lazily, reconnects on the next call."""
@@ -172,19 +176,27 @@ class RedisClient:
 
     async def call(self, *words: Word) -> Reply:
         """One command; raises ReplyError for an error reply, OSError/ConnectionError/trio.TooSlowError otherwise."""
+        (reply,) = await self._exchange([words])
+        return _check(reply)
+
+    async def pipeline(self, commands: Sequence[Sequence[Word]]) -> list[Reply]:
+        """Several commands in one round trip; error replies are returned in place, not raised."""
+        return await self._exchange(commands) if commands else []
+
+    async def _exchange(self, commands: Sequence[Sequence[Word]]) -> list[Reply]:
         async with self._limit:
             with trio.fail_after(self._timeout):
                 conn = self._idle.pop() if self._idle else await self._connect()
                 ok = False
                 try:
-                    reply = await conn.call(words)
+                    replies = await conn.pipeline(commands)
                     ok = True
                 finally:
                     if ok and len(self._idle) < MAX_IDLE:
                         self._idle.append(conn)
                     else:
                         await trio.aclose_forcefully(conn.stream)
-        return _check(reply)
+        return replies
 
     async def aclose(self) -> None:
         """Close every idle connection."""

@@ -57,7 +57,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from kioskd.backend import fleet, metrics
-from kioskd.ops import logs
 from kioskd.backend.server_config import (
     MAX_THROTTLED_ADDRESSES,
     AddressThrottle,
@@ -70,6 +69,7 @@ from kioskd.backend.server_config import (
 )
 from kioskd.backend.store import Store, StoreUnavailable, open_store
 from kioskd.config import ConfigError
+from kioskd.ops import logs
 
 __all__ = ["API_KEY_ENV", "build_app", "hash_token", "main", "serve", "signed_url_problem", "upstream_retry_after"]
 
@@ -312,7 +312,8 @@ async def _healthz(request: Request) -> JSONResponse:
 
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.error("store unavailable path=%s error=%r", request.url.path, str(exc))
-    return _error(503, "unavailable", "the backend's shared state is unreachable", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)})
+    headers = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
+    return _error(503, "unavailable", "the backend's shared state is unreachable", headers)
 
 
 def build_app(signer: Signer) -> Starlette:
@@ -374,7 +375,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", default="/etc/kioskd/backend.toml", help="backend.toml (default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=sorted(logs.LEVELS), help="default: %(default)s")
-    parser.add_argument("--listen", help="HOST:PORT instead of the config's listen (one per replica, e.g. kioskd-backend@8701)")
+    parser.add_argument(
+        "--listen", help="HOST:PORT instead of the config's listen (one per replica, e.g. kioskd-backend@8701)"
+    )
     return parser
 
 
@@ -430,7 +433,8 @@ def main(argv: list[str]) -> int:
 
     store = describe_url(config.redis_url) if config.redis_url else "in-process"
     log.info(
-        "backend starting listen=%s kiosks=%d api_base=%s store=%s", config.listen, len(config.kiosk), config.api_base, store
+        "backend starting listen=%s kiosks=%d api_base=%s store=%s",
+        config.listen, len(config.kiosk), config.api_base, store,
     )
     trio.run(lambda: serve(config, api_key, shutdown_trigger=_until_signal))
     return 0

@@ -14,6 +14,7 @@ throughput, not 429s.
 - heartbeats: 10,000 kiosks at a 30 s interval (333/s), open loop (latency counted
   from when each was due, so a stall is not hidden), alone and while signed URLs flow
   on two replicas at half their closed-loop maximum (also open loop);
+- ``/healthz`` on one replica: the HTTP stack's own floor (no auth, no Redis, no upstream);
 - the replicas' CPU per answered request: on a machine shared with other work the
   rates follow the CPU the replicas get, the CPU cost per request much less so.
 """
@@ -58,6 +59,10 @@ STATUS = {
               "underruns": 0, "dropped_frames": 0},
     "last_end": "visitor ended",
 }
+
+
+OPERATOR = "bench-operator-token-0123456789abcdefghijklmnop"
+SCRAPES = 3
 
 
 def _token(i: int) -> str:
@@ -184,7 +189,7 @@ async def _register(redis_url: str, config_path: Path) -> None:
                 nursery.start_soon(worker)
 
 
-async def _signed_url_load(ports: list[int], seconds: float, first_kiosk: int) -> dict[str, Any]:
+async def _signed_url_load(ports: list[int], seconds: float, first_kiosk: int, path: str = f"/signed-url?agent_id={AGENT}") -> dict[str, Any]:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     counter = iter(range(first_kiosk, 10**9))
@@ -196,7 +201,7 @@ async def _signed_url_load(ports: list[int], seconds: float, first_kiosk: int) -
             while trio.current_time() < deadline:
                 i = next(counter) % KIOSKS
                 started = time.perf_counter()
-                status = await conn.request("GET", f"/signed-url?agent_id={AGENT}", _token(i))
+                status = await conn.request("GET", path, _token(i))
                 latencies.append(time.perf_counter() - started)
                 statuses[status] = statuses.get(status, 0) + 1
         finally:
@@ -248,6 +253,24 @@ async def _open_loop(ports: list[int], rate: float, seconds: float, heartbeat: b
             "statuses": statuses, **({"kiosks": KIOSKS, "bytes": len(body)} if heartbeat else {})}
 
 
+async def _fleet_views(port: int) -> dict[str, Any]:
+    """Seconds for ``/fleet.json`` and ``/metrics`` with every kiosk registered and heard from."""
+    conn = await Connection.open(port)
+    out: dict[str, Any] = {}
+    try:
+        for path in ("/fleet.json", "/metrics"):
+            times = []
+            for _ in range(SCRAPES):
+                started = time.perf_counter()
+                status = await conn.request("GET", path, OPERATOR)
+                times.append(time.perf_counter() - started)
+                assert status == 200, (path, status)
+            out[path] = summary(times, scale=1000.0)
+    finally:
+        await conn.aclose()
+    return out
+
+
 def _cpu_seconds(procs: list[trio.Process]) -> float:
     """User + system CPU seconds of these processes so far (Linux /proc)."""
     total = 0
@@ -281,6 +304,7 @@ async def run(quick: bool) -> dict[str, Any]:
     config.write_text(
         f'listen = "127.0.0.1:0"\napi_base = "http://127.0.0.1:{stub_port}"\nredis_url = "{redis.url}"\n'
         f"rate_per_minute = 1000000\nburst = 1000000\nheartbeat_interval = {HEARTBEAT_INTERVAL}\n"
+        f'operator_token_sha256 = "{hashlib.sha256(OPERATOR.encode()).hexdigest()}"\n'
     )
     env = {**os.environ, "ELEVENLABS_API_KEY": "sk_bench_not_a_real_key", "PYTHONUNBUFFERED": "1"}
     procs: list[trio.Process] = []
@@ -305,6 +329,7 @@ async def run(quick: bool) -> dict[str, Any]:
             await _wait_port(port, proc)
         replicas = procs[1:]
         await _signed_url_load(ports, 1.0, 0)  # warm-up: connections, Lua scripts loaded
+        out["healthz_one_replica"] = await _measured(replicas[:1], _signed_url_load(ports[:1], seconds / 2, 0, "/healthz"))
         out["one_replica"] = await _measured(replicas[:1], _signed_url_load(ports[:1], seconds, 1000))
         out["two_replicas"] = await _measured(replicas, _signed_url_load(ports, seconds, 4000))
         out["heartbeats_alone"] = await _measured(replicas, _open_loop(ports, HEARTBEAT_RATE, seconds, True, 0))
@@ -318,6 +343,7 @@ async def run(quick: bool) -> dict[str, Any]:
             nursery.start_soon(signed)
             mixed["heartbeats"] = await _open_loop(ports, HEARTBEAT_RATE, seconds, True, 0)
         out["two_replicas_with_heartbeats"] = mixed
+        out["fleet_views"] = await _fleet_views(ports[0])
         one, two = out["one_replica"]["per_s"], out["two_replicas"]["per_s"]
         out["scaling"] = two / one if one else None
         out["loadavg_after"] = os.getloadavg()
