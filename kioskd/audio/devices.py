@@ -51,6 +51,7 @@ __all__ = [
     "PlaybackThread",
     "PyAudioStream",
     "Stream",
+    "default_devices",
     "list_devices",
     "open_stream",
     "quiet_alsa",
@@ -203,6 +204,27 @@ def list_devices() -> list[DeviceInfo]:
             return [_info(pa.get_device_info_by_index(i)) for i in range(pa.get_device_count())]
         finally:
             pa.terminate()
+
+
+def default_devices() -> dict[Direction, str | None]:
+    """The device PortAudio opens for ``default`` in each direction (None: there is none)."""
+    pyaudio = _pyaudio()
+    out: dict[Direction, str | None] = {}
+    with _PA_LOCK:
+        pa = pyaudio.PyAudio()
+        try:
+            lookups: tuple[tuple[Direction, Callable[[], dict[str, Any]]], ...] = (
+                ("input", pa.get_default_input_device_info),
+                ("output", pa.get_default_output_device_info),
+            )
+            for direction, get in lookups:
+                try:
+                    out[direction] = str(get()["name"])
+                except OSError:
+                    out[direction] = None
+        finally:
+            pa.terminate()
+    return out
 
 
 def _info(d: dict[str, Any]) -> DeviceInfo:
