@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from kioskd.config import ButtonConfig, ButtonMode
+from kioskd.hardware.config import ButtonConfig, ButtonMode
 from kioskd.hardware.gpio import GpioUnavailable, open_device
 from kioskd.hardware.handoff import ToTrio
 from kioskd.state import Command
