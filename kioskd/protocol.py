@@ -11,7 +11,7 @@ and skip it (the service adds types over time).
 
 from __future__ import annotations
 
-from typing import Any, Final, Union
+from typing import Any, Final
 
 import msgspec
 
@@ -168,23 +168,23 @@ class UnknownEvent(msgspec.Struct, frozen=True):
     raw: dict[str, Any]
 
 
-ServerEvent = Union[
-    ConversationInitiationMetadata,
-    UserTranscript,
-    AgentResponse,
-    AgentResponseCorrection,
-    AudioEvent,
-    Interruption,
-    Ping,
-    ClientToolCall,
-    ContextualUpdate,
-    VadScore,
-    InternalTentativeAgentResponse,
-    ErrorEvent,
-]
+ServerEvent = (
+    ConversationInitiationMetadata
+    | UserTranscript
+    | AgentResponse
+    | AgentResponseCorrection
+    | AudioEvent
+    | Interruption
+    | Ping
+    | ClientToolCall
+    | ContextualUpdate
+    | VadScore
+    | InternalTentativeAgentResponse
+    | ErrorEvent
+)
 
 SERVER_EVENT_TYPES: Final[frozenset[str]] = frozenset(
-    cls.__struct_config__.tag for cls in ServerEvent.__args__  # type: ignore[attr-defined]
+    cls.__struct_config__.tag for cls in ServerEvent.__args__
 )
 
 # --------------------------------------------------------------------------- client → server
@@ -224,7 +224,7 @@ class CustomLlmExtraBody(msgspec.Struct, omit_defaults=True):
     max_tokens: int | None = None
 
 
-DynamicValue = Union[str, bool, int, float]
+DynamicValue = str | bool | int | float
 
 
 class ConversationInitiationClientData(_Msg, tag="conversation_initiation_client_data"):
@@ -247,24 +247,24 @@ class UserActivity(_Msg, tag="user_activity"):
     pass
 
 
-ClientMessage = Union[
-    UserAudioChunk,
-    Pong,
-    ConversationInitiationClientData,
-    ClientToolResult,
-    ContextualUpdate,
-    UserMessage,
-    UserActivity,
-]
+ClientMessage = (
+    UserAudioChunk
+    | Pong
+    | ConversationInitiationClientData
+    | ClientToolResult
+    | ContextualUpdate
+    | UserMessage
+    | UserActivity
+)
 
-_TaggedClientMessage = Union[
-    Pong,
-    ConversationInitiationClientData,
-    ClientToolResult,
-    ContextualUpdate,
-    UserMessage,
-    UserActivity,
-]
+_TaggedClientMessage = (
+    Pong
+    | ConversationInitiationClientData
+    | ClientToolResult
+    | ContextualUpdate
+    | UserMessage
+    | UserActivity
+)
 
 # --------------------------------------------------------------------------- codec
 

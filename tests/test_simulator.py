@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -19,6 +20,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from kioskd import protocol as p
+from kioskd.simulator.settings import DEFAULT_KIOSK_TOKEN
 from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
 from kioskd.audio.formats import AudioFormat, decode, encode
 from kioskd.simulator.faults import BackendFaults
@@ -588,7 +590,20 @@ async def test_cli_description_names_the_urls_and_kiosk_config(sim: Simulator) -
     text = describe(sim)
     assert f'server = "{sim.ws_base}"' in text
     assert f'url = "{sim.backend_url}"' in text
-    assert sim.config.kiosk_token not in text
+    if sim.config.kiosk_token == DEFAULT_KIOSK_TOKEN:  # the demo token is named: it is the one to use
+        assert f"kiosk token:        {DEFAULT_KIOSK_TOKEN}   (the demo default and the only one accepted" in text
+
+
+def test_cli_description_never_echoes_a_chosen_token() -> None:
+    from types import SimpleNamespace
+
+    from kioskd.simulator.cli import describe
+
+    sim = SimpleNamespace(config=SimulatorConfig(kiosk_token="my-own-secret"), ws_base="ws://h:1", backend_url="http://h:2/s",
+                          api_base="http://h:2")
+    text = describe(sim)  # type: ignore[arg-type]
+    assert "my-own-secret" not in text
+    assert "kiosk token:        the one in $KIOSKD_SIM_KIOSK_TOKEN or --kiosk-token-file (the only one accepted)" in text
 
 
 def test_cli_rejects_unknown_format_and_reports_a_busy_port(capsys: pytest.CaptureFixture[str]) -> None:
@@ -625,3 +640,64 @@ async def test_default_silence_timeout_in_virtual_time(mock_clock: trio.testing.
             conv = sim.conversations[0]
             assert conv.close_code == 1002
             assert "ping" in conv.sent_types  # the 30 s ping went out on the way
+
+
+def test_cli_secrets_come_from_env_or_files_never_argv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Arguments are visible to every local user in ps; the simulator's secrets are not arguments."""
+    from kioskd.simulator.cli import API_KEY_ENV, KIOSK_TOKEN_ENV, build_parser, config_from_args
+
+    for flag in ("--kiosk-token", "--api-key"):
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args([flag, "Zq9-secret"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "ps" in err and "Zq9-secret" not in err
+    monkeypatch.delenv(KIOSK_TOKEN_ENV, raising=False)
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    defaults = config_from_args(build_parser().parse_args([]))
+    assert defaults.kiosk_token == SimulatorConfig().kiosk_token
+    monkeypatch.setenv(KIOSK_TOKEN_ENV, "token-from-env")
+    key_file = tmp_path / "key"
+    key_file.write_text("key-from-file\n")
+    config = config_from_args(build_parser().parse_args(["--api-key-file", str(key_file)]))
+    assert (config.kiosk_token, config.api_key) == ("token-from-env", "key-from-file")
+    with pytest.raises(SystemExit):
+        config_from_args(build_parser().parse_args(["--kiosk-token-file", str(tmp_path / "missing")]))
+    assert "cannot read" in capsys.readouterr().err
+
+
+async def test_a_ping_while_the_agent_is_closing_does_not_crash_it(sim: Simulator) -> None:
+    """trio-websocket answered a ping after its own Close frame: wsproto's LocalProtocolError
+    (trio-websocket issue #184) took the whole agent server down. A raw wsproto client pings
+    right after the agent's Close (here: a refused token) and only then answers it."""
+    from urllib.parse import urlsplit
+
+    import wsproto
+    from wsproto.events import AcceptConnection, CloseConnection, Request
+
+    url = urlsplit(sim.ws_base)
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream(url.hostname or "127.0.0.1", url.port or 0)
+        client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        target = f"/v1/convai/conversation?agent_id={sim.config.agent_id}&token=not-a-token"
+        await stream.send_all(client.send(Request(host=url.netloc, target=target)))
+        closing = None
+        while closing is None:
+            client.receive_data(await stream.receive_some(65536))
+            for event in client.events():
+                if isinstance(event, CloseConnection):
+                    closing = event
+                else:
+                    assert isinstance(event, AcceptConnection)
+        assert closing.code == 1008
+        # the agent is in LOCAL_CLOSING now; a masked ping frame, by hand (wsproto would refuse to send it)
+        await stream.send_all(b"\x89\x84\x00\x00\x00\x00late")
+        await trio.sleep(0.2)
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(client.send(closing.response()))
+        await stream.aclose()
+        # the agent still serves
+        async with open_websocket_url(sim.signed_url()) as ws:
+            assert isinstance(await Client(ws).next(), p.ConversationInitiationMetadata)

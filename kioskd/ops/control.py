@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 import trio
 
+from kioskd.ops.logs import redact
 from kioskd.state import Command
 
 __all__ = [
@@ -106,7 +107,7 @@ def socket_owner(path: str | os.PathLike[str]) -> int | None:
         except (BlockingIOError, PermissionError):
             return 0  # listening with a full backlog, or not ours to open: alive either way
         pid, _uid, _gid = _UCRED.unpack(probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-        return pid
+        return int(pid)
 
 
 def check_socket_free(path: str) -> None:
@@ -292,7 +293,8 @@ class ControlServer:
 
     @staticmethod
     async def _reply(stream: trio.SocketStream, reply: dict[str, Any]) -> None:
-        await stream.send_all(json.dumps(reply, default=str).encode() + b"\n")
+        # redacted like a log line: a secret that reached the status never leaves the socket
+        await stream.send_all(redact(json.dumps(reply, default=str)).encode() + b"\n")
 
     def _handler_for(self, line: bytes) -> tuple[Handler, Request] | None:
         try:
@@ -343,7 +345,8 @@ def request(path: str, cmd: str, timeout: float = 5.0, **fields: Any) -> dict[st
             if not chunk:
                 break
             data += chunk
-    return json.loads(data)
+    reply: dict[str, Any] = json.loads(data)
+    return reply
 
 
 def watch(path: str) -> Iterator[dict[str, Any]]:
@@ -405,7 +408,9 @@ def main(argv: list[str]) -> int:
 
     commands = "\n".join(f"  {name:<8} {help_}" for name, help_ in CTL_COMMANDS.items())
     parser = argparse.ArgumentParser(
-        prog="kioskd ctl", description="Control a running kioskd.", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="kioskd ctl",
+        description="Control a running kioskd.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"commands:\n{commands}\n\nThe socket is writable by root and the kioskd group "
                "(sudo usermod -aG kioskd $USER, then log in again).",
     )

@@ -21,9 +21,12 @@ from dataclasses import dataclass
 import trio
 import trio_websocket
 
-__all__ = ["CONGESTED_BYTES", "SEND_BUFFER", "Link", "describe_exc", "congested", "open_link"]
+from kioskd import websocket_fix
+
+__all__ = ["CONGESTED_BYTES", "SEND_BUFFER", "Link", "congested", "describe_exc", "open_link"]
 
 log = logging.getLogger(__name__)
+websocket_fix.install()  # no pong after our own Close (trio-websocket #184)
 
 #: Messages trio-websocket may queue before its reader stops (it then stops answering pings).
 MESSAGE_QUEUE = 256

@@ -25,6 +25,7 @@ import webrtcvad
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from kioskd import protocol as p
+from kioskd import websocket_fix
 from kioskd.audio.formats import AudioFormat, decode, encode
 from kioskd.simulator.faults import MALFORMED_KINDS, AgentFaults, MalformedKind
 from kioskd.simulator.records import ChangeSignal, Conversation, PongRecord, TurnRecord
@@ -33,9 +34,10 @@ from kioskd.simulator.speech import synth_speech
 from kioskd.simulator.tokens import TokenStore
 from kioskd.simulator.turns import FRAME_MS, FrameSplitter, TurnDetector, VadScoreWindow
 
-__all__ = ["AgentServer", "CONVERSATION_PATH"]
+__all__ = ["CONVERSATION_PATH", "AgentServer"]
 
 log = logging.getLogger(__name__)
+websocket_fix.install()  # no pong after our own Close (trio-websocket #184)
 
 CONVERSATION_PATH: Final = "/v1/convai/conversation"
 VAD_RATE: Final = 16000
@@ -374,7 +376,7 @@ class _Session:
             sent = self._ping_sent.pop(message.event_id, None)
             rtt = None if sent is None else now - sent
             if rtt is not None:
-                self._last_rtt_ms = int(round(rtt * 1000))
+                self._last_rtt_ms = round(rtt * 1000)
             rec.pongs.append(PongRecord(message.event_id, now, rtt))
         elif isinstance(message, p.ConversationInitiationClientData):
             rec.client_data = message
@@ -474,7 +476,9 @@ class _Session:
                 self.record.tool_calls.append(call_id)
                 self._send(
                     p.ClientToolCall(
-                        client_tool_call=p.ClientToolCallBody(tool_name=name, tool_call_id=call_id, parameters=dict(params))
+                        client_tool_call=p.ClientToolCallBody(
+                            tool_name=name, tool_call_id=call_id, parameters=dict(params)
+                        )
                     )
                 )
 
@@ -537,5 +541,5 @@ def _malformed(kind: str, event_id: int) -> str:
     if kind == "type":
         return '{"type":"audio","audio_event":{"audio_base_64":"AAAA","event_id":"seven"}}'
     if kind == "base64":
-        return '{"type":"audio","audio_event":{"audio_base_64":"%%not*base64%%","event_id":%d}}' % event_id
-    return '{"type":"sim_unknown_event","sim_unknown_event":{"event_id":%d}}' % event_id
+        return '{"type":"audio","audio_event":{"audio_base_64":"%not*base64%","event_id":' + f"{event_id}}}}}"
+    return '{"type":"sim_unknown_event","sim_unknown_event":{"event_id":' + f"{event_id}}}}}"
