@@ -178,13 +178,15 @@ async def test_a_whole_visit_on_the_page(browser: Any) -> None:  # noqa: F811
                 while len(recorder.calls) < 4:
                     await trio.sleep(0.02)
             assert recorder.calls[2:] == [("say", "Is there a lift?"), ("feedback", "like")]
+            await in_browser(wait_for, browser, f"{CAPTIONS}.at(-1)", "visitor|Is there a lift?")
             await in_browser(wait_for, browser, "return document.getElementById('notice').textContent",
                              "Thank you for your feedback.")
             assert await in_browser(browser.execute_script, "return document.getElementById('say-text').value") == ""
 
             # a reload mid-conversation shows the conversation so far
             await in_browser(browser.refresh)
-            await in_browser(wait_for, browser, CAPTIONS, ["visitor|Where is the café?", f"agent|{reply}"])
+            await in_browser(wait_for, browser, CAPTIONS,
+                             ["visitor|Where is the café?", f"agent|{reply}", "visitor|Is there a lift?"])
 
             # a refused action is said on the page
             recorder.refuse = "the kiosk is offline"

@@ -210,7 +210,10 @@ class ScreenServer:
                 return "text must be a non-empty string"
             if len(text) > MAX_TEXT:
                 return f"text is longer than {MAX_TEXT} characters"
-            return await self.actions.say(text.strip())
+            error = await self.actions.say(text.strip())
+            if error is None and self.model.on_visitor(text, final=True):
+                self.changed()  # typed words are the visitor's too (no transcript comes back)
+            return error
         if action == "feedback":
             rating = data.get("rating")
             if rating not in ("like", "dislike"):
