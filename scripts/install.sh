@@ -18,6 +18,8 @@ Installs kioskd from this repository:
   - /etc/systemd/system/kioskd.service, then daemon-reload, enable, and restart if running
   - /etc/systemd/system/kioskd-backend.service and kioskd-backend@.service (the signing
     backend, for the machine that runs it: installed, not enabled)
+  - /etc/systemd/system/kioskd-screen.service and user kioskd-screen (Chromium in kiosk mode on
+    the [screen] page: installed, not enabled)
 
 options:
   --prefix DIR  install under DIR (DIR/opt/kioskd, DIR/etc/…) without touching the system:
@@ -118,6 +120,11 @@ else
             skip "group $group (does not exist here)"
         fi
     done
+    # The screen's browser (kioskd-screen.service) runs as its own user, without the kiosk's secrets.
+    if ! getent passwd kioskd-screen >/dev/null; then
+        useradd --system --user-group --home-dir /var/lib/kioskd-screen --no-create-home \
+            --shell /usr/sbin/nologin kioskd-screen
+    fi
     # The control socket is for root and the kioskd group (mode 0660): let the operator in.
     if [[ -n ${SUDO_USER:-} && $SUDO_USER != root ]]; then
         usermod -a -G "$SERVICE_USER" "$SUDO_USER"
@@ -177,10 +184,11 @@ fi
 # ------------------------------------------------------------------ systemd
 install -m 0644 "$SRC/systemd/kioskd.service" "$UNIT_DIR/kioskd.service"
 say "installed $UNIT_DIR/kioskd.service"
-for unit in kioskd-backend.service kioskd-backend@.service; do
+for unit in kioskd-backend.service kioskd-backend@.service kioskd-screen.service; do
     install -m 0644 "$SRC/systemd/$unit" "$UNIT_DIR/$unit"
 done
 say "installed $UNIT_DIR/kioskd-backend.service (not enabled; for the signing backend's machine: systemctl enable --now kioskd-backend)"
+say "installed $UNIT_DIR/kioskd-screen.service (not enabled; with a screen: set [screen] listen, apt install cage chromium, systemctl enable --now kioskd-screen)"
 if [[ -n $PREFIX ]]; then
     skip "systemctl daemon-reload / enable / try-restart (--prefix)"
 else
