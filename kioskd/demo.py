@@ -64,8 +64,8 @@ class _Printer:
             case AgentResponse(agent_response_event=body):
                 self.say(f"agent:   {body.agent_response}")
                 self.exchanges += 1
-            case Ping(ping_event=body) if body.ping_ms is not None:
-                self.say(f"ping answered (round trip {body.ping_ms} ms)")
+            case Ping(ping_event=body) if body.rtt_ms() is not None:
+                self.say(f"ping answered (round trip {body.rtt_ms():g} ms)")
 
 
 async def _demo(out_dir: Path, speech: Path, fmt: str) -> int:

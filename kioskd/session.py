@@ -138,7 +138,7 @@ class SessionStats:
     """Counters for ``kioskd ctl status`` and the benchmarks."""
 
     pings: int = 0
-    last_ping_ms: int | None = None
+    last_ping_ms: float | None = None
     audio_events: int = 0
     chunks_sent: int = 0
     interruptions: int = 0
@@ -398,7 +398,7 @@ class Session:
             case Ping(ping_event=body):
                 await ws.send_message(encode(Pong(event_id=body.event_id)))
                 self.stats.pings += 1
-                self.stats.last_ping_ms = body.ping_ms
+                self.stats.last_ping_ms = body.rtt_ms()
             case VadScore(vad_score_event=body):
                 self._board.update(vad_score=body.vad_score)
                 if body.vad_score >= VAD_ACTIVITY:
