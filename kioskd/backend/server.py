@@ -50,7 +50,9 @@ __all__ = ["API_KEY_ENV", "build_app", "hash_token", "main", "serve"]
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "ELEVENLABS_API_KEY"
-SIGNED_URL_PATH = "/v1/convai/conversation/get_signed_url"
+#: The signed-URL endpoint as the current API (and the Python SDK) spells it, then the seed's
+#: older spelling, asked only when the first answers 404 (NOTES: "get-signed-url").
+SIGNED_URL_PATHS = ("/v1/convai/conversation/get-signed-url", "/v1/convai/conversation/get_signed_url")
 TOKEN_BYTES = 32
 EXIT_USAGE = 2
 #: Upstream replies larger than this are not JSON we want.
@@ -112,10 +114,13 @@ class Signer:
 
     async def fetch(self, agent_id: str) -> str:
         """A signed URL from the ElevenLabs API, within ``upstream_timeout``. Raises UpstreamError."""
-        url = self.config.api_base.rstrip("/") + SIGNED_URL_PATH
         try:
             with trio.fail_after(self.config.upstream_timeout):
-                response = await self._client.get(url, params={"agent_id": agent_id}, headers={"xi-api-key": self._api_key})
+                for path in SIGNED_URL_PATHS:
+                    url = self.config.api_base.rstrip("/") + path
+                    response = await self._client.get(url, params={"agent_id": agent_id}, headers={"xi-api-key": self._api_key})
+                    if response.status_code != 404:
+                        break
         except trio.TooSlowError:
             raise UpstreamError(f"no answer within {self.config.upstream_timeout:g} s") from None
         except httpx.TimeoutException:
