@@ -9,6 +9,7 @@ import sys
 import trio
 
 from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
+from kioskd.simulator.settings import LEGACY
 from kioskd.audio.formats import PCM_RATES, ULAW_RATES
 
 __all__ = ["build_parser", "describe", "main"]
@@ -33,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reply-seconds", type=float, default=defaults.reply_seconds)
     parser.add_argument("--silence-timeout", type=float, default=defaults.silence_timeout)
     parser.add_argument("--no-tool-call", action="store_true", help="do not send the scripted client_tool_call")
+    parser.add_argument("--first-message", default=defaults.first_message,
+                        help='the agent\'s greeting ("" = it waits for the visitor; default %(default)r)')
+    parser.add_argument("--legacy", action="store_true",
+                        help="the pre-issue-12 behaviour: every event type, an id per audio chunk, no greeting")
     return parser
 
 
@@ -70,6 +75,7 @@ def main(argv: list[str]) -> int:
     """Run until Ctrl-C; exit 2 on bad arguments or a port in use."""
     args = build_parser().parse_args(argv)
     config = SimulatorConfig(
+        **(LEGACY if args.legacy else {"first_message": args.first_message}),
         host=args.host,
         port=args.port,
         backend_port=args.backend_port,
