@@ -14,14 +14,14 @@ __all__ = ["COMMANDS", "main"]
 
 #: name → (module:function, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("kioskd.daemon:main", "run the kiosk daemon (what systemd starts)"),
-    "demo": ("kioskd.demo:main", "run simulator and daemon on loopback: one whole conversation, no hardware"),
-    "check-config": ("kioskd.check_config:main", "validate a config.toml; exit 2 naming each bad key"),
-    "ctl": ("kioskd.control:main", "talk to a running daemon: start | end | status"),
-    "devices": ("kioskd.audio.tools:devices_main", "list audio input and output devices with their rates"),
-    "test-mic": ("kioskd.audio.tools:test_mic_main", "show a live microphone level meter"),
-    "test-speaker": ("kioskd.audio.tools:test_speaker_main", "play a short tone on the speaker"),
-    "test-leds": ("kioskd.leds:test_leds_main", "step the status light through every pattern"),
+    "run": ("kioskd.service.daemon:main", "run the kiosk daemon (what systemd starts)"),
+    "demo": ("kioskd.ops.demo:main", "run simulator and daemon on loopback: one whole conversation, no hardware"),
+    "check-config": ("kioskd.ops.check_config:main", "validate a config.toml; exit 2 naming each bad key"),
+    "ctl": ("kioskd.ops.control:main", "talk to a running daemon: start | end | status"),
+    "devices": ("kioskd.hardware.checks:devices_main", "list audio input and output devices with their rates"),
+    "test-mic": ("kioskd.hardware.checks:test_mic_main", "show a live microphone level meter"),
+    "test-speaker": ("kioskd.hardware.checks:test_speaker_main", "play a short tone on the speaker"),
+    "test-leds": ("kioskd.hardware.checks:test_leds_main", "step the status light through every pattern"),
     "simulator": ("kioskd.simulator.cli:main", "run the local agent and signing backend simulator"),
     "backend": ("kioskd.backend.server:main", "run the reference signing backend (or: backend hash-token)"),
 }

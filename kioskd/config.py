@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "AgentConfig",
     "AudioConfig",
     "BackendConfig",
@@ -38,6 +39,9 @@ __all__ = [
     "parse_as",
     "parse_config",
 ]
+
+#: Where ``kioskd run`` and the other commands look for the config file by default.
+DEFAULT_CONFIG = "/etc/kioskd/config.toml"
 
 SCALAR = Union[str, int, float, bool]
 T = TypeVar("T")
@@ -304,21 +308,19 @@ class ControlConfig:
         return [] if self.socket.strip() else [("socket", "must be a path")]
 
 
+#: The client tools built into kioskd (handlers in :mod:`kioskd.tools`).
+BuiltinTool = Literal["kiosk_info", "current_time", "end_conversation"]
+
+
 @dataclass(frozen=True)
 class ToolsConfig:
     """Client tools the agent may call: built-ins by name, plus fixed-text answers."""
 
-    builtin: list[str] = field(default_factory=lambda: ["kiosk_info", "current_time", "end_conversation"])
+    builtin: list[BuiltinTool] = field(default_factory=lambda: list(get_args(BuiltinTool)))
     static: dict[str, str] = field(default_factory=dict)
 
     def problems(self) -> list[tuple[str, str]]:
-        from kioskd.tools import BUILTIN_TOOLS  # late import: tools imports config types
-
-        return [
-            ("builtin", f"unknown tool {name!r}; known: {', '.join(sorted(BUILTIN_TOOLS))}")
-            for name in self.builtin
-            if name not in BUILTIN_TOOLS
-        ]
+        return []
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kioskd.config import Config
+from kioskd.config import BuiltinTool, Config
 
 __all__ = ["BUILTIN_TOOLS", "ToolError", "ToolRegistry"]
 
@@ -46,7 +46,7 @@ def _end_conversation(_: Config) -> Handler:
 
 
 #: built-in tool name → factory taking the config
-BUILTIN_TOOLS: dict[str, Callable[[Config], Handler]] = {
+BUILTIN_TOOLS: dict[BuiltinTool, Callable[[Config], Handler]] = {
     "kiosk_info": _kiosk_info,
     "current_time": _current_time,
     "end_conversation": _end_conversation,

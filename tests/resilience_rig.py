@@ -18,7 +18,7 @@ from kioskd.backend.client import SignedUrlProvider
 from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
 from kioskd.simulator.proxy import FaultProxy
 from kioskd.state import KioskState, StatusBoard
-from kioskd.supervisor import Supervisor
+from kioskd.service.supervisor import Supervisor
 from kioskd.tools import ToolRegistry
 
 from kiosk_harness import SPEECH_WAV, kiosk_config, read_wav

@@ -288,7 +288,7 @@ async def test_open_failure_is_reported() -> None:
 
 
 def test_devices_command_lists_both_directions(alsa: AlsaFiles, capsys: pytest.CaptureFixture[str]) -> None:
-    from kioskd.audio.tools import devices_main
+    from kioskd.hardware.checks import devices_main
 
     assert devices_main([]) == 0
     out = capsys.readouterr().out
@@ -296,7 +296,7 @@ def test_devices_command_lists_both_directions(alsa: AlsaFiles, capsys: pytest.C
 
 
 def test_speaker_command_plays_a_faded_tone(alsa: AlsaFiles) -> None:
-    from kioskd.audio.tools import test_speaker_main
+    from kioskd.hardware.checks import test_speaker_main
 
     assert test_speaker_main(["--device", "kiosk_spk", "--rate", "16000"]) == 0
     out = alsa.read_output("kiosk_spk")
@@ -304,7 +304,7 @@ def test_speaker_command_plays_a_faded_tone(alsa: AlsaFiles) -> None:
 
 
 def test_mic_command_shows_a_level(alsa: AlsaFiles, capsys: pytest.CaptureFixture[str]) -> None:
-    from kioskd.audio.tools import test_mic_main
+    from kioskd.hardware.checks import test_mic_main
 
     alsa.write_input("kiosk_mic", np.full(16000, 3000, dtype=np.int16))
     assert test_mic_main(["--device", "kiosk_mic", "--seconds", "0.3"]) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -18,12 +19,13 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from kioskd import logs
+from kioskd.ops import logs
 from kioskd.backend import server
 from kioskd.backend.server_config import (
+    AddressThrottle,
     BackendServerConfig,
     KioskEntry,
     TokenBucket,
@@ -36,7 +38,7 @@ API_KEY = "sk_test_backend_key_5f5f5f5f5f"
 TOKEN_A = "kiosk-a-token-AAAAAAAAAAAAAAAAAAAAAAAA"
 TOKEN_B = "kiosk-b-token-BBBBBBBBBBBBBBBBBBBBBBBB"
 URL_SIGNATURE = "SIGSECRET0123456789"
-SIGNED_URL = f"wss://api.elevenlabs.io/v1/convai/conversation?agent_id=agent_1&conversation_signature={URL_SIGNATURE}"
+SIGNED_URL = f"wss://127.0.0.1/v1/convai/conversation?agent_id=agent_1&conversation_signature={URL_SIGNATURE}"
 IO_TIMEOUT = 10
 
 
@@ -253,7 +255,7 @@ async def test_upstream_slow_is_502_after_the_timeout() -> None:
 
 @pytest.mark.parametrize(
     ("mode", "detail"),
-    [("error500", "answered 500"), ("bad_json", "not JSON"), ("no_url", "no ws:// or wss:// signed_url")],
+    [("error500", "answered 500"), ("bad_json", "not JSON"), ("no_url", "no wss:// signed_url")],
 )
 async def test_upstream_bad_reply_is_502(mode: str, detail: str) -> None:
     upstream = FakeElevenLabs(mode=mode)
@@ -360,3 +362,204 @@ async def test_against_the_simulator_upstream(log_output: io.StringIO) -> None:
     signed_token = signed.split("token=")[1].split("&")[0]
     text = log_output.getvalue()
     assert "status=200" in text and signed_token not in text and API_KEY not in text
+
+
+# --------------------------------------------------------------------------- hardening (issue 14)
+
+
+@dataclass
+class HostileElevenLabs:
+    """Test double of the endpoint misbehaving: rate limits, huge or endless replies, foreign URLs."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    signed_url: str = SIGNED_URL
+    endless: bool = False
+    sent_bytes: int = 0
+    calls: int = 0
+
+    async def endpoint(self, request: Request) -> Response:
+        self.calls += 1
+        if self.endless:
+            chunk = b" " * 65536
+
+            async def forever() -> AsyncIterator[bytes]:
+                yield b'{"signed_url": "'
+                while True:
+                    self.sent_bytes += len(chunk)
+                    yield chunk
+
+            return StreamingResponse(forever(), media_type="application/json")
+        if self.status != 200:
+            return JSONResponse({"detail": "slow down"}, status_code=self.status, headers=self.headers)
+        return JSONResponse({"signed_url": self.signed_url})
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/v1/convai/conversation/get_signed_url", self.endpoint)])
+
+
+async def test_bad_agent_id_is_400_and_logged_escaped_and_cut_short(log_output: io.StringIO) -> None:
+    """A 60 KB agent_id with forged fields and raw ESC bytes: 400, one short log line, nothing raw."""
+    upstream = FakeElevenLabs()
+    hostile = "x kiosk=lobby status=200 \x1b[2J\r\nlevel=info msg=forged " + "A" * 60000
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving_app(upstream.app()) as api_base, serving_backend(backend_config(api_base)) as client:
+            replies = [
+                await client.get("/signed-url", params={"agent_id": agent}, headers=bearer(TOKEN_A))
+                for agent in (hostile, "agent 1", "a" * 65, "ägent")
+            ]
+            anonymous = await client.get("/signed-url", params={"agent_id": hostile})
+    assert [r.status_code for r in replies] == [400, 400, 400, 400]
+    assert all(hostile not in r.text for r in replies)
+    assert anonymous.status_code in (400, 401)
+    assert upstream.seen_keys == []
+    # the backend's lines (the test's own httpx client logs its request URL too)
+    lines = [line for line in log_output.getvalue().splitlines() if "logger=httpx" not in line]
+    text = "\n".join(lines)
+    assert "\x1b" not in text and "\r" not in text
+    assert all(len(line) < 600 for line in lines), max(map(len, lines))
+    assert not any(line.startswith("level=info msg=forged") for line in lines)
+    request_lines = [line for line in lines if "signed url request" in line]
+    assert len(request_lines) == 5
+    for line in request_lines:  # quoted values hide the forged fields from a key=value reader
+        keys = [key for key, _ in re.findall(r'(?:^|\s)([\w.-]+)=("(?:[^"\\]|\\.)*"|\S*)', line)]
+        assert keys.count("status") == 1 and keys.count("kiosk") == 1 and keys.count("level") == 1, keys
+
+
+def test_untrusted_values_are_quoted_escaped_and_cut() -> None:
+    assert logs.untrusted("agent_1") == "agent_1"
+    assert logs.untrusted("") == '""'
+    assert logs.untrusted('a b="c"\x1b\n') == '"a b=\\"c\\"\\x1b\\n"'
+    long = logs.untrusted("z" * 1000, limit=10)
+    assert long == '"zzzzzzzzzz…(1000 chars)"'
+
+
+async def test_unauthenticated_requests_are_throttled_per_address(log_output: io.StringIO) -> None:
+    upstream = FakeElevenLabs()
+    config = backend_config("http://127.0.0.1:1", unauthenticated_rate_per_minute=1.0, unauthenticated_burst=4)
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving_app(upstream.app()) as api_base:
+            async with serving_backend(replace(config, api_base=api_base)) as client:
+                codes = []
+                for _ in range(10):
+                    r = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer("guess"))
+                    codes.append(r.status_code)
+                retry_after = int(r.headers["retry-after"])
+                good = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
+    assert codes == [401] * 4 + [429] * 6
+    assert 1 <= retry_after <= 60 and r.json()["error"] == "rate_limited"
+    assert good.status_code == 429  # refused before authentication: a guess and a good token look alike
+    lines = [line for line in log_output.getvalue().splitlines() if "signed url request" in line or "throttl" in line]
+    assert len(lines) == 5, lines  # four 401s, then one line when the throttle starts: no 401 storm in the log
+
+
+def test_address_throttle_in_virtual_time() -> None:
+    throttle = AddressThrottle(rate_per_minute=6, burst=2, max_addresses=3)
+    assert throttle.wait("a", 0.0) == 0.0
+    throttle.charge("a", 0.0)
+    throttle.charge("a", 0.0)
+    assert throttle.wait("a", 0.0) == pytest.approx(10.0)
+    assert throttle.wait("b", 0.0) == 0.0  # per address
+    assert throttle.wait("a", 10.0) == 0.0
+    for address in ("b", "c", "d", "e"):
+        throttle.charge(address, 1.0)
+    assert len(throttle) <= 3  # memory is bounded: the oldest addresses are forgotten
+
+
+async def test_upstream_failures_do_not_use_up_the_bucket() -> None:
+    upstream = FakeElevenLabs(mode="error500")
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving_app(upstream.app()) as api_base, serving_backend(backend_config(api_base)) as client:
+            failed = [
+                (await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))).status_code
+                for _ in range(5)
+            ]
+            upstream.mode = "ok"
+            recovered = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
+    assert failed == [502] * 5
+    assert recovered.status_code == 200  # at once: a URL never issued costs the kiosk nothing
+
+
+async def test_upstream_429_is_passed_on_with_retry_after() -> None:
+    upstream = HostileElevenLabs(status=429, headers={"Retry-After": "7"})
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving_app(upstream.app()) as api_base, serving_backend(backend_config(api_base)) as client:
+            r = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
+            upstream.headers = {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}
+            dated = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
+            upstream.headers = {"Retry-After": "999999"}
+            huge = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
+    assert r.status_code == 429 and r.headers["retry-after"] == "7" and r.json()["error"] == "upstream_rate_limited"
+    assert dated.status_code == 429 and 1 <= int(dated.headers["retry-after"]) <= 600
+    assert huge.status_code == 429 and int(huge.headers["retry-after"]) == 600
+
+
+async def test_endless_upstream_reply_is_cut_off() -> None:
+    upstream = HostileElevenLabs(endless=True)
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving_app(upstream.app()) as api_base, serving_backend(backend_config(api_base)) as client:
+            r = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
+    assert r.status_code == 502 and "too large" in r.json()["detail"]
+    assert upstream.sent_bytes < 4 * 1024 * 1024  # it stopped reading (the sender is throttled by TCP)
+
+
+@pytest.mark.parametrize(
+    "signed_url",
+    [
+        "ws://api.elevenlabs.io/v1/convai/conversation?token=x",
+        "wss://evil.example/v1/convai/conversation?token=x",
+        "wss://127.0.0.2/v1/convai/conversation?token=x",
+        "wss://127.0.0.1/v1/convai/conversation?token=x\r\nSet-Cookie: a=b",
+        "wss://127.0.0.1/v1/convai/conversation?token=x\x00",
+        "wss://evil.example@127.0.0.1/v1/convai/conversation",
+        "https://127.0.0.1/v1/convai/conversation",
+    ],
+    ids=["ws-remote", "other-host", "other-loopback", "crlf", "nul", "userinfo", "https"],
+)
+async def test_foreign_or_malformed_signed_url_is_502(signed_url: str) -> None:
+    upstream = HostileElevenLabs(signed_url=signed_url)
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving_app(upstream.app()) as api_base, serving_backend(backend_config(api_base)) as client:
+            r = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
+    assert r.status_code == 502 and r.json()["error"] == "upstream"
+    assert "token=x" not in r.text
+
+
+@pytest.mark.parametrize(
+    ("signed_url", "api_base", "ok"),
+    [
+        ("wss://api.elevenlabs.io/v1/convai/conversation?token=t", "https://api.elevenlabs.io", True),
+        ("wss://API.elevenlabs.io:443/v1/convai/conversation?token=t", "https://api.elevenlabs.io/", True),
+        ("ws://api.elevenlabs.io/v1/convai/conversation?token=t", "https://api.elevenlabs.io", False),
+        ("wss://api.us.elevenlabs.io/v1/convai/conversation", "https://api.elevenlabs.io", False),
+        ("ws://127.0.0.1:9/v1/convai/conversation?token=t", "http://127.0.0.1:8", True),
+        ("ws://[::1]:9/x", "http://[::1]:8", True),
+        ("wss://api.elevenlabs.io/x y", "https://api.elevenlabs.io", False),
+    ],
+)
+def test_signed_url_must_be_on_the_upstreams_host(signed_url: str, api_base: str, ok: bool) -> None:
+    problem = server.signed_url_problem(signed_url, api_base)
+    assert (problem is None) == ok, problem
+    if problem is not None:
+        assert "token=t" not in problem
+
+
+@pytest.mark.parametrize(
+    ("api_base", "ok"),
+    [
+        ("https://api.elevenlabs.io", True),
+        ("http://127.0.0.1:8080", True),
+        ("http://localhost:8080", True),
+        ("http://[::1]:8080", True),
+        ("http://api.elevenlabs.io", False),
+        ("http://10.0.0.5", False),
+        ("ftp://api.elevenlabs.io", False),
+    ],
+)
+def test_api_base_must_be_https_except_loopback(api_base: str, ok: bool) -> None:
+    entry = {"id": "a", "token_sha256": sha("t"), "agents": ["ag"]}
+    if ok:
+        assert parse_server_config({"api_base": api_base, "kiosk": [entry]}).api_base == api_base
+    else:
+        with pytest.raises(ConfigError, match=r"^api_base: must be an https:// URL"):
+            parse_server_config({"api_base": api_base, "kiosk": [entry]})

@@ -15,7 +15,7 @@ from gpiozero.pins.mock import MockFactory
 
 from kioskd.config import ButtonConfig
 from kioskd.state import Command
-from kioskd.triggers.button import ButtonLogic, ButtonTrigger
+from kioskd.hardware.button import ButtonLogic, ButtonTrigger
 
 PIN = 17
 BOUNCE = 0.05
@@ -228,7 +228,7 @@ class _NoGpio:
 
 async def test_no_gpio_logs_once_and_keeps_running(caplog: pytest.LogCaptureFixture) -> None:
     trigger = ButtonTrigger(ButtonConfig(pin=PIN), lambda c: None, pin_factory=_NoGpio())
-    caplog.set_level(logging.WARNING, logger="kioskd.triggers.button")
+    caplog.set_level(logging.WARNING, logger="kioskd.hardware.button")
     with trio.fail_after(TEST_TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(trigger.run)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kioskd.check_config import main as check_config
+from kioskd.ops.check_config import main as check_config
 from kioskd.config import Config, ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent

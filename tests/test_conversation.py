@@ -1,111 +1,327 @@
-"""kioskd run against the simulator, end to end over real loopback sockets."""
+"""The conversation state machine, fed values: events and exact times in, actions out.
+
+No sockets, no threads, no Trio loop (h11-style tests).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+from typing import Any
 
-import numpy as np
-import trio
+import pytest
 
-from kioskd.simulator import SimulatorConfig, open_simulator
-from kioskd.simulator.speech import synth_speech
+from kioskd.actions import End, Interrupt, OpenAudio, Play, Send, SessionOutcome, Show
+from kioskd.audio.formats import AudioFormat
+from kioskd.close_codes import CLOSE_CODES, describe_close
+from kioskd.config import Config, parse_config
+from kioskd.conversation import DRAIN_LIMIT, GOODBYE_START, Conversation, Phase, client_data
+from kioskd.protocol import (
+    ClientToolResult,
+    ContextualUpdate,
+    ConversationConfigOverride,
+    Pong,
+    ProtocolError,
+    ServerEvent,
+    UnknownEvent,
+    decode_server_event,
+)
 from kioskd.state import KioskState
+from kioskd.tools import ToolRegistry
 
-from kiosk_harness import kiosk_config, read_wav, running_kiosk, SPEECH_WAV
-
-TIMEOUT = 30
-
-
-def find(haystack: np.ndarray, needle: np.ndarray) -> int:
-    """Index where ``needle`` starts inside ``haystack`` exactly, or -1."""
-    first = np.flatnonzero(needle)[0]
-    for start in np.flatnonzero(haystack == needle[first]) - first:
-        if start >= 0 and np.array_equal(haystack[start:start + len(needle)], needle):
-            return int(start)
-    return -1
+IDLE, LONGEST, STALL = 5.0, 12.0, 3.0
 
 
-async def test_whole_conversation_through_the_control_socket(tmp_path: Path) -> None:
-    sim_config = SimulatorConfig(ping_interval=0.5, vad_score_ms=100)
-    async with open_simulator(sim_config) as sim:
-        config = kiosk_config(sim, tmp_path)
-        with trio.fail_after(TIMEOUT):
-            async with running_kiosk(config) as k:
-                await k.wait_state(KioskState.IDLE)
-                status = await k.ctl("status")
-                assert (status["state"], status["conversation_id"]) == ("idle", None)
-
-                assert (await k.ctl("start"))["ok"] is True
-                conv = await sim.wait_for_conversation()
-                await k.wait_state(KioskState.CONVERSATION)
-                status = await k.ctl("status")
-                assert status["state"] == "conversation"
-                assert status["conversation_id"] == conv.conversation_id
-
-                # a whole exchange: the agent heard the visitor, answered, called a tool, was pinged
-                await sim.wait_for(lambda: conv.turns and conv.tool_results and len(conv.pongs) >= 2)
-                while not k.kiosk.board.status.agent_speaking:
-                    await trio.sleep(0.01)
-                while k.kiosk.board.status.agent_speaking:
-                    await trio.sleep(0.01)
-
-                assert (await k.ctl("end"))["ok"] is True
-                await sim.wait_for(lambda: not conv.open)
-                await k.wait_state(KioskState.IDLE)
-                assert (await k.ctl("status"))["conversation_id"] is None
-
-    # the kiosk introduced itself first, with its identity as dynamic variables
-    assert conv.client_data is not None
-    assert conv.client_data.dynamic_variables == {"kiosk_id": "test-kiosk", "kiosk_location": "test bench"}
-    # the microphone reached the agent intact, sample for sample
-    speech, rate = read_wav(SPEECH_WAV)
-    assert rate == 16000
-    assert find(conv.audio_pcm, speech) >= 0
-    # every ping was answered with its own event id
-    assert all(p.rtt is not None for p in conv.pongs)
-    # the tool call was answered from the registry
-    assert conv.tool_results[0].is_error is False and "test-kiosk" in conv.tool_results[0].result
-    # ended cleanly by the kiosk
-    assert conv.close_code == 1000
-    # the speaker WAV holds the agent's audio, sample for sample
-    out, out_rate = read_wav(tmp_path / "out.wav")
-    assert out_rate == 16000
-    reply = synth_speech(sim_config.reply_seconds, 16000, seed=0)
-    assert find(out, reply) >= 0
+def make_config(**conversation: Any) -> Config:
+    return parse_config({
+        "kiosk": {"id": "k1", "location": "hall"},
+        "agent": {"agent_id": "a", "dynamic_variables": {"floor": 2}},
+        "trigger": {"mode": "manual"},
+        "conversation": {"idle_timeout": IDLE, "max_duration": LONGEST, "context_lines": 3, **conversation},
+        "network": {"stall_timeout": STALL, "ws_ping_interval": 1.0},
+        "tools": {"static": {"opening_hours": "9 to 5"}},
+    })
 
 
-async def test_malformed_and_unknown_server_messages_are_survived(tmp_path: Path) -> None:
-    async with open_simulator(SimulatorConfig()) as sim:
-        config = kiosk_config(sim, tmp_path)
-        with trio.fail_after(TIMEOUT):
-            async with running_kiosk(config) as k:
-                await k.ctl("start")
-                conv = await sim.wait_for_conversation()
-                await k.wait_state(KioskState.CONVERSATION)
-                assert sim.faults.malformed(4, "mixed") == 1
-                await sim.wait_for(lambda: conv.turns)  # the conversation goes on
-                session_stats = (await k.ctl("status"))["session"]
-                assert session_stats["malformed"] + session_stats["unknown"] == 4
-                assert conv.open
-                await k.ctl("end")
-                await sim.wait_for(lambda: not conv.open)
-    lines = k.log.getvalue()
-    assert "malformed server message skipped" in lines
-    assert "unknown server event skipped" in lines
+CONFIG = make_config()
+PCM = AudioFormat.parse("pcm_16000")
+SHOW_OPEN = Show({"state": KioskState.CONVERSATION, "reason": "", "conversation_id": "conv_1"})
 
 
-async def test_no_token_in_any_log_line(tmp_path: Path) -> None:
-    async with open_simulator(SimulatorConfig()) as sim:
-        config = kiosk_config(sim, tmp_path)
-        with trio.fail_after(TIMEOUT):
-            async with running_kiosk(config) as k:
-                await k.ctl("start")
-                conv = await sim.wait_for_conversation()
-                await sim.wait_for(lambda: conv.audio_chunks > 10)
-                await k.ctl("end")
-                await sim.wait_for(lambda: not conv.open)
-    lines = k.log.getvalue()
-    assert "conversation open" in lines  # the log really was captured
-    assert sim.config.kiosk_token not in lines
-    for url_token in sim.backend.tokens.issued():
-        assert url_token not in lines
+def event(kind: str, **fields: Any) -> ServerEvent | UnknownEvent:
+    """A server event as it arrives on the wire."""
+    return decode_server_event(json.dumps({"type": kind, **fields}))
+
+
+def metadata(cid: str = "conv_1", up: str = "pcm_16000", down: str = "pcm_16000") -> ServerEvent | UnknownEvent:
+    return event("conversation_initiation_metadata", conversation_initiation_metadata_event={
+        "conversation_id": cid, "user_input_audio_format": up, "agent_output_audio_format": down})
+
+
+def new(config: Config = CONFIG, context: str | None = None) -> Conversation:
+    return Conversation(config, ToolRegistry.from_config(config), context=context)
+
+
+def opened(config: Config = CONFIG, context: str | None = None) -> Conversation:
+    """A conversation whose link came up at 0 and whose metadata arrived at 0."""
+    conv = new(config, context)
+    conv.connected(0.0)
+    conv.receive(metadata(), 0.0)
+    return conv
+
+
+# ------------------------------------------------------------------ opening
+
+
+def test_connected_introduces_the_kiosk_first() -> None:
+    conv = new()
+    assert conv.phase is Phase.CONNECTING
+    assert conv.connected(0.0) == [Send(client_data(CONFIG))]
+    assert conv.phase is Phase.OPENING
+
+
+def test_client_data_carries_identity_and_overrides_only_when_set() -> None:
+    data = client_data(CONFIG)
+    assert data.dynamic_variables == {"kiosk_id": "k1", "kiosk_location": "hall", "floor": 2}
+    assert data.conversation_config_override is None
+    config = parse_config({"agent": {"agent_id": "a", "first_message": "Hi", "voice_id": "v"}})
+    override = client_data(config).conversation_config_override
+    assert isinstance(override, ConversationConfigOverride)
+    assert override.agent is not None and override.agent.first_message == "Hi" and override.agent.prompt is None
+    assert override.tts is not None and override.tts.voice_id == "v"
+
+
+@pytest.mark.parametrize(("context", "expected"), [
+    (None, [OpenAudio(PCM, PCM), SHOW_OPEN]),
+    ("so far: hello", [OpenAudio(PCM, PCM), SHOW_OPEN, Send(ContextualUpdate(text="so far: hello"))]),
+])
+def test_metadata_opens_audio_and_tells_a_resumed_agent_the_context(
+    context: str | None, expected: list[object]
+) -> None:
+    conv = new(context=context)
+    conv.connected(0.0)
+    assert conv.receive(metadata(), 0.5) == expected
+    assert (conv.phase, conv.conversation_id) == (Phase.OPEN, "conv_1")
+
+
+def test_unknown_formats_fall_back_to_pcm_16000_and_repeats_are_ignored() -> None:
+    conv = new()
+    conv.connected(0.0)
+    ulaw = AudioFormat.parse("ulaw_8000")
+    assert conv.receive(metadata(up="opus_48000", down="ulaw_8000"), 0.1)[0] == OpenAudio(PCM, ulaw)
+    assert conv.receive(metadata(cid="conv_2"), 0.2) == []
+    assert conv.conversation_id == "conv_1"
+
+
+def test_metadata_without_an_id_still_opens() -> None:
+    conv = new()
+    conv.connected(0.0)
+    conv.receive(metadata(cid=""), 0.1)
+    assert conv.conversation_id == "unknown"
+
+
+# ------------------------------------------------------------------ events in, actions out
+
+TOOL_CALL = "client_tool_call"
+
+OPEN_TABLE: list[tuple[str, ServerEvent | UnknownEvent, list[object]]] = [
+    ("ping is answered with its id", event("ping", ping_event={"event_id": 3, "ping_ms": 40}),
+     [Send(Pong(event_id=3))]),
+    ("audio is played", event("audio", audio_event={"event_id": 5, "audio_base_64": "AAEC"}),
+     [Play(5, b"\x00\x01\x02")]),
+    ("interruption silences", event("interruption", interruption_event={"event_id": 7}), [Interrupt(7)]),
+    ("vad score is shown", event("vad_score", vad_score_event={"vad_score": 0.75}), [Show({"vad_score": 0.75})]),
+    ("transcript", event("user_transcript", user_transcription_event={"user_transcript": "hi"}), []),
+    ("agent response", event("agent_response", agent_response_event={"agent_response": "hello"}), []),
+    ("context update", event("contextual_update", text="x"), []),
+    ("draft", event("internal_tentative_agent_response",
+                    tentative_agent_response_internal_event={"tentative_agent_response": "hel"}), []),
+    ("error event", event("error", error_event={"code": 1, "message": "m", "error_type": "t"}), []),
+    ("unknown event", event("mystery", x=1), []),
+    ("tool from the registry", event(TOOL_CALL, client_tool_call={"tool_name": "opening_hours", "tool_call_id": "c1"}),
+     [Send(ClientToolResult("c1", "9 to 5", False))]),
+    ("unknown tool is an error answer", event(TOOL_CALL, client_tool_call={"tool_name": "nope", "tool_call_id": "c2"}),
+     [Send(ClientToolResult(
+         "c2", "unknown tool 'nope' (this kiosk offers: current_time, end_conversation, kiosk_info, opening_hours)",
+         True))]),
+]
+
+
+@pytest.mark.parametrize(("name", "incoming", "expected"), OPEN_TABLE, ids=[row[0] for row in OPEN_TABLE])
+def test_open_conversation_answers(name: str, incoming: ServerEvent | UnknownEvent, expected: list[object]) -> None:
+    conv = opened()
+    assert conv.receive(incoming, 1.0) == expected
+    assert conv.phase is Phase.OPEN
+
+
+@pytest.mark.parametrize("incoming", [
+    event("audio", audio_event={"event_id": 5, "audio_base_64": "AAEC"}),
+    event("interruption", interruption_event={"event_id": 7}),
+])
+def test_before_metadata_there_is_no_speaker_to_drive(incoming: ServerEvent | UnknownEvent) -> None:
+    conv = new()
+    conv.connected(0.0)
+    assert conv.receive(incoming, 0.1) == []
+
+
+def test_counters() -> None:
+    conv = opened()
+    for incoming in [event("ping", ping_event={"event_id": 1, "ping_ms": 33}),
+                     event("audio", audio_event={"event_id": 1, "audio_base_64": ""}),
+                     event("interruption", interruption_event={"event_id": 1}),
+                     event("mystery"),
+                     event(TOOL_CALL, client_tool_call={"tool_name": "kiosk_info", "tool_call_id": "c"})]:
+        conv.receive(incoming, 1.0)
+    conv.malformed(ProtocolError("bad json"), 1.0)
+    s = conv.stats
+    assert (s.pings, s.last_ping_ms, s.audio_events, s.interruptions, s.unknown, s.tool_calls, s.malformed) == (
+        1, 33, 1, 1, 1, 1, 1)
+
+
+def test_transcript_keeps_the_latest_lines_and_applies_corrections() -> None:
+    conv = opened()
+    conv.receive(event("user_transcript", user_transcription_event={"user_transcript": "where is the cafe"}), 1.0)
+    conv.receive(event("agent_response", agent_response_event={"agent_response": "Upstairs, left."}), 1.1)
+    conv.receive(event("agent_response_correction", agent_response_correction_event={
+        "original_agent_response": "Upstairs, left.", "corrected_agent_response": "Upstairs."}), 1.2)
+    assert conv.transcript == ["Visitor: where is the cafe", "Agent: Upstairs."]
+    for i in range(3):
+        conv.receive(event("user_transcript", user_transcription_event={"user_transcript": f"q{i}"}), 2.0)
+    assert conv.transcript == ["Visitor: q0", "Visitor: q1", "Visitor: q2"]  # context_lines = 3
+
+
+# ------------------------------------------------------------------ watchdogs, exact times
+
+IDLE_END = End(SessionOutcome(f"no speech from visitor or agent for {IDLE:g} s"))
+STALL_END = End(SessionOutcome(f"link stalled: nothing heard for {STALL:g} s", resumable=True), 1001, 0.0)
+LONGEST_END = End(SessionOutcome(f"maximum length of {LONGEST:g} s reached"))
+VISITOR = event("user_transcript", user_transcription_event={"user_transcript": "hm"})
+LOUD = event("vad_score", vad_score_event={"vad_score": 0.5})
+QUIET = event("vad_score", vad_score_event={"vad_score": 0.49})
+
+#: (name, [(time, what)], the first time an End comes, that End). ``what``: "heard", "speaking",
+#: or a server event. The conversation ticks every 0.25 s and at each listed time.
+TIMER_TABLE: list[tuple[str, list[tuple[float, object]], float, End]] = [
+    ("nothing heard: stalled", [], STALL, STALL_END),
+    ("pongs keep the link alive; idle then ends it", [(2.0, "heard"), (4.0, "heard")], IDLE, IDLE_END),
+    ("any message counts as heard", [(2.0, QUIET), (4.0, QUIET)], IDLE, IDLE_END),
+    ("the visitor speaking restarts the idle timer", [(2.0, "heard"), (4.0, VISITOR), (6.0, "heard"),
+                                                      (8.0, "heard")], 9.0, IDLE_END),
+    ("a loud vad score is activity", [(2.0, "heard"), (3.0, LOUD), (5.0, "heard"), (7.0, "heard")], 8.0, IDLE_END),
+    ("agent audio playing is activity", [(2.0, "heard"), (3.5, "heard"), (4.0, "speaking"), (6.0, "heard"),
+                                         (8.0, "heard")],
+     9.0, IDLE_END),
+    ("a lively conversation ends at the maximum length",
+     [(t, VISITOR) for t in (2.0, 4.0, 6.0, 8.0, 10.0)] + [(11.5, VISITOR)], LONGEST, LONGEST_END),
+]
+
+
+@pytest.mark.parametrize(("name", "script", "ends_at", "end"), TIMER_TABLE, ids=[row[0] for row in TIMER_TABLE])
+def test_watchdogs(name: str, script: list[tuple[float, object]], ends_at: float, end: End) -> None:
+    conv = opened()
+    steps = dict(script)
+    times = sorted({round(0.25 * i, 2) for i in range(1, 60)} | set(steps) | {ends_at})
+    for now in times:
+        what = steps.get(now)
+        if what == "heard":
+            conv.heard(now)
+        elif what is not None and what != "speaking":
+            conv.receive(what, now)  # type: ignore[arg-type]
+        actions = conv.tick(now, speaking=what == "speaking")
+        if now < ends_at:
+            assert actions == [], now
+            assert conv.deadline > now
+        else:
+            assert actions == [end]
+            assert conv.phase is Phase.ENDED
+            assert conv.tick(now + 1) == []  # ends once
+            return
+    raise AssertionError("never ended")
+
+
+def test_deadline_is_the_earliest_watchdog() -> None:
+    conv = opened()
+    assert conv.deadline == STALL
+    conv.heard(2.5)
+    assert conv.deadline == IDLE  # idle 5.0 < stall 5.5
+    conv.receive(VISITOR, 4.0)
+    assert conv.deadline == 4.0 + STALL
+
+
+# ------------------------------------------------------------------ ending
+
+TOOL_END = SessionOutcome("the agent ended the conversation (end_conversation tool)")
+END_TOOL = event(TOOL_CALL, client_tool_call={"tool_name": "end_conversation", "tool_call_id": "e1"})
+
+
+def test_end_conversation_tool_waits_for_the_goodbye_to_play() -> None:
+    conv = opened(make_config(idle_timeout=100.0, max_duration=100.0))
+    assert conv.receive(END_TOOL, 1.0) == [Send(ClientToolResult("e1", "ending the conversation", False))]
+    assert conv.phase is Phase.DRAINING
+    start = 1.0 + GOODBYE_START
+    assert conv.deadline == start
+    assert conv.tick(start - 0.01) == []  # the goodbye has not started arriving yet
+    assert conv.tick(start, speaking=True) == []
+    conv.heard(2.0)
+    assert conv.tick(2.0, speaking=True) == []
+    assert conv.tick(2.5) == [End(TOOL_END)]
+
+
+def test_end_conversation_drain_is_bounded() -> None:
+    conv = opened(make_config(idle_timeout=100.0, max_duration=100.0))
+    conv.receive(END_TOOL, 1.0)
+    limit = 1.0 + GOODBYE_START + DRAIN_LIMIT
+    now = 1.0
+    while now < limit - 1:
+        now += 1.0
+        conv.heard(now)
+        assert conv.tick(now, speaking=True) == []
+    conv.heard(limit)
+    assert conv.tick(limit, speaking=True) == [End(TOOL_END)]
+
+
+def test_agent_close_1000_drains_without_a_stall_check() -> None:
+    conv = opened(make_config(idle_timeout=100.0, max_duration=100.0))
+    assert conv.closed(1000, 1.0) == []
+    assert conv.phase is Phase.DRAINING
+    assert conv.tick(1.0 + 2 * STALL, speaking=True) == []  # the link is gone: no stall
+    assert conv.tick(1.0 + 2 * STALL + 0.1) == [End(SessionOutcome(CLOSE_CODES[1000][0], close_code=1000))]
+
+
+@pytest.mark.parametrize(("code", "resumable", "rejected"), [
+    (1000, False, False), (1001, True, False), (1002, False, False), (None, True, False), (1008, False, True),
+    (1011, True, False), (4001, False, False), (3999, False, False),
+])
+def test_agent_close_codes(code: int | None, resumable: bool, rejected: bool) -> None:
+    conv = new()
+    conv.connected(0.0)  # not open yet: even a 1000 has nothing to drain
+    meaning, _ = describe_close(code)
+    assert conv.closed(code, 1.0) == [
+        End(SessionOutcome(meaning, resumable=resumable, rejected=rejected, close_code=code))
+    ]
+
+
+def test_describe_close() -> None:
+    assert describe_close(None) == ("the connection dropped without a close frame", True)
+    assert describe_close(4001) == ("the agent closed it with application code 4001", False)
+    assert describe_close(3999) == ("closed with code 3999", False)
+    assert describe_close(1013) == ("the agent server asked to try again later", True)
+
+
+def test_end_while_connecting_sends_nothing() -> None:
+    conv = new()
+    assert conv.end() == [End(SessionOutcome("ended by request"))]
+    assert conv.connected(0.5) == []
+    assert conv.end("again") == []
+    assert conv.result() == SessionOutcome("ended by request")
+
+
+def test_events_after_the_end_are_ignored_and_the_first_end_wins() -> None:
+    conv = opened()
+    conv.receive(VISITOR, 1.0)
+    assert conv.end("ended by the visitor") == [End(SessionOutcome("ended by the visitor"))]
+    assert conv.receive(event("ping", ping_event={"event_id": 1}), 1.1) == []
+    assert conv.closed(1011, 1.2) == []
+    assert conv.tick(100.0) == []
+    assert conv.result() == SessionOutcome(
+        "ended by the visitor", conversation_id="conv_1", opened=True, transcript=["Visitor: hm"]
+    )

@@ -5,19 +5,16 @@ from __future__ import annotations
 import tomllib
 from typing import Any
 
-import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kioskd.backend.client import SignedUrlError, parse_reply
 from kioskd.config import ConfigError, parse_config
-from kioskd.control import handle_request
+from kioskd.ops.control import handle_request
 from kioskd.protocol import ProtocolError, decode_server_event
-from kioskd.session import Session
-from kioskd.state import Command, StatusBoard
+from kioskd.conversation import Conversation
+from kioskd.state import Command
 from kioskd.tools import ToolRegistry
-
-from resilience_rig import FakeAudio, FakeUplink
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20)
 json_values = st.recursive(
@@ -88,20 +85,10 @@ def test_control_requests_never_raise(line: bytes) -> None:
     assert len(sent) <= 1
 
 
-class _Ws:
-    """A WebSocket stand-in that accepts whatever the session sends."""
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    async def send_message(self, text: str) -> None:
-        self.sent.append(text)
-
-
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(EVENT_TYPES), st.dictionaries(st.text(max_size=30), json_values, max_size=4), json_values)
-def test_session_handles_every_decodable_event(kind: str, body: dict[str, Any], extra: Any) -> None:
-    """Whatever decode_server_event accepts, the session handles without raising."""
+def test_conversation_handles_every_decodable_event(kind: str, body: dict[str, Any], extra: Any) -> None:
+    """Whatever decode_server_event accepts, the conversation handles without raising, in any phase."""
     import json
 
     payload = {"type": kind, f"{kind}_event": body, "extra": extra}
@@ -111,12 +98,17 @@ def test_session_handles_every_decodable_event(kind: str, body: dict[str, Any], 
         event = decode_server_event(json.dumps(payload))
     except ProtocolError:
         return
+    opening = Conversation(SESSION_CONFIG, ToolRegistry.from_config(SESSION_CONFIG))
+    opening.connected(0.0)
+    opened = Conversation(SESSION_CONFIG, ToolRegistry.from_config(SESSION_CONFIG))
+    opened.connected(0.0)
+    opened.receive(decode_server_event(json.dumps(METADATA)), 0.1)
+    for conversation in (opening, opened):
+        actions = conversation.receive(event, 0.2)
+        assert isinstance(actions, list)
+        conversation.tick(0.3)
 
-    async def main() -> None:
-        session = Session(SESSION_CONFIG, FakeAudio(), FakeUplink(False), ToolRegistry.from_config(SESSION_CONFIG),
-                          StatusBoard())
-        async with trio.open_nursery() as nursery:
-            await session._handle(event, _Ws(), nursery)  # type: ignore[arg-type]
-            nursery.cancel_scope.cancel()
 
-    trio.run(main)
+#: What the agent sends first.
+METADATA = {"type": "conversation_initiation_metadata", "conversation_initiation_metadata_event": {
+    "conversation_id": "conv_1", "agent_output_audio_format": "pcm_16000", "user_input_audio_format": "pcm_16000"}}

@@ -17,8 +17,9 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kioskd.config import LedConfig
-from kioskd.leds import (
+from kioskd.config import DEFAULT_CONFIG, LedConfig
+from kioskd.hardware.checks import test_leds_main
+from kioskd.hardware.leds import (
     EXAMPLE_STATUS,
     IDLE_MAX,
     IDLE_MIN,
@@ -37,7 +38,6 @@ from kioskd.leds import (
     light_state,
     light_value,
     pattern,
-    test_leds_main,
 )
 from kioskd.state import KioskState, Status, StatusBoard
 
@@ -265,7 +265,7 @@ class _NoGpio:
 
 
 async def test_no_gpio_runs_without_a_light(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="kioskd.leds")
+    caplog.set_level(logging.WARNING, logger="kioskd.hardware.leds")
     driver = LedDriver(LedConfig(kind="pwm"), StatusBoard(), pin_factory=_NoGpio())
     with trio.fail_after(TEST_TIMEOUT):
         async with driving(driver):
@@ -292,8 +292,8 @@ def test_test_leds_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "leds.brightness" in capsys.readouterr().err
 
 
-def test_test_leds_reads_the_daemons_config_by_default() -> None:
-    from kioskd import leds
-    from kioskd.check_config import DEFAULT_CONFIG
-
-    assert leds.DEFAULT_CONFIG_PATH == DEFAULT_CONFIG == "/etc/kioskd/config.toml"
+def test_test_leds_reads_the_daemons_config_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        test_leds_main(["--help"])
+    assert f"default: {DEFAULT_CONFIG} if it exists" in " ".join(capsys.readouterr().out.split())
+    assert DEFAULT_CONFIG == "/etc/kioskd/config.toml"

@@ -22,8 +22,8 @@ import numpy as np
 import trio
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from kioskd.daemon import Kiosk
-from kioskd.leds import COLOURS, LEVELS, LISTEN_SPAN, PRIVACY_MIN_BRIGHTNESS, UPDATE_HZ, VAD_TAU, LightState, light_state
+from kioskd.service.daemon import Kiosk
+from kioskd.hardware.leds import COLOURS, LEVELS, LISTEN_SPAN, PRIVACY_MIN_BRIGHTNESS, UPDATE_HZ, VAD_TAU, LightState, light_state
 from kioskd.protocol import UserAudioChunk
 from kioskd.simulator import SimulatorConfig, open_simulator
 from kioskd.state import KioskState, Status

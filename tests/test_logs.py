@@ -1,15 +1,17 @@
-"""kioskd.logs: key=value lines and the redaction every line passes through."""
+"""kioskd.ops.logs: key=value lines and the redaction every line passes through."""
 
 from __future__ import annotations
 
 import io
+import json
 import logging
+import urllib.parse
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from kioskd import logs
+from kioskd.ops import logs
 
 KIOSK_TOKEN = "kt_9f8e7d6c5b4a39281706"
 API_KEY = "sk_live_0123456789abcdefABCDEF"
@@ -35,9 +37,9 @@ def out() -> Iterator[io.StringIO]:
 
 
 def test_line_shape(out: io.StringIO) -> None:
-    logging.getLogger("kioskd.session").info("conversation started id=%s format=%s", "conv_1", "pcm_16000")
+    logging.getLogger("kioskd.service.session").info("conversation started id=%s format=%s", "conv_1", "pcm_16000")
     assert out.getvalue() == (
-        'level=info logger=kioskd.session msg="conversation started" id=conv_1 format=pcm_16000\n'
+        'level=info logger=kioskd.service.session msg="conversation started" id=conv_1 format=pcm_16000\n'
     )
 
 
@@ -56,9 +58,9 @@ def test_exception_summary_and_indented_trace(out: io.StringIO) -> None:
     try:
         raise ValueError("boom")
     except ValueError:
-        logging.getLogger("kioskd.daemon").exception("task failed name=%s", "audio")
+        logging.getLogger("kioskd.service.daemon").exception("task failed name=%s", "audio")
     first, *rest = out.getvalue().splitlines()
-    assert first == 'level=error logger=kioskd.daemon msg="task failed" name=audio exc="ValueError: boom"'
+    assert first == 'level=error logger=kioskd.service.daemon msg="task failed" name=audio exc="ValueError: boom"'
     assert rest and all(row.startswith("  ") for row in rest)
     assert rest[-1] == "  ValueError: boom"
 
@@ -115,7 +117,7 @@ def test_no_secret_reaches_any_line(out: io.StringIO) -> None:
     logs.register_secret(KIOSK_TOKEN)
     logs.register_secret(API_KEY)
     url = f"wss://api.elevenlabs.io/v1/convai/conversation?agent_id=ag_1&token={URL_TOKEN}"
-    logging.getLogger("kioskd.session").info("connecting url=%s", url)
+    logging.getLogger("kioskd.service.session").info("connecting url=%s", url)
     logging.getLogger("kioskd.backend.client").debug("token %s loaded", KIOSK_TOKEN)
     logging.getLogger("httpx").info("HTTP Request: GET %s headers=%r", url, {"Authorization": f"Bearer {BEARER}"})
     logging.getLogger("hypercorn.error").warning("request headers xi-api-key: %s", HEADER_KEY)
@@ -133,3 +135,33 @@ def test_no_secret_reaches_any_line(out: io.StringIO) -> None:
     for secret in ALL_SECRETS:
         assert secret not in text, secret
     assert text.count(logs.REDACTED) >= 9
+
+
+@pytest.mark.parametrize(
+    "shown",
+    [
+        lambda s: repr(s),
+        lambda s: json.dumps(s),
+        lambda s: repr(s.encode()),
+        lambda s: s.encode("unicode_escape").decode(),
+        lambda s: logs.untrusted(s),
+        lambda s: urllib.parse.quote(s),
+        lambda s: str(s.split("\n")),
+    ],
+    ids=["repr", "json", "bytes-repr", "unicode-escape", "untrusted", "percent", "lines"],
+)
+def test_redaction_covers_escaped_forms(shown: Callable[[str], str]) -> None:
+    """A secret with odd characters (a two-line token file) is redacted however it was printed."""
+    secret = "tok-\u00e9-line-one\nsecond-line-part \"q\" \\ end"
+    logs.register_secret(secret)
+    text = logs.redact(f"error: {shown(secret)} done")
+    for piece in ("tok-", "line-one", "second-line-part"):
+        assert piece not in text, text
+
+
+def test_control_characters_never_reach_a_line(out: io.StringIO) -> None:
+    logging.getLogger("kioskd.x").warning("bad \x1b[2J\x07 value=%s tail\x00", "a\x1bb\u009bc\r\nd")
+    line = out.getvalue()
+    assert line.count("\n") == 1 and line.endswith("\n")
+    assert not any(ch in line for ch in "\x1b\x07\x00\r\u009b")
+    assert "\\x1b" in line

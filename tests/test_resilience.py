@@ -15,7 +15,7 @@ import trio.testing
 from kioskd.simulator import SimulatorConfig
 from kioskd.protocol import AgentResponse
 from kioskd.state import Command, KioskState
-from kioskd.supervisor import RESUME_INTERVAL
+from kioskd.service.supervisor import RESUME_INTERVAL
 
 from board_wait import wait_for_status
 from resilience_rig import Rig, open_rig

@@ -29,7 +29,7 @@ from kioskd.backoff import Backoff
 from kioskd.config import NetworkConfig
 from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
 from kioskd.state import Command, KioskState, Status, StatusBoard
-from kioskd.supervisor import START_WINDOW, Supervisor
+from kioskd.service.supervisor import START_WINDOW, Supervisor
 from kioskd.tools import ToolRegistry
 
 from kiosk_harness import kiosk_config

@@ -1,4 +1,4 @@
-"""kioskd.systemd against a real NOTIFY_SOCKET (a datagram socket this test binds)."""
+"""kioskd.ops.systemd against a real NOTIFY_SOCKET (a datagram socket this test binds)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from kioskd import systemd
+from kioskd.ops import systemd
 
 WEDGE_SECONDS = 0.5
 WATCHDOG_USEC_FAST = 100_000  # 0.1 s interval → a ping every 0.05 s

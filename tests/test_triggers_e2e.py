@@ -22,12 +22,12 @@ import webrtcvad
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from kioskd.audio.formats import AudioFormat
-from kioskd.daemon import Kiosk
+from kioskd.service.daemon import Kiosk
 from kioskd.protocol import UserAudioChunk
 from kioskd.simulator import Conversation, Simulator, SimulatorConfig, open_simulator
 from kioskd.state import KioskState
-from kioskd.triggers.button import HELD_SLACK
-from kioskd.triggers.vad_wake import frame_dbfs
+from kioskd.hardware.button import HELD_SLACK
+from kioskd.audio.vad_wake import frame_dbfs
 
 from kiosk_harness import SPEECH_WAV, RunningKiosk, kiosk_config, read_wav, running_kiosk
 

@@ -12,7 +12,7 @@ import pytest
 
 from kioskd.config import AudioConfig, VadWakeConfig
 from kioskd.state import Command, KioskState, StatusBoard
-from kioskd.triggers.vad_wake import VadWakeTrigger, WakeDetector, frame_dbfs
+from kioskd.audio.vad_wake import VadWakeTrigger, WakeDetector, frame_dbfs
 
 RATE = 16000
 FRAME = 160

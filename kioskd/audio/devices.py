@@ -30,6 +30,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import trio
 
+from kioskd.audio.errors import DeviceError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -72,10 +74,6 @@ WRITABLE_POLL_MIN_S = 0.0005
 
 _PA_LOCK = threading.Lock()
 """PortAudio's init/open/close are not thread-safe: one at a time, process-wide."""
-
-
-class DeviceError(Exception):
-    """A device could not be opened, read or written; the message names it and why."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from kioskd.audio.devices import DeviceError
+from kioskd.audio.errors import DeviceError
 
 __all__ = ["WAV_OUTPUT_RATE", "WavSink", "WavSource", "open_wav"]
 

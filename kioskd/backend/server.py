@@ -3,10 +3,18 @@
 ``GET /signed-url?agent_id=ID`` with ``Authorization: Bearer <kiosk token>``:
 
 - 401 unknown or missing token (SHA-256 compared in constant time with each kiosk's)
-- 400 no ``agent_id``; 403 agent not in that kiosk's ``agents``
-- 429 over the kiosk's token bucket, with ``Retry-After`` in whole seconds
-- 502 the ElevenLabs API failed (down, slow, non-200, bad JSON), JSON body, no secrets
+- 400 ``agent_id`` missing, repeated or not 1-64 of ``[A-Za-z0-9_-]``; 403 agent not in
+  that kiosk's ``agents``
+- 429 over the kiosk's token bucket (charged only for URLs actually issued), over the
+  client address's budget of requests without a valid token (refused before any other
+  work, logged once per spell), or passed on from the API's own 429; ``Retry-After`` in
+  whole seconds
+- 502 the ElevenLabs API failed (down, slow, non-200, too large, bad JSON, a signed URL
+  that is not ``wss://`` on the API's own host), JSON body, no secrets
 - 200 ``{"signed_url": "wss://…"}``
+
+Every client-supplied value is logged through :func:`kioskd.ops.logs.untrusted` (quoted,
+escaped, cut short).
 
 ``GET /healthz`` → ``{"ok": true}``. Served by hypercorn's Trio worker.
 ``kioskd backend hash-token`` prints a new kiosk token and the hash for backend.toml.
@@ -15,16 +23,22 @@
 from __future__ import annotations
 
 import argparse
+import email.utils
 import hashlib
 import hmac
+import json
 import logging
+import math
 import os
+import re
 import secrets
 import signal
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -35,17 +49,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from kioskd import logs
+from kioskd.ops import logs
 from kioskd.backend.server_config import (
+    MAX_THROTTLED_ADDRESSES,
+    AddressThrottle,
     BackendServerConfig,
     KioskEntry,
     TokenBucket,
+    is_loopback,
     load_server_config,
     parse_listen,
 )
 from kioskd.config import ConfigError
 
-__all__ = ["API_KEY_ENV", "build_app", "hash_token", "main", "serve"]
+__all__ = ["API_KEY_ENV", "build_app", "hash_token", "main", "serve", "signed_url_problem", "upstream_retry_after"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +74,14 @@ TOKEN_BYTES = 32
 EXIT_USAGE = 2
 #: Upstream replies larger than this are not JSON we want.
 MAX_UPSTREAM_BODY = 64 * 1024
+#: A valid ``agent_id``; anything else is answered 400 before any other work.
+AGENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: A signed URL: printable ASCII, no spaces.
+_URL_CHARS = re.compile(r"[\x21-\x7e]+")
+#: The API's 429 is passed on with its Retry-After, at most this many seconds...
+MAX_RETRY_AFTER = 600
+#: ...or this many when it gave none we can read.
+DEFAULT_UPSTREAM_RETRY_AFTER = 10
 #: A graceful hypercorn shutdown gets this long.
 SHUTDOWN_TIMEOUT = 5.0
 
@@ -71,7 +96,68 @@ def _error(status: int, error: str, detail: str, headers: dict[str, str] | None 
 
 
 class UpstreamError(Exception):
-    """The ElevenLabs API did not give a signed URL; the message is safe to return and log."""
+    """The ElevenLabs API did not give a signed URL; the message is safe to return and log.
+
+    ``retry_after`` is set when the API itself rate-limited us (passed on as 429).
+    """
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def upstream_retry_after(value: str | None) -> int:
+    """The API's ``Retry-After`` (seconds or an HTTP date) as whole seconds in [1, MAX_RETRY_AFTER]."""
+    seconds: float = DEFAULT_UPSTREAM_RETRY_AFTER
+    if value is not None and value.strip().isdigit():
+        seconds = int(value.strip())
+    elif value is not None:
+        try:
+            seconds = (email.utils.parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+        except (TypeError, ValueError):
+            pass
+    return int(min(MAX_RETRY_AFTER, max(1, math.ceil(seconds))))
+
+
+def signed_url_problem(signed: object, api_base: str) -> str | None:
+    """None if ``signed`` may be handed to a kiosk, else why not (never echoing it: it holds a token).
+
+    Only ``wss://`` on the API's own host (plain ``ws://`` only when the API is on loopback,
+    e.g. the simulator), printable ASCII without spaces, no user info.
+    """
+    if not isinstance(signed, str):
+        return "the API's reply has no wss:// signed_url"
+    if not _URL_CHARS.fullmatch(signed):
+        return "the API's signed_url contains spaces, control or non-ASCII characters"
+    upstream = urlsplit(api_base).hostname
+    try:
+        parts = urlsplit(signed)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return "the API's signed_url cannot be parsed"
+    if not (parts.scheme == "wss" or (parts.scheme == "ws" and is_loopback(upstream))):
+        return "the API's reply has no wss:// signed_url"
+    if parts.username is not None or parts.password is not None:
+        return "the API's signed_url carries user info"
+    if host is None or host != upstream:
+        return "the API's signed_url points at another host than api_base"
+    return None
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    """The raw body, read as it arrives; UpstreamError as soon as it exceeds ``limit`` bytes."""
+    if response.headers.get("content-encoding", "identity").lower() != "identity":
+        raise UpstreamError("the API's reply is compressed although we asked for identity")
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise UpstreamError("the API's reply is too large")
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > limit:
+            raise UpstreamError("the API's reply is too large")
+    return bytes(body)
 
 
 class Signer:
@@ -90,6 +176,9 @@ class Signer:
         self._clock = clock
         self._hashes = [(entry, entry.token_sha256.lower()) for entry in config.kiosk]
         self._buckets: dict[str, TokenBucket] = {}
+        self._throttle = AddressThrottle(config.unauthenticated_rate_per_minute, config.unauthenticated_burst)
+        #: addresses whose current throttle spell was logged (one line per spell, not per request)
+        self._throttle_logged: set[str] = set()
 
     def authenticate(self, authorization: str | None) -> KioskEntry | None:
         """The kiosk whose token is in ``Authorization: Bearer …``, or None. Checks every kiosk."""
@@ -103,72 +192,105 @@ class Signer:
                 found = entry
         return found
 
-    def rate_limit(self, kiosk_id: str) -> int | None:
-        """None if the kiosk may ask now, else the ``Retry-After`` seconds."""
-        now = self._clock()
+    def _bucket(self, kiosk_id: str, now: float) -> TokenBucket:
         bucket = self._buckets.get(kiosk_id)
         if bucket is None:
             bucket = self._buckets[kiosk_id] = TokenBucket(self.config.rate_per_minute, self.config.burst, now)
-        wait = bucket.take(now)
-        return TokenBucket.retry_after(wait) if wait > 0 else None
+        return bucket
 
     async def fetch(self, agent_id: str) -> str:
         """A signed URL from the ElevenLabs API, within ``upstream_timeout``. Raises UpstreamError."""
+        headers = {"xi-api-key": self._api_key, "Accept-Encoding": "identity"}
         try:
             with trio.fail_after(self.config.upstream_timeout):
-                for path in SIGNED_URL_PATHS:
+                for path in SIGNED_URL_PATHS:  # the next spelling only after a 404
                     url = self.config.api_base.rstrip("/") + path
-                    response = await self._client.get(url, params={"agent_id": agent_id}, headers={"xi-api-key": self._api_key})
-                    if response.status_code != 404:
+                    async with self._client.stream("GET", url, params={"agent_id": agent_id}, headers=headers) as response:
+                        if response.status_code == 404 and path != SIGNED_URL_PATHS[-1]:
+                            continue
+                        if response.status_code == 429:
+                            retry = upstream_retry_after(response.headers.get("retry-after"))
+                            raise UpstreamError("the API is rate-limiting this backend (HTTP 429)", retry_after=retry)
+                        if response.status_code != 200:
+                            raise UpstreamError(f"the API answered {response.status_code}")
+                        content = await _read_capped(response, MAX_UPSTREAM_BODY)
                         break
-        except trio.TooSlowError:
-            raise UpstreamError(f"no answer within {self.config.upstream_timeout:g} s") from None
-        except httpx.TimeoutException:
+        except (trio.TooSlowError, httpx.TimeoutException):
             raise UpstreamError(f"no answer within {self.config.upstream_timeout:g} s") from None
         except httpx.HTTPError as exc:
             raise UpstreamError(f"cannot reach the API ({type(exc).__name__})") from None
-        if response.status_code != 200:
-            raise UpstreamError(f"the API answered {response.status_code}")
-        if len(response.content) > MAX_UPSTREAM_BODY:
-            raise UpstreamError("the API's reply is too large")
         try:
-            body: Any = response.json()
+            body: Any = json.loads(content)
         except ValueError:
             raise UpstreamError("the API's reply is not JSON") from None
         signed = body.get("signed_url") if isinstance(body, dict) else None
-        if not isinstance(signed, str) or not signed.startswith(("wss://", "ws://")):
-            raise UpstreamError("the API's reply has no ws:// or wss:// signed_url")
+        problem = signed_url_problem(signed, self.config.api_base)
+        if problem is not None:
+            raise UpstreamError(problem)
+        assert isinstance(signed, str)
         return signed
 
     async def signed_url(self, request: Request) -> JSONResponse:
-        """``GET /signed-url``: the whole decision, logged without secrets."""
+        """``GET /signed-url``: the whole decision, logged without secrets, client values escaped."""
         started = time.monotonic()
+        address = request.client.host if request.client else "-"
+        now = self._clock()
+        wait = self._throttle.wait(address, now)
+        if wait > 0:
+            return self._throttled(address, wait)
+        self._throttle_logged.discard(address)
         kiosk = self.authenticate(request.headers.get("authorization"))
-        agent_id = request.query_params.get("agent_id", "").strip()
-        response = await self._decide(kiosk, agent_id)
+        agent_ids = request.query_params.getlist("agent_id")
+        response = await self._decide(kiosk, agent_ids)
+        if kiosk is None:
+            self._throttle.charge(address, now)
         log.info(
-            "signed url request kiosk=%s agent=%s status=%d latency_ms=%.0f",
+            "signed url request kiosk=%s agent=%s status=%d latency_ms=%.0f client=%s",
             kiosk.id if kiosk else "-",
-            agent_id or "-",
+            logs.untrusted(",".join(agent_ids)) if agent_ids else "-",
             response.status_code,
             (time.monotonic() - started) * 1000,
+            logs.untrusted(address),
         )
         return response
 
-    async def _decide(self, kiosk: KioskEntry | None, agent_id: str) -> JSONResponse:
+    def _throttled(self, address: str, wait: float) -> JSONResponse:
+        retry_after = TokenBucket.retry_after(wait)
+        if address not in self._throttle_logged:
+            if len(self._throttle_logged) >= MAX_THROTTLED_ADDRESSES:
+                self._throttle_logged.clear()
+            self._throttle_logged.add(address)
+            log.warning(
+                "client throttled: too many requests without a valid token client=%s retry_after=%d",
+                logs.untrusted(address),
+                retry_after,
+            )
+        return _error(
+            429, "rate_limited", f"too many requests without a valid token; retry in {retry_after} s",
+            {"Retry-After": str(retry_after)},
+        )
+
+    async def _decide(self, kiosk: KioskEntry | None, agent_ids: list[str]) -> JSONResponse:
+        if len(agent_ids) != 1 or not AGENT_ID.fullmatch(agent_ids[0]):
+            return _error(400, "bad_request", "agent_id must be given once: 1-64 of A-Z a-z 0-9 _ -")
+        (agent_id,) = agent_ids
         if kiosk is None:
             return _error(401, "unauthorized", "missing or unknown kiosk token", {"WWW-Authenticate": "Bearer"})
-        if not agent_id:
-            return _error(400, "bad_request", "agent_id query parameter is required")
         if agent_id not in kiosk.agents:
             return _error(403, "forbidden", "this kiosk may not use that agent")
-        retry_after = self.rate_limit(kiosk.id)
-        if retry_after is not None:
+        bucket = self._bucket(kiosk.id, self._clock())
+        wait = bucket.take(self._clock())
+        if wait > 0:
+            retry_after = TokenBucket.retry_after(wait)
             return _error(429, "rate_limited", f"retry in {retry_after} s", {"Retry-After": str(retry_after)})
         try:
             signed = await self.fetch(agent_id)
         except UpstreamError as exc:
+            bucket.refund()  # only URLs actually issued count against the kiosk
             log.warning("upstream failed kiosk=%s agent=%s error=%r", kiosk.id, agent_id, str(exc))
+            if exc.retry_after is not None:
+                headers = {"Retry-After": str(exc.retry_after)}
+                return _error(429, "upstream_rate_limited", f"{exc}; retry in {exc.retry_after} s", headers)
             return _error(502, "upstream", str(exc))
         return JSONResponse({"signed_url": signed}, headers={"Cache-Control": "no-store"})
 

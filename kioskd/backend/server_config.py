@@ -7,19 +7,24 @@ time as an argument.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from kioskd.config import load_as, parse_as
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "AddressThrottle",
     "BackendServerConfig",
     "KioskEntry",
     "TokenBucket",
+    "is_loopback",
     "load_server_config",
     "parse_listen",
     "parse_server_config",
@@ -30,6 +35,11 @@ DEFAULT_API_BASE = "https://api.elevenlabs.io"
 DEFAULT_RATE_PER_MINUTE = 6.0
 DEFAULT_BURST = 3
 DEFAULT_UPSTREAM_TIMEOUT = 5.0
+#: Requests without a valid kiosk token, per client address: this many a minute, up to the burst.
+DEFAULT_UNAUTHENTICATED_RATE_PER_MINUTE = 6.0
+DEFAULT_UNAUTHENTICATED_BURST = 10
+#: At most this many client addresses are remembered by the throttle (the oldest are forgotten).
+MAX_THROTTLED_ADDRESSES = 10_000
 SECONDS_PER_MINUTE = 60.0
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
@@ -42,6 +52,18 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"must be HOST:PORT such as {DEFAULT_LISTEN!r}, got {listen!r}")
     return host, int(port)
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for ``localhost`` and addresses in 127.0.0.0/8 or ``::1``."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,8 @@ class BackendServerConfig:
     rate_per_minute: float = DEFAULT_RATE_PER_MINUTE
     burst: int = DEFAULT_BURST
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
+    unauthenticated_rate_per_minute: float = DEFAULT_UNAUTHENTICATED_RATE_PER_MINUTE
+    unauthenticated_burst: int = DEFAULT_UNAUTHENTICATED_BURST
     kiosk: list[KioskEntry] = field(default_factory=list)
 
     def problems(self) -> list[tuple[str, str]]:
@@ -80,12 +104,22 @@ class BackendServerConfig:
             parse_listen(self.listen)
         except ValueError as exc:
             out.append(("listen", str(exc)))
-        if not self.api_base.startswith(("https://", "http://")):
-            out.append(("api_base", f"must be an https:// URL, got {self.api_base!r}"))
+        try:
+            base = urlsplit(self.api_base)
+            host = base.hostname
+        except ValueError:
+            base, host = None, None
+        secure = base is not None and host and (base.scheme == "https" or (base.scheme == "http" and is_loopback(host)))
+        if not secure:
+            out.append(("api_base", f"must be an https:// URL (http:// only on loopback), got {self.api_base!r}"))
         if not self.rate_per_minute > 0:
             out.append(("rate_per_minute", "must be positive"))
         if self.burst < 1:
             out.append(("burst", "must be at least 1"))
+        if not self.unauthenticated_rate_per_minute > 0:
+            out.append(("unauthenticated_rate_per_minute", "must be positive"))
+        if self.unauthenticated_burst < 1:
+            out.append(("unauthenticated_burst", "must be at least 1"))
         if not self.upstream_timeout > 0:
             out.append(("upstream_timeout", "must be positive"))
         if not self.kiosk:
@@ -119,17 +153,66 @@ class TokenBucket:
         self.tokens = float(burst)
         self.updated = now
 
-    def take(self, now: float) -> float:
-        """Spend one token: 0.0 if allowed, else the seconds until one is available (nothing spent)."""
+    def wait(self, now: float) -> float:
+        """0.0 if a token is available now, else the seconds until one is (nothing spent)."""
         elapsed = max(0.0, now - self.updated)
         self.tokens = min(float(self.burst), self.tokens + elapsed * self.rate)
         self.updated = max(self.updated, now)
-        if self.tokens >= 1.0:
+        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
+
+    def take(self, now: float) -> float:
+        """Spend one token: 0.0 if allowed, else the seconds until one is available (nothing spent)."""
+        wait = self.wait(now)
+        if wait == 0.0:
             self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
+        return wait
+
+    def refund(self) -> None:
+        """Give back a token spent on something that did not happen (e.g. an upstream failure)."""
+        self.tokens = min(float(self.burst), self.tokens + 1.0)
+
+    @property
+    def full(self) -> bool:
+        """True when the bucket holds its whole burst (nothing to remember)."""
+        return self.tokens >= self.burst
 
     @staticmethod
     def retry_after(wait: float) -> int:
         """A wait as a ``Retry-After`` value: whole seconds, rounded up, at least 1."""
         return max(1, math.ceil(wait))
+
+
+class AddressThrottle:
+    """A token bucket per client address for requests that carried no valid kiosk token.
+
+    Failed requests are charged (:meth:`charge`); while an address's bucket is empty
+    :meth:`wait` says how long it must wait. Memory is bounded: at most ``max_addresses``
+    are remembered, the least recently charged forgotten first. Time is passed in.
+    """
+
+    def __init__(self, rate_per_minute: float, burst: int, max_addresses: int = MAX_THROTTLED_ADDRESSES) -> None:
+        self.rate_per_minute = rate_per_minute
+        self.burst = burst
+        self.max_addresses = max_addresses
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def wait(self, address: str, now: float) -> float:
+        """0.0 if ``address`` may be heard now, else the seconds it must wait."""
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            return 0.0
+        wait = bucket.wait(now)
+        if bucket.full:
+            del self._buckets[address]
+        return wait
+
+    def charge(self, address: str, now: float) -> None:
+        """Count one refused request from ``address``."""
+        bucket = self._buckets.pop(address, None) or TokenBucket(self.rate_per_minute, self.burst, now)
+        bucket.take(now)
+        self._buckets[address] = bucket
+        while len(self._buckets) > self.max_addresses:
+            self._buckets.popitem(last=False)

@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from kioskd.control import request
+from kioskd.ops.control import request
 from kioskd.simulator import open_simulator
 
 from .common import REPO, script, write_wav

@@ -189,10 +189,35 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                     "met" if o.get("dropped_speech_ms") == 0 else "NOT met"))
     e = results.get("echo", {})
     if e:
-        add("8 echo reduction (AEC3, simulated room)", _get(e, "erle_db"), None, " dB", "", None, ratio=False)
+        name = e.get("canceller", "aec")
+
+        def upto(key: str, bar: float) -> bool | None:
+            v = _get(e, key)
+            return None if v is None else v <= bar
+
+        add(f"8 double talk: visitor attenuation, room, after 2 s ({name}, median/10 ms)", _get(e, "doubletalk_room_db"),
+            None, " dB", "≤ 3 dB", upto("doubletalk_room_db", 3.0), ratio=False)
+        add("8 double talk: visitor attenuation, room, after 1 s", _get(e, "doubletalk_room_after_1s_db"), None, " dB",
+            "≤ 6 dB", upto("doubletalk_room_after_1s_db", 6.0), ratio=False)
+        add("8 double talk: visitor attenuation, no echo path, after 1 s", _get(e, "doubletalk_noecho_db"), None, " dB",
+            "≤ 3 dB", upto("doubletalk_noecho_db", 3.0), ratio=False)
+        erle = _get(e, "erle_db")
+        add(f"8 echo reduction ERLE, single talk ({name}, room)", erle, None, " dB", "≥ 25 dB",
+            None if erle is None else erle >= 25.0, ratio=False)
+        for key, label in (("barge_in_detect_ms", "room"), ("barge_in_detect_noecho_ms", "no echo path"),
+                           ("barge_in_detect_reference_ms", "echo=off, no echo path (reference)")):
+            p95 = _get(e, key, "p95")
+            add(f"8 barge-in detect p95, {label}", p95, None, " ms", "≤ 300 ms" if key != "barge_in_detect_reference_ms"
+                else "", None if p95 is None or "reference" in key else p95 <= 300.0, ratio=False)
+        for cand, figs in (e.get("candidates") or {}).items():
+            add(f"8 candidate {cand}: double talk room / no echo, ERLE, CPU",
+                f"{_fmt(_get(figs, 'room_after_2s', 'median_db'))} / {_fmt(_get(figs, 'noecho_after_1s', 'median_db'))}"
+                f" dB, {_fmt(_get(figs, 'erle_db'))} dB, {_fmt(_get(figs, 'cpu_pct'))} %", None, "", "", None, ratio=False)
         for mode in ("aec", "off", "half_duplex"):
-            add(f"8 self-interruptions, echo={mode}", _get(e, "modes", mode, "self_interruptions"),
-                _get(e, "official", "self_interruptions") if mode == "off" else None, "", "", None, ratio=False)
+            si = _get(e, "modes", mode, "self_interruptions")
+            add(f"8 self-interruptions, echo={mode}", si,
+                _get(e, "official", "self_interruptions") if mode == "off" else None, "", "0" if mode == "aec" else "",
+                None if si is None or mode != "aec" else si == 0, ratio=False)
     k = results.get("cost", {})
     if k:
         cpu = stat("cost", "ours", "conversation_cpu_pct")

@@ -13,7 +13,7 @@ import trio
 
 from kioskd.audio.engine import AudioEngine
 from kioskd.config import Config, parse_config
-from kioskd.daemon import Kiosk
+from kioskd.service.daemon import Kiosk
 from kioskd.simulator import Simulator
 
 from .common import Devices

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kioskd.config import ConfigError, load_config
-
-DEFAULT_CONFIG = "/etc/kioskd/config.toml"
+from kioskd.config import DEFAULT_CONFIG, ConfigError, load_config
 
 
 def main(argv: list[str]) -> int:

@@ -12,7 +12,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -20,7 +20,9 @@ from kioskd.backend.client import SignedUrlError, UrlSource
 from kioskd.backoff import Backoff
 from kioskd.config import Config
 from kioskd.protocol import ConversationInitiationMetadata, ServerEvent, UnknownEvent
-from kioskd.session import AudioPort, Session, SessionOutcome, Uplink
+from kioskd.actions import SessionOutcome
+from kioskd.service.ports import MicPort, SupervisedAudio
+from kioskd.service.session import Session
 from kioskd.state import Command, KioskState, StatusBoard
 from kioskd.tools import ToolRegistry
 
@@ -51,13 +53,6 @@ CUE_REPEAT = 5.0
 IDLE_REFRESH = 0.5
 #: The supervisor counts as healthy while its heartbeat is younger than this (systemd watchdog).
 HEARTBEAT_LIMIT = 5.0
-
-
-class SupervisedAudio(AudioPort, Protocol):
-    """What the supervisor needs of the audio engine beyond a session's needs."""
-
-    def open_uplink(self) -> Uplink: ...
-    def play_cue(self, name: str) -> None: ...
 
 
 def resume_context(transcript: list[str]) -> str:
@@ -263,7 +258,7 @@ class Supervisor:
         finally:
             uplink.close()
 
-    async def _start_once(self, uplink: Uplink, deadline: float) -> SessionOutcome | None:
+    async def _start_once(self, uplink: MicPort, deadline: float) -> SessionOutcome | None:
         """A visitor's start: URL (with the backend's waits), then one connection; None: gave up."""
         backoff = self._backoff()
         while True:
@@ -296,7 +291,7 @@ class Supervisor:
         self._board.update(reason=str(exc))
 
     async def _run_session(
-        self, uplink: Uplink, url: str, context: str | None, *,
+        self, uplink: MicPort, url: str, context: str | None, *,
         connect_timeout: float | None = None, claim: Callable[[], bool] | None = None,
         on_claimed: Callable[[Session], None] | None = None,
     ) -> SessionOutcome:
@@ -323,7 +318,7 @@ class Supervisor:
             if self._session is session:
                 self._session = None
 
-    async def _resume_once(self, uplink: Uplink, context: str, deadline: float) -> SessionOutcome | None:
+    async def _resume_once(self, uplink: MicPort, context: str, deadline: float) -> SessionOutcome | None:
         """Race URL fetches, then connections, until one opens or the grace window ends."""
         backoff = self._backoff(RESUME_BACKOFF_BASE, RESUME_BACKOFF_CAP)
         async with trio.open_nursery() as nursery:

@@ -29,12 +29,9 @@ breathing, the VAD level) is limited to :data:`UPDATE_HZ`.
 
 from __future__ import annotations
 
-import argparse
 import enum
 import logging
 import math
-import os
-import sys
 import warnings
 from collections import deque
 from collections.abc import Callable
@@ -42,8 +39,7 @@ from typing import Any
 
 import trio
 
-from kioskd.check_config import DEFAULT_CONFIG
-from kioskd.config import ConfigError, LedConfig, load_config
+from kioskd.config import LedConfig
 from kioskd.state import KioskState, Status, StatusBoard
 
 __all__ = [
@@ -58,7 +54,6 @@ __all__ = [
     "light_state",
     "light_value",
     "pattern",
-    "test_leds_main",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,9 +80,6 @@ UPDATE_HZ = 30.0
 LEVELS = 255
 #: How many (t, value) changes the driver keeps for tests and diagnostics.
 HISTORY_LEN = 4096
-#: ``kioskd test-leds`` defaults.
-DEFAULT_CONFIG_PATH = DEFAULT_CONFIG  # the daemon's own default
-DEFAULT_SECONDS_PER_PATTERN = 3.0
 
 _NO_GPIO_ERRORS: tuple[type[BaseException], ...] = (ImportError, OSError, RuntimeError)
 
@@ -309,68 +301,3 @@ class LedDriver:
                 return PWMLED(self.config.pin, **kwargs)
             except GPIOZeroError as exc:
                 raise RuntimeError(str(exc) or type(exc).__name__) from exc
-
-
-# --------------------------------------------------------------------------- kioskd test-leds
-
-
-async def _step_through(config: LedConfig, seconds: float, out: Any) -> int:
-    board = StatusBoard()
-    driver = LedDriver(config, board)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(driver.run)
-        if config.kind != "none" and not driver.available:
-            print(f"test-leds: status light unavailable: {driver.unavailable_reason}", file=sys.stderr)
-            nursery.cancel_scope.cancel()
-            return 1
-        for state in LightState:
-            print(f"{state}: {_describe(state)}", file=out, flush=True)
-            status = EXAMPLE_STATUS[state]
-            board.update(**{f: getattr(status, f) for f in ("state", "agent_speaking", "mic_live")}, vad_score=0.0)
-            end = trio.current_time() + seconds
-            while (now := trio.current_time()) < end:
-                if state == LightState.LISTENING:  # sweep the VAD score so the level is visible
-                    board.update(vad_score=(1.0 - math.cos(2 * math.pi * now / 2.0)) / 2.0)
-                await trio.sleep(1.0 / UPDATE_HZ)
-        nursery.cancel_scope.cancel()
-    return 0
-
-
-_DESCRIPTIONS: dict[LightState, str] = {
-    LightState.IDLE: "slow dim breathing (white)",
-    LightState.CONNECTING: "fast blink (blue)",
-    LightState.LISTENING: "steady, brightness follows the voice; never below 30 % (green)",
-    LightState.SPEAKING: "steady full (cyan)",
-    LightState.RECONNECTING: "double blink (amber)",
-    LightState.OFFLINE: "slow blink (red)",
-    LightState.ERROR: "fast flash (red)",
-}
-
-
-def _describe(state: LightState) -> str:
-    return _DESCRIPTIONS[state]
-
-
-def test_leds_main(argv: list[str]) -> int:
-    """``kioskd test-leds [--config PATH] [--seconds-per-pattern N]``: show every pattern in turn."""
-    parser = argparse.ArgumentParser(prog="kioskd test-leds", description="step the status light through every pattern")
-    parser.add_argument("--config", help=f"config.toml (default: {DEFAULT_CONFIG_PATH} if it exists)")
-    parser.add_argument("--seconds-per-pattern", type=float, default=DEFAULT_SECONDS_PER_PATTERN, metavar="N")
-    args = parser.parse_args(argv)
-    if args.seconds_per_pattern <= 0:
-        parser.error("--seconds-per-pattern must be positive")
-    path = args.config or (DEFAULT_CONFIG_PATH if os.path.exists(DEFAULT_CONFIG_PATH) else None)
-    config = LedConfig()
-    if path is not None:
-        try:
-            config = load_config(path).leds
-        except ConfigError as exc:
-            for problem in exc.problems:
-                print(f"test-leds: {problem}", file=sys.stderr)
-            return 2
-    if config.kind == "none":
-        print("test-leds: leds.kind is \"none\": no light configured; showing the pattern names only")
-    return trio.run(_step_through, config, args.seconds_per_pattern, sys.stdout)
-
-
-test_leds_main.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite its name

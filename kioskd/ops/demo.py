@@ -19,9 +19,9 @@ from pathlib import Path
 import trio
 
 from kioskd.config import parse_config
-from kioskd.control import request
-from kioskd.daemon import Kiosk
-from kioskd.logs import setup_logging
+from kioskd.ops.control import request
+from kioskd.service.daemon import Kiosk
+from kioskd.ops.logs import setup_logging
 from kioskd.protocol import AgentResponse, ConversationInitiationMetadata, Ping, ServerEvent, UnknownEvent, UserTranscript
 from kioskd.simulator import SimulatorConfig, open_simulator
 from kioskd.state import KioskState, Status

@@ -145,8 +145,7 @@ def request(path: str, cmd: str, timeout: float = 5.0) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     """``kioskd ctl [--config PATH | --socket PATH] start|end|toggle|status``."""
-    from kioskd.check_config import DEFAULT_CONFIG
-    from kioskd.config import ConfigError, load_config
+    from kioskd.config import DEFAULT_CONFIG, ConfigError, load_config
 
     parser = argparse.ArgumentParser(prog="kioskd ctl", description="Control a running kioskd.")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")

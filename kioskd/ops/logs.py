@@ -9,10 +9,12 @@ still must not log tokens, signed URLs or API keys.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 import threading
+import urllib.parse
 from typing import Any, TextIO
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "redact",
     "register_secret",
     "setup_logging",
+    "untrusted",
 ]
 
 #: What a removed secret is replaced with.
@@ -54,17 +57,41 @@ _secrets_lock = threading.Lock()
 _secret_re: re.Pattern[str] | None = None
 
 
+#: An escaped or partial form of a secret shorter than this is not registered (it would match too much).
+MIN_SECRET_FORM = 6
+
+
+def _shown_forms(value: str) -> set[str]:
+    """How ``value`` can appear in a line: as is, and as repr, JSON, bytes repr, escaped or percent-encoded;
+    the same for each of its lines (a token file with a second line)."""
+    pieces = {value} | {line.strip() for line in value.splitlines()}
+    forms: set[str] = set()
+    for piece in pieces:
+        forms |= {
+            piece,
+            repr(piece)[1:-1],
+            json.dumps(piece)[1:-1],
+            repr(piece.encode())[2:-1],
+            piece.encode("unicode_escape").decode("ascii"),
+            _escape(piece),
+            urllib.parse.quote(piece),
+            urllib.parse.quote(piece, safe=""),
+        }
+    return {form for form in forms if form == value or len(form) >= MIN_SECRET_FORM}
+
+
 def register_secret(value: str) -> None:
     """Redact ``value`` (a token, an API key) wherever it appears in any later log line.
 
-    Empty or whitespace-only values are ignored; surrounding whitespace is stripped.
+    Its escaped forms (repr, JSON, percent-encoding, …) and each of its lines are redacted
+    too. Empty or whitespace-only values are ignored; surrounding whitespace is stripped.
     """
     global _secret_re
     value = value.strip()
     if not value:
         return
     with _secrets_lock:
-        _secrets.add(value)
+        _secrets.update(_shown_forms(value))
         ordered = sorted(_secrets, key=len, reverse=True)  # longest first: no partial leaks
         _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
 
@@ -86,23 +113,44 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
 #: A ``key=value`` token in a message; the text before the first one is ``msg``.
 _FIRST_KV = re.compile(r"(?:^|\s)[A-Za-z_][\w.\-]*=")
 _NEEDS_QUOTES = re.compile(r"[\s\"=\\]")
+#: C0 and C1 control characters (ESC, CR, NUL, CSI…): escaped in every line, never written raw.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: A client-supplied value is cut to this many characters in a log line.
+UNTRUSTED_LIMIT = 64
+_PLAIN = re.compile(r"[A-Za-z0-9_.:/@+-]+")
+
+
+def _escape_control(text: str) -> str:
+    """``text`` with every control character as ``\\n``, ``\\r``, ``\\t`` or ``\\xNN``."""
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return _CONTROL.sub(lambda m: named.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
+
+
+def _escape(text: str) -> str:
+    """``text`` for the inside of a double-quoted value: backslashes, quotes and control characters escaped."""
+    return _escape_control(text.replace("\\", "\\\\").replace('"', '\\"'))
 
 
 def _quote(value: object) -> str:
     """A value as a ``key=value`` token: bare when safe, else double-quoted and escaped."""
     text = str(value)
-    if text and not _NEEDS_QUOTES.search(text):
+    if text and not _NEEDS_QUOTES.search(text) and not _CONTROL.search(text):
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    return f'"{escaped}"'
+    return f'"{_escape(text)}"'
 
 
-def _one_line(text: str) -> str:
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+def untrusted(value: str, limit: int = UNTRUSTED_LIMIT) -> str:
+    """A client-supplied value for a log line: bare when it is a plain word, else double-quoted
+    with quotes, backslashes and control characters escaped; cut to ``limit`` characters (then
+    its full length is said), so no client can forge fields, move the terminal or grow the log."""
+    if len(value) <= limit and _PLAIN.fullmatch(value):
+        return value
+    shown = _escape(value[:limit])
+    return f'"{shown}…({len(value)} chars)"' if len(value) > limit else f'"{shown}"'
 
 
 class KeyValueFormatter(logging.Formatter):
-    """``level=info logger=kioskd.session msg="conversation started" id=conv_1``, redacted.
+    """``level=info logger=kioskd.service.session msg="conversation started" id=conv_1``, redacted.
 
     Text before the first ``key=value`` in the message becomes ``msg``; the rest is
     kept as written. ``extra={...}`` fields are appended as ``key=value``. An
@@ -114,7 +162,7 @@ class KeyValueFormatter(logging.Formatter):
         """Format one record as one redacted line (plus indented traceback lines)."""
         message = record.getMessage()
         match = _FIRST_KV.search(message)
-        head, tail = (message[: match.start()], _one_line(message[match.start() :].strip())) if match else (message, "")
+        head, tail = (message[: match.start()], _escape_control(message[match.start() :].strip())) if match else (message, "")
         parts = [f"level={record.levelname.lower()}", f"logger={_quote(record.name)}", f"msg={_quote(head.strip())}"]
         if tail:
             parts.append(tail)
@@ -130,7 +178,7 @@ class KeyValueFormatter(logging.Formatter):
             trace = f"{trace}\n{record.stack_info}" if trace else record.stack_info
         line = " ".join(parts)
         if trace:
-            line += "".join(f"\n  {row}" for row in trace.splitlines())
+            line += "".join(f"\n  {_escape_control(row)}" for row in trace.splitlines())
         return redact(line)
 
     @staticmethod

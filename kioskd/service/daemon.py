@@ -18,15 +18,14 @@ from typing import Any
 
 import trio
 
-from kioskd import systemd
+from kioskd.ops import systemd
 from kioskd.audio.engine import AudioEngine
 from kioskd.backend.client import PublicAgentUrl, SignedUrlProvider, UrlSource
-from kioskd.check_config import DEFAULT_CONFIG
-from kioskd.config import Config, ConfigError, load_config
-from kioskd.control import ControlServer
-from kioskd.logs import register_secret, setup_logging
+from kioskd.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from kioskd.ops.control import ControlServer
+from kioskd.ops.logs import register_secret, setup_logging
 from kioskd.state import Status, StatusBoard
-from kioskd.supervisor import Supervisor
+from kioskd.service.supervisor import Supervisor
 from kioskd.tools import ToolRegistry
 
 __all__ = ["Kiosk", "main"]
@@ -100,9 +99,9 @@ class Kiosk:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every part until cancelled; ``started()`` once the audio devices are open."""
-        from kioskd.leds import LedDriver
-        from kioskd.triggers.button import ButtonTrigger
-        from kioskd.triggers.vad_wake import VadWakeTrigger
+        from kioskd.hardware.leds import LedDriver
+        from kioskd.hardware.button import ButtonTrigger
+        from kioskd.audio.vad_wake import VadWakeTrigger
 
         config = self.config
         self.board.listen(self._announce)

@@ -1,17 +1,23 @@
-"""``kioskd devices``, ``kioskd test-mic``, ``kioskd test-speaker``: check the sound hardware."""
+"""The hardware checks: ``kioskd devices``, ``test-mic``, ``test-speaker`` (sound) and ``test-leds`` (light)."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+from typing import Any
 
 import numpy as np
 import trio
 
 from kioskd.audio.devices import DeviceError, list_devices, open_stream
 from kioskd.audio.formats import dbfs
+from kioskd.config import DEFAULT_CONFIG, ConfigError, LedConfig, load_config
+from kioskd.hardware.leds import EXAMPLE_STATUS, UPDATE_HZ, LedDriver, LightState
+from kioskd.state import StatusBoard
 
-__all__ = ["devices_main", "test_mic_main", "test_speaker_main"]
+__all__ = ["devices_main", "test_leds_main", "test_mic_main", "test_speaker_main"]
 
 METER_INTERVAL_S = 0.1
 """How often ``test-mic`` redraws its meter line."""
@@ -27,6 +33,8 @@ TONE_FADE_S = 0.02
 """Fade in/out of the tone (no clicks)."""
 TONE_AMPLITUDE = 0.3
 """Tone peak as a fraction of full scale."""
+SECONDS_PER_PATTERN = 3.0
+"""How long ``test-leds`` shows each light pattern."""
 
 
 def devices_main(argv: list[str]) -> int:
@@ -137,3 +145,68 @@ def test_speaker_main(argv: list[str]) -> int:
     finally:
         stream.close()
     return 0
+
+
+# --------------------------------------------------------------------------- kioskd test-leds
+
+
+async def _step_through(config: LedConfig, seconds: float, out: Any) -> int:
+    board = StatusBoard()
+    driver = LedDriver(config, board)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.run)
+        if config.kind != "none" and not driver.available:
+            print(f"test-leds: status light unavailable: {driver.unavailable_reason}", file=sys.stderr)
+            nursery.cancel_scope.cancel()
+            return 1
+        for state in LightState:
+            print(f"{state}: {_describe(state)}", file=out, flush=True)
+            status = EXAMPLE_STATUS[state]
+            board.update(**{f: getattr(status, f) for f in ("state", "agent_speaking", "mic_live")}, vad_score=0.0)
+            end = trio.current_time() + seconds
+            while (now := trio.current_time()) < end:
+                if state == LightState.LISTENING:  # sweep the VAD score so the level is visible
+                    board.update(vad_score=(1.0 - math.cos(2 * math.pi * now / 2.0)) / 2.0)
+                await trio.sleep(1.0 / UPDATE_HZ)
+        nursery.cancel_scope.cancel()
+    return 0
+
+
+_DESCRIPTIONS: dict[LightState, str] = {
+    LightState.IDLE: "slow dim breathing (white)",
+    LightState.CONNECTING: "fast blink (blue)",
+    LightState.LISTENING: "steady, brightness follows the voice; never below 30 % (green)",
+    LightState.SPEAKING: "steady full (cyan)",
+    LightState.RECONNECTING: "double blink (amber)",
+    LightState.OFFLINE: "slow blink (red)",
+    LightState.ERROR: "fast flash (red)",
+}
+
+
+def _describe(state: LightState) -> str:
+    return _DESCRIPTIONS[state]
+
+
+def test_leds_main(argv: list[str]) -> int:
+    """``kioskd test-leds [--config PATH] [--seconds-per-pattern N]``: show every pattern in turn."""
+    parser = argparse.ArgumentParser(prog="kioskd test-leds", description="step the status light through every pattern")
+    parser.add_argument("--config", help=f"config.toml (default: {DEFAULT_CONFIG} if it exists)")
+    parser.add_argument("--seconds-per-pattern", type=float, default=SECONDS_PER_PATTERN, metavar="N")
+    args = parser.parse_args(argv)
+    if args.seconds_per_pattern <= 0:
+        parser.error("--seconds-per-pattern must be positive")
+    path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    config = LedConfig()
+    if path is not None:
+        try:
+            config = load_config(path).leds
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(f"test-leds: {problem}", file=sys.stderr)
+            return 2
+    if config.kind == "none":
+        print("test-leds: leds.kind is \"none\": no light configured; showing the pattern names only")
+    return trio.run(_step_through, config, args.seconds_per_pattern, sys.stdout)
+
+
+test_leds_main.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite its name

@@ -1,0 +1,156 @@
+"""The agent's WebSocket as a transport: TCP/TLS with a small send buffer, and backpressure.
+
+:func:`open_link` opens TCP (and TLS for ``wss://``) itself rather than letting
+trio-websocket do it, so the socket's send buffer can be kept small
+(:data:`SEND_BUFFER`); :meth:`Link.wait_for_room` then holds the microphone back while
+the kernel has more than :data:`CONGESTED_BYTES` not yet sent, so a thin link's backlog
+stays in the uplink buffer (coalesced, bounded, silence dropped first) instead of
+hiding in the kernel. :func:`describe_exc` turns a transport exception into a short
+sentence for the status board.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import socket
+import ssl
+import struct
+import urllib.parse
+from dataclasses import dataclass
+
+import trio
+import trio_websocket
+
+__all__ = ["CONGESTED_BYTES", "SEND_BUFFER", "Link", "describe_exc", "open_link", "unsent_bytes"]
+
+log = logging.getLogger(__name__)
+
+#: Messages trio-websocket may queue before its reader stops (it then stops answering pings).
+MESSAGE_QUEUE = 256
+#: SO_SNDBUF of the agent socket. Microphone audio is 16 kHz int16 = 32 kB/s, ~43 kB/s as
+#: base64 in JSON, so 16 KiB holds ~380 ms (Linux doubles the figure for its bookkeeping,
+#: which small segments mostly use up). The kernel default (hundreds of KB on Wi-Fi, MBs on
+#: loopback) would swallow many seconds of audio on a thin link before ``send_message``
+#: blocked, hiding the backlog from the uplink buffer, whose bound and speech-first drops
+#: then never engaged while audio arrived seconds late. 16 KiB still keeps 20 ms messages
+#: flowing over a ~300 ms round trip.
+SEND_BUFFER = 16 * 1024
+#: The link is congested while more than this many bytes sit in the socket not yet sent
+#: (Linux SIOCOUTQNSD, ~50 ms of audio): the sender then takes no audio from the uplink, so
+#: the backlog stays in the uplink buffer (coalesced, bounded, silence dropped first), and
+#: the trio-websocket send lock is free for pongs and close frames.
+CONGESTED_BYTES = 2048
+#: How often the sender looks again while the link is congested.
+CONGESTION_POLL = 0.01
+#: ioctl: bytes in a TCP socket's send queue not yet sent (Linux, include/uapi/linux/sockios.h).
+SIOCOUTQNSD = 0x894B
+
+Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
+
+
+@dataclass
+class Link:
+    """An open WebSocket to the agent and the TCP socket under it."""
+
+    ws: trio_websocket.WebSocketConnection
+    socket: socket.socket | None
+
+    async def wait_for_room(self) -> int:
+        """Return once the socket can take a message without queueing audio in the kernel.
+
+        Returns how many polls it waited. Why wait here rather than bound each send with a
+        timeout: cancelling ``send_message`` part-way leaves half a frame on the wire, which
+        ends the connection; and skipping a chunk would drop audio without regard to speech.
+        Waiting *before* taking audio from the uplink leaves the backlog where it is
+        coalesced into larger messages and, past its bound, dropped silence first. Each send
+        then fits in the socket at once, so it holds trio-websocket's send lock only briefly
+        and pongs are not queued behind seconds of audio. A link that stops moving
+        altogether is caught by the stall watchdog, not here.
+        """
+        waits = 0
+        while (unsent := unsent_bytes(self.socket)) is not None and unsent > CONGESTED_BYTES:
+            waits += 1
+            await trio.sleep(CONGESTION_POLL)
+        return waits
+
+
+async def open_link(url: str, nursery: trio.Nursery, *, max_message_bytes: int) -> Link:
+    """Open the WebSocket at ``url``; trio-websocket's reader task runs in ``nursery``.
+
+    Raises what opening raises: ValueError (a URL that is not ``ws://``/``wss://`` with a
+    host), OSError, trio.BrokenResourceError, trio_websocket.HandshakeError or
+    ConnectionRejected.
+    """
+    host, resource, stream = await _open_stream(url)
+    ws = await trio_websocket.wrap_client_stream(
+        nursery, stream, host, resource, message_queue_size=MESSAGE_QUEUE, max_message_size=max_message_bytes
+    )
+    return Link(ws, _raw_socket(stream))
+
+
+async def _open_stream(url: str) -> tuple[str, str, Stream]:
+    """Open TCP (and TLS for ``wss://``) to the URL's host: ``(Host header, resource, stream)``.
+
+    TLS uses the system's trust store with SNI and hostname checking.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError("WebSocket URL scheme must be ws: or wss:")
+    host = parts.hostname
+    if not host:
+        raise ValueError("WebSocket URL has no host")
+    secure = parts.scheme == "wss"
+    default_port = 443 if secure else 80
+    port = parts.port or default_port  # .port raises ValueError when out of range
+    resource = parts.path or "/"
+    if parts.query:
+        resource += "?" + parts.query
+    name = f"[{host}]" if ":" in host else host
+    host_header = name if port == default_port else f"{name}:{port}"
+    tcp = await trio.open_tcp_stream(host, port)
+    try:
+        _limit_send_buffer(tcp.socket)
+        if not secure:
+            return host_header, resource, tcp
+        tls = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname=host, https_compatible=True)
+        await tls.do_handshake()  # here, so a certificate problem is reported as one
+        return host_header, resource, tls
+    except BaseException:
+        await trio.aclose_forcefully(tcp)
+        raise
+
+
+def _limit_send_buffer(sock: trio.socket.SocketType) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    except OSError as exc:  # not fatal: the link works, only with more hidden latency
+        log.warning("cannot set the agent socket's send buffer error=%s", exc)
+
+
+def _raw_socket(stream: Stream) -> socket.socket | None:
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    return inner.socket if isinstance(inner, trio.SocketStream) else None  # type: ignore[return-value]
+
+
+def unsent_bytes(sock: socket.socket | trio.socket.SocketType | None) -> int | None:
+    """Bytes queued in the socket but not yet sent (Linux); None where this cannot be asked."""
+    if sock is None or sock.fileno() < 0:
+        return None
+    try:
+        out = fcntl.ioctl(sock.fileno(), SIOCOUTQNSD, struct.pack("i", 0))
+    except OSError:
+        return None
+    return int(struct.unpack("i", out)[0])
+
+
+def describe_exc(exc: BaseException) -> str:
+    """A transport exception as a short sentence (TLS and handshake errors by their cause)."""
+    if isinstance(exc, trio.BrokenResourceError) and isinstance(exc.__cause__, ssl.SSLError):
+        exc = exc.__cause__
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, trio_websocket.HandshakeError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text

@@ -1,0 +1,290 @@
+"""One conversation on one WebSocket: the driver that pumps link ↔ conversation ↔ audio.
+
+A :class:`Session` opens the link (:mod:`kioskd.service.link`), feeds what arrives and
+the time into a :class:`~kioskd.conversation.Conversation` (which holds every rule),
+and carries out its actions: messages out, audio to the speaker, fields on the
+status board, the end. Its own tasks are the reader, the keepalive pings, the
+microphone sender and the watch loop that ticks the conversation. It never raises for
+a network or protocol fault: :meth:`Session.run` returns a
+:class:`~kioskd.conversation.SessionOutcome`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+import trio
+import trio_websocket
+
+from kioskd.actions import (
+    CLOSE_TIMEOUT,
+    Action,
+    End,
+    Interrupt,
+    OpenAudio,
+    Play,
+    Send,
+    SessionOutcome,
+    SessionStats,
+    Show,
+)
+from kioskd.config import Config
+from kioskd.conversation import Conversation, closed_outcome
+from kioskd.protocol import ProtocolError, ServerEvent, UnknownEvent, UserAudioChunk, decode_server_event, encode
+from kioskd.service.link import Link, describe_exc, open_link
+from kioskd.service.ports import AudioPort, MicPort, SpeakerPort
+from kioskd.state import StatusBoard
+from kioskd.tools import ToolRegistry
+
+__all__ = ["Session"]
+
+log = logging.getLogger(__name__)
+
+#: How often the session refreshes the speaking/listening flags and ticks the conversation.
+PUMP_INTERVAL = 0.05
+#: The link errors that end a conversation (everything else in a handler is a bug, survived).
+LINK_ERRORS = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class Session:
+    """One conversation. Create, then ``await run(url)``; call :meth:`end` to finish it."""
+
+    def __init__(
+        self,
+        config: Config,
+        audio: AudioPort,
+        uplink: MicPort,
+        tools: ToolRegistry,
+        board: StatusBoard,
+        *,
+        context: str | None = None,
+        observers: Sequence[Callable[[ServerEvent | UnknownEvent], None]] = (),
+    ) -> None:
+        self._config = config
+        self._audio = audio
+        self._uplink = uplink
+        self._board = board
+        self._observers = tuple(observers)
+        self.conversation = Conversation(config, tools, context=context)
+        self._link: Link | None = None
+        self._tasks: trio.Nursery | None = None
+        self._playback: SpeakerPort | None = None
+        self._sending = False
+
+    @property
+    def stats(self) -> SessionStats:
+        """The conversation's counters."""
+        return self.conversation.stats
+
+    @property
+    def conversation_id(self) -> str | None:
+        """The agent's id for this conversation, once it opened."""
+        return self.conversation.conversation_id
+
+    @property
+    def transcript(self) -> list[str]:
+        """The latest transcript lines, oldest first."""
+        return self.conversation.transcript
+
+    def end(self, reason: str = "ended by request") -> None:
+        """Finish the conversation cleanly (close 1000). Safe to call at any time, more than once."""
+        self._act(self.conversation.end(reason))
+
+    async def run(
+        self,
+        url: str,
+        *,
+        connect_timeout: float | None = None,
+        claim: Callable[[], bool] | None = None,
+    ) -> SessionOutcome:
+        """Hold the conversation until it ends; never raises for network or protocol faults.
+
+        ``connect_timeout`` bounds the WebSocket handshake (default ``network.connect_timeout``).
+        ``claim`` is asked once the handshake is done: False means another attempt already
+        won (the supervisor races attempts while resuming), and this one closes at once,
+        before anything is sent, so no conversation is started on the server.
+        """
+        try:
+            async with trio.open_nursery() as nursery:  # holds trio-websocket's reader task
+                link = await self._open(url, nursery, connect_timeout)
+                if link is not None:
+                    if claim is not None and not claim():
+                        self._fail(SessionOutcome("superseded by another connection attempt"), close_timeout=0.0)
+                    try:
+                        await self._converse(link)
+                    finally:
+                        await self._close(link)
+                nursery.cancel_scope.cancel()
+        except* trio_websocket.ConnectionRejected as group:  # raised by trio-websocket's reader task
+            self._fail(_rejected_outcome(group.exceptions[0]))
+        except* trio_websocket.ConnectionClosed as group:
+            exc = group.exceptions[0]
+            assert isinstance(exc, trio_websocket.ConnectionClosed)
+            self._fail(closed_outcome(_close_code(exc)))
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+            self._fail(SessionOutcome(f"connection lost: {describe_exc(group.exceptions[0])}", resumable=True))
+        except* Exception as group:  # a bug must end this conversation, never the daemon
+            log.error("session failed id=%s", self.conversation_id, exc_info=group.exceptions[0])
+            self._fail(SessionOutcome(f"internal error: {type(group.exceptions[0]).__name__}"))
+        finally:
+            self._stop_audio()
+        return self.conversation.result()
+
+    # ------------------------------------------------------------------ the link
+
+    async def _open(self, url: str, nursery: trio.Nursery, connect_timeout: float | None) -> Link | None:
+        net = self._config.network
+        timeout = net.connect_timeout if connect_timeout is None else connect_timeout
+        try:
+            with trio.fail_after(timeout):
+                return await open_link(url, nursery, max_message_bytes=net.max_message_bytes)
+        except trio.TooSlowError:
+            self._fail(SessionOutcome(f"no connection within {timeout:g} s", resumable=True))
+        except trio_websocket.ConnectionRejected as exc:
+            self._fail(_rejected_outcome(exc))
+        except (trio_websocket.HandshakeError, OSError, trio.BrokenResourceError) as exc:
+            self._fail(SessionOutcome(f"cannot connect: {describe_exc(exc)}", resumable=True))
+        except ValueError as exc:  # a URL trio-websocket cannot use
+            self._fail(SessionOutcome(f"unusable conversation URL: {type(exc).__name__}", resumable=True))
+        return None
+
+    async def _close(self, link: Link) -> None:
+        ending = self.conversation.ending or End(SessionOutcome("ended"))
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(ending.close_timeout),
+            contextlib.suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError, OSError),
+        ):
+            await link.ws.aclose(ending.close_code)
+
+    def _fail(self, outcome: SessionOutcome, *, close_timeout: float = CLOSE_TIMEOUT) -> None:
+        self._act(self.conversation.finish(outcome, close_timeout=close_timeout))
+
+    # ------------------------------------------------------------------ the conversation's tasks
+
+    async def _converse(self, link: Link) -> None:
+        """Run the conversation's tasks until it ends (only this inner scope is cancelled then:
+        the socket's reader must live on for the close handshake)."""
+        self._link = link
+        await self._apply(self.conversation.connected(trio.current_time()))
+        if self.conversation.ending is not None:
+            return  # ended while connecting or introducing itself
+        async with trio.open_nursery() as nursery:
+            self._tasks = nursery
+            nursery.start_soon(self._receive_loop, link.ws)
+            nursery.start_soon(self._keepalive, link.ws)
+            nursery.start_soon(self._watch)
+
+    async def _receive_loop(self, ws: trio_websocket.WebSocketConnection) -> None:
+        while True:
+            try:
+                data = await ws.get_message()
+            except trio_websocket.ConnectionClosed as exc:
+                self._act(self.conversation.closed(_close_code(exc), trio.current_time()))
+                self._tick(trio.current_time())  # a drain ends at once when nothing is playing
+                return
+            now = trio.current_time()
+            try:
+                event = decode_server_event(data)
+            except ProtocolError as exc:
+                self.conversation.malformed(exc, now)
+                continue
+            try:
+                await self._apply(self.conversation.receive(event, now))
+                for observer in self._observers:
+                    observer(event)
+            except LINK_ERRORS:
+                raise  # the link is gone: run() turns this into the outcome
+            except Exception:  # one bad event must not end the conversation
+                self.stats.malformed += 1
+                log.exception("server event could not be handled id=%s type=%s",
+                              self.conversation_id, type(event).__name__)
+
+    async def _keepalive(self, ws: trio_websocket.WebSocketConnection) -> None:
+        """WebSocket pings: a pong (like any message) proves the link is alive."""
+        net = self._config.network
+        while True:
+            with trio.move_on_after(net.stall_timeout):
+                try:
+                    await ws.ping()
+                except trio_websocket.ConnectionClosed:
+                    return
+                self.conversation.heard(trio.current_time())
+            await trio.sleep(net.ws_ping_interval)
+
+    async def _watch(self) -> None:
+        """Tick the conversation every PUMP_INTERVAL, or exactly at its next deadline if sooner."""
+        while self._tick(trio.current_time()):
+            await trio.sleep_until(min(trio.current_time() + PUMP_INTERVAL, self.conversation.deadline))
+
+    def _tick(self, now: float) -> bool:
+        """Refresh the speaking/listening flags and tick; False once the conversation has ended."""
+        speaking = self._playback is not None and self._playback.speaking
+        self._board.update(agent_speaking=speaking, mic_live=self._sending and self._audio.mic_enabled)
+        self._act(self.conversation.tick(now, speaking=speaking))
+        return self.conversation.ending is None
+
+    async def _send_microphone(self, ws: trio_websocket.WebSocketConnection, link: Link) -> None:
+        self._sending = True
+        try:
+            while True:
+                self.stats.congested_waits += await link.wait_for_room()
+                chunk = await self._uplink.receive()
+                # Privacy: the listening light is switched on (synchronously, by the board's
+                # listeners) before microphone audio leaves the kiosk, never after.
+                self._board.update(mic_live=self._audio.mic_enabled)
+                await ws.send_message(encode(UserAudioChunk(user_audio_chunk=chunk)))
+                self.stats.chunks_sent += 1
+        finally:
+            self._sending = False
+
+    # ------------------------------------------------------------------ actions
+
+    async def _apply(self, actions: Iterable[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                assert self._link is not None
+                await self._link.ws.send_message(encode(action.message))
+            else:
+                self._act([action])
+
+    def _act(self, actions: Iterable[Action]) -> None:
+        """Carry out the actions that need no waiting (a Send here is a bug)."""
+        for action in actions:
+            match action:
+                case Play(event_id=event_id, audio=audio):
+                    if self._playback is not None:
+                        self._playback.push(event_id, audio)
+                case Interrupt(event_id=event_id):
+                    if self._playback is not None:
+                        self._playback.interrupt(event_id)
+                case Show(changes=changes):
+                    self._board.update(**changes)
+                case OpenAudio(input=up, output=down):
+                    assert self._link is not None and self._tasks is not None
+                    self._uplink.set_format(up)
+                    self._playback = self._audio.open_playback(down)
+                    self._tasks.start_soon(self._send_microphone, self._link.ws, self._link)
+                case End():
+                    if self._tasks is not None:
+                        self._tasks.cancel_scope.cancel()
+                case Send():
+                    raise AssertionError("a Send must be awaited (use _apply)")
+
+    def _stop_audio(self) -> None:
+        self._sending = False
+        if self._playback is not None:
+            self._playback.close()
+            self._playback = None
+        self._board.update(agent_speaking=False, mic_live=False)
+
+
+def _close_code(exc: trio_websocket.ConnectionClosed) -> int | None:
+    return exc.reason.code if exc.reason is not None else None
+
+
+def _rejected_outcome(exc: BaseException) -> SessionOutcome:
+    status = getattr(exc, "status_code", None)
+    return SessionOutcome(f"the agent server refused the connection (HTTP {status})", rejected=True)
