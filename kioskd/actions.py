@@ -48,7 +48,7 @@ class SessionStats:
     """Counters for ``kioskd ctl status`` and the benchmarks."""
 
     pings: int = 0
-    last_ping_ms: int | None = None
+    last_ping_ms: float | None = None
     audio_events: int = 0
     chunks_sent: int = 0
     interruptions: int = 0
@@ -83,7 +83,7 @@ class Play:
 
 @dataclass(frozen=True)
 class Interrupt:
-    """The visitor barged in: silence agent audio up to ``event_id``."""
+    """The visitor barged in: silence agent audio older than ``event_id`` (that id and newer play)."""
 
     event_id: int
 

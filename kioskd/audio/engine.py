@@ -181,7 +181,7 @@ class Playback:
         self._last_event = 0
 
     def push(self, event_id: int, data: bytes) -> None:
-        """Queue agent audio (dropped if ``event_id`` ≤ the last interruption or no speaker)."""
+        """Queue agent audio (dropped if ``event_id`` < the last interruption's, or no speaker)."""
         engine = self._engine
         if self.closed or not engine._devices["output"].ok:
             self.dropped_bytes += len(data)
@@ -212,7 +212,7 @@ class Playback:
                 self._engine._jitter.push(self._last_event, tail, time.monotonic())
 
     def interrupt(self, event_id: int) -> None:
-        """Barge-in: drop audio with id ≤ ``event_id``, queued, in flight or late (short fade)."""
+        """Barge-in: drop audio with id < ``event_id``, queued, in flight or late (short fade)."""
         if self.closed:
             return
         self._resampler = None  # the old stream's tail must not leak into the next reply

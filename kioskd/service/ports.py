@@ -34,10 +34,10 @@ class SpeakerPort(Protocol):
         """Agent audio is audible now."""
 
     def push(self, event_id: int, data: bytes) -> None:
-        """Queue agent audio (dropped if ``event_id`` is at or before the last interruption)."""
+        """Queue agent audio (dropped if ``event_id`` is below the last interruption's: the JS client's rule)."""
 
     def interrupt(self, event_id: int) -> None:
-        """Barge-in: silence everything up to ``event_id``."""
+        """Barge-in: silence everything older than ``event_id`` (audio with that id still plays)."""
 
     def close(self) -> None:
         """Stop playing for this conversation."""
