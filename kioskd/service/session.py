@@ -120,7 +120,7 @@ class Session:
         except* trio_websocket.ConnectionRejected as group:  # raised by trio-websocket's reader task
             self._fail(_rejected_outcome(group.exceptions[0]))
         except* trio_websocket.ConnectionClosed as group:
-            exc = group.exceptions[0]
+            exc = _leaf(group)
             assert isinstance(exc, trio_websocket.ConnectionClosed)
             self._fail(closed_outcome(_close_code(exc)))
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
@@ -237,6 +237,8 @@ class Session:
                 self._board.update(mic_live=self._audio.mic_enabled)
                 await ws.send_message(encode(UserAudioChunk(user_audio_chunk=chunk)))
                 self.stats.chunks_sent += 1
+        except trio_websocket.ConnectionClosed:
+            return  # the agent closed the link (e.g. while its goodbye plays): the reader reports it
         finally:
             self._sending = False
 
@@ -279,6 +281,13 @@ class Session:
             self._playback.close()
             self._playback = None
         self._board.update(agent_speaking=False, mic_live=False)
+
+
+def _leaf(error: BaseException) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def _close_code(exc: trio_websocket.ConnectionClosed) -> int | None:
