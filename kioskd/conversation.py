@@ -274,7 +274,7 @@ class Conversation:
                 return [Play(body.event_id, body.audio_base_64)] if self._audio_open else []
             case Ping(ping_event=body):
                 self.stats.pings += 1
-                self.stats.last_ping_ms = body.ping_ms
+                self.stats.last_ping_ms = body.rtt_ms()
                 return [Send(Pong(event_id=body.event_id))]
             case VadScore(vad_score_event=body):
                 if body.vad_score >= VAD_ACTIVITY:
