@@ -80,11 +80,22 @@ class AgentConfig:
     prompt: str = ""
     voice_id: str = ""
     dynamic_variables: dict[str, SCALAR] = field(default_factory=dict)
+    #: Server events to ask for (the ``conversation.client_events`` override); empty: the
+    #: agent's own. The agent's security settings must allow the override.
+    client_events: list[str] = field(default_factory=list)
 
     def problems(self) -> list[tuple[str, str]]:
+        from kioskd.protocol import SCHEMA_EVENT_TYPES  # late: keep config importable on its own
+
         out = []
         if not self.agent_id.strip():
             out.append(("agent_id", "must be set to your agent's id"))
+        unknown = [name for name in self.client_events if name not in SCHEMA_EVENT_TYPES - {"error"}]
+        if unknown:
+            out.append(("client_events", f"unknown event types {', '.join(map(repr, unknown))} (see the AsyncAPI's "
+                                         "ClientEvent list, e.g. audio, interruption, vad_score, agent_tool_response)"))
+        elif self.client_events and "audio" not in self.client_events:
+            out.append(("client_events", "must include 'audio' (without it the kiosk hears nothing)"))
         if not self.server.startswith(("ws://", "wss://")):
             out.append(("server", f"must start with wss:// (or ws:// for a local simulator), got {self.server!r}"))
         return out
@@ -235,11 +246,20 @@ class ButtonConfig:
     mode: ButtonMode = "toggle"
     long_press: float = 3.0
     bounce_ms: int = 50
+    #: Optional feedback buttons (BCM pins; -1 = none): a press rates the agent's latest answer.
+    like_pin: int = -1
+    dislike_pin: int = -1
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
         if not 0 <= self.pin <= 27:
             out.append(("pin", "must be a BCM GPIO number 0–27"))
+        for key in ("like_pin", "dislike_pin"):
+            value = getattr(self, key)
+            if value != -1 and not 0 <= value <= 27:
+                out.append((key, "must be a BCM GPIO number 0–27, or -1 for none"))
+            elif value != -1 and value in {self.pin} | ({self.dislike_pin} if key == "like_pin" else set()):
+                out.append((key, f"pin {value} is already used by another button"))
         if self.long_press <= 0:
             out.append(("long_press", "must be positive"))
         if not 0 <= self.bounce_ms <= 1000:

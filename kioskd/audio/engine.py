@@ -62,6 +62,9 @@ DEFAULT_FORMAT = AudioFormat("pcm", INTERNAL_RATE)
 """An uplink's format until the conversation says otherwise (the protocol's default)."""
 VAD_AGGRESSIVENESS = 2
 """webrtcvad mode for the uplink's speech flags (0 least, 3 most aggressive)."""
+VOICE_WINDOW_FRAMES = 10
+"""Frames (10 ms each) the uplink's ``voice_level`` averages: 100 ms, the window of the
+simulator's vad_score, so the light moves the same with or without the agent's VAD."""
 DEVICE_BACKOFF_BASE = 0.5
 """First reopen waits up to this long (seconds)."""
 DEVICE_BACKOFF_CAP = 10.0
@@ -118,6 +121,9 @@ class Uplink:
         self._resampler = Resampler(INTERNAL_RATE, fmt.rate)
         self._wake = trio.Event()
         self.closed = False
+        #: when this uplink last carried speech (Trio time), and the speech flags of its latest frames
+        self.speech_at: float | None = None
+        self._speech: deque[bool] = deque(maxlen=VOICE_WINDOW_FRAMES)
         for frame, speech in preroll:
             self._buffer.push(frame, speech)
 
@@ -138,6 +144,14 @@ class Uplink:
         if not self.closed:
             self._buffer.push(frame, speech)
             self._wake.set()
+            self._speech.append(speech)
+            if speech:
+                self.speech_at = trio.current_time()
+
+    @property
+    def voice_level(self) -> float:
+        """The share of speech frames in the latest :data:`VOICE_WINDOW_FRAMES` (0–1, as a vad_score)."""
+        return sum(self._speech) / len(self._speech) if self._speech else 0.0
 
     async def receive(self) -> bytes:
         """The next message's audio, encoded in :attr:`format`; ClosedResourceError once closed."""

@@ -14,7 +14,14 @@ __all__ = ["AudioPort", "MicPort", "SpeakerPort", "SupervisedAudio"]
 
 
 class MicPort(Protocol):
-    """Microphone audio for one conversation, encoded for the agent."""
+    """Microphone audio for one conversation, encoded for the agent.
+
+    ``speech_at``: when the kiosk's own VAD last heard speech in it (Trio time; None: not
+    yet); ``voice_level``: the share of speech in its latest 100 ms (0–1, like a vad_score).
+    """
+
+    speech_at: float | None
+    voice_level: float
 
     def set_format(self, fmt: AudioFormat) -> None:
         """Encode from now on as ``fmt`` (the agent's input format)."""
