@@ -16,6 +16,7 @@ from gpiozero.pins.mock import MockFactory
 from kioskd.config import ButtonConfig
 from kioskd.state import Command
 from kioskd.hardware.button import ButtonLogic, ButtonTrigger
+from kioskd.hardware.handoff import ToTrio
 
 PIN = 17
 BOUNCE = 0.05
@@ -214,9 +215,9 @@ async def test_press_after_run_finished_is_swallowed(factory: MockFactory) -> No
         token_holder.append(trio.lowlevel.current_trio_token())
 
     await trio.to_thread.run_sync(lambda: trio.run(capture))
-    trigger._token = token_holder[0]  # a token of a run that has ended
+    trigger._to_trio = ToTrio(token_holder[0])  # the hand-off of a run that has ended
     trigger._from_gpio(trigger._on_press)  # must not raise
-    assert sent == []
+    assert sent == [] and not trigger._to_trio.alive
 
 
 class _NoGpio:

@@ -89,6 +89,16 @@ async def test_ready_status_sigterm_and_sighup(tmp_path: Path) -> None:
                 while "config reloaded" not in log_path.read_text():
                     await trio.sleep(0.05)
 
+                # a second copy on the same control socket refuses to start and leaves the socket alone
+                second = await trio.run_process(
+                    [sys.executable, "-m", "kioskd", "run", "--config", str(config)],
+                    capture_stdout=True, capture_stderr=True, env=env, check=False,
+                )
+                assert second.returncode == 1, second.stderr
+                assert f"in use by a running kioskd (pid {proc.pid})".encode() in second.stderr
+                assert b"Traceback" not in second.stderr
+                assert (await trio.to_thread.run_sync(request, sock, "status"))["ok"]
+
                 assert (await trio.to_thread.run_sync(request, sock, "start"))["ok"]
                 conv = await sim.wait_for_conversation()
                 await notes.wait_for("STATUS=conversation")

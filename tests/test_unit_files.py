@@ -71,9 +71,13 @@ def test_verify_clean(unit: Path, tmp_path: Path) -> None:
                 "Restart=always",
                 "UMask=0077",
                 "DeviceAllow=char-alsa rw",
+                "LimitNOFILE=1024",  # the limit tests/test_control.py holds 1,100 connections under
             ],
         ),
-        ("kioskd-backend.service", ["EnvironmentFile=/etc/kioskd/backend.env", "Restart=always", "PrivateDevices=yes"]),
+        (
+            "kioskd-backend.service",
+            ["EnvironmentFile=/etc/kioskd/backend.env", "Restart=always", "PrivateDevices=yes", "LimitNOFILE=4096"],
+        ),
     ],
 )
 def test_unit_contract(unit: str, lines: list[str]) -> None:

@@ -16,8 +16,15 @@
 Every client-supplied value is logged through :func:`kioskd.ops.logs.untrusted` (quoted,
 escaped, cut short).
 
-``GET /healthz`` → ``{"ok": true}``. Served by hypercorn's Trio worker.
-``kioskd backend hash-token`` prints a new kiosk token and the hash for backend.toml.
+- 503 the shared state (Redis) is unreachable, with ``Retry-After``: fail closed
+
+``GET /healthz`` → ``{"ok": true}``. Served by hypercorn's Trio worker. The state
+(buckets, heartbeats, registry, revocations) is a :class:`~kioskd.backend.store.Store`:
+in this process, or in Redis with ``redis_url`` (the unauthenticated-request throttle
+stays per replica). Heartbeats and the fleet view are in :mod:`kioskd.backend.fleet`,
+``/metrics`` in :mod:`kioskd.backend.metrics`.
+``kioskd backend hash-token`` prints a new kiosk token and the hash for backend.toml;
+``kioskd backend kiosks add|revoke|list`` manages the registry (:mod:`kioskd.backend.kiosks`).
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ from __future__ import annotations
 import argparse
 import email.utils
 import hashlib
-import hmac
 import json
 import logging
 import math
@@ -49,6 +55,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from kioskd.backend import fleet, metrics
 from kioskd.ops import logs
 from kioskd.backend.server_config import (
     MAX_THROTTLED_ADDRESSES,
@@ -60,6 +67,7 @@ from kioskd.backend.server_config import (
     load_server_config,
     parse_listen,
 )
+from kioskd.backend.store import Store, StoreUnavailable, open_store
 from kioskd.config import ConfigError
 
 __all__ = ["API_KEY_ENV", "build_app", "hash_token", "main", "serve", "signed_url_problem", "upstream_retry_after"]
@@ -168,35 +176,24 @@ class Signer:
         config: BackendServerConfig,
         api_key: str,
         client: httpx.AsyncClient,
+        store: Store,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self.store = store
         self._api_key = api_key
         self._client = client
         self._clock = clock
-        self._hashes = [(entry, entry.token_sha256.lower()) for entry in config.kiosk]
-        self._buckets: dict[str, TokenBucket] = {}
         self._throttle = AddressThrottle(config.unauthenticated_rate_per_minute, config.unauthenticated_burst)
         #: addresses whose current throttle spell was logged (one line per spell, not per request)
         self._throttle_logged: set[str] = set()
 
-    def authenticate(self, authorization: str | None) -> KioskEntry | None:
-        """The kiosk whose token is in ``Authorization: Bearer …``, or None. Checks every kiosk."""
+    async def authenticate(self, authorization: str | None) -> KioskEntry | None:
+        """The kiosk whose token is in ``Authorization: Bearer …``, or None (unknown or revoked)."""
         scheme, _, token = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
-        digest = hash_token(token.strip())
-        found = None
-        for entry, expected in self._hashes:  # no early exit: same work for every token
-            if hmac.compare_digest(digest, expected):
-                found = entry
-        return found
-
-    def _bucket(self, kiosk_id: str, now: float) -> TokenBucket:
-        bucket = self._buckets.get(kiosk_id)
-        if bucket is None:
-            bucket = self._buckets[kiosk_id] = TokenBucket(self.config.rate_per_minute, self.config.burst, now)
-        return bucket
+        return await self.store.kiosk_for_token(hash_token(token.strip()))
 
     async def fetch(self, agent_id: str) -> str:
         """A signed URL from the ElevenLabs API, within ``upstream_timeout``. Raises UpstreamError."""
@@ -239,7 +236,7 @@ class Signer:
         if wait > 0:
             return self._throttled(address, wait)
         self._throttle_logged.discard(address)
-        kiosk = self.authenticate(request.headers.get("authorization"))
+        kiosk = await self.authenticate(request.headers.get("authorization"))
         agent_ids = request.query_params.getlist("agent_id")
         response = await self._decide(kiosk, agent_ids)
         if kiosk is None:
@@ -278,15 +275,14 @@ class Signer:
             return _error(401, "unauthorized", "missing or unknown kiosk token", {"WWW-Authenticate": "Bearer"})
         if agent_id not in kiosk.agents:
             return _error(403, "forbidden", "this kiosk may not use that agent")
-        bucket = self._bucket(kiosk.id, self._clock())
-        wait = bucket.take(self._clock())
+        wait = await self.store.take(kiosk.id)
         if wait > 0:
             retry_after = TokenBucket.retry_after(wait)
             return _error(429, "rate_limited", f"retry in {retry_after} s", {"Retry-After": str(retry_after)})
         try:
             signed = await self.fetch(agent_id)
         except UpstreamError as exc:
-            bucket.refund()  # only URLs actually issued count against the kiosk
+            await self.store.refund(kiosk.id)  # only URLs actually issued count against the kiosk
             log.warning("upstream failed kiosk=%s agent=%s error=%r", kiosk.id, agent_id, str(exc))
             if exc.retry_after is not None:
                 headers = {"Retry-After": str(exc.retry_after)}
@@ -295,17 +291,34 @@ class Signer:
         return JSONResponse({"signed_url": signed}, headers={"Cache-Control": "no-store"})
 
 
+#: ``Retry-After`` on a 503 while the shared state is unreachable.
+UNAVAILABLE_RETRY_AFTER = 5
+
+
 async def _healthz(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True})
 
 
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.error("store unavailable path=%s error=%r", request.url.path, str(exc))
+    return _error(503, "unavailable", "the backend's shared state is unreachable", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)})
+
+
 def build_app(signer: Signer) -> Starlette:
-    """The Starlette app: ``/signed-url`` and ``/healthz``."""
+    """The Starlette app: signed URLs, heartbeats, the fleet view, metrics and ``/healthz``."""
+    stats = metrics.Metrics(signer.config, signer.store)
+    board = fleet.Fleet(signer.config, signer.store, signer.authenticate)
     return Starlette(
         routes=[
-            Route("/signed-url", signer.signed_url, methods=["GET"]),
+            Route("/signed-url", stats.timed("signed_url", signer.signed_url, count=True), methods=["GET"]),
+            Route("/heartbeat", stats.timed("heartbeat", board.heartbeat), methods=["POST"]),
+            Route("/fleet.json", stats.timed("fleet", board.fleet_json), methods=["GET"]),
+            Route("/fleet", stats.timed("fleet", board.fleet_page), methods=["GET"]),
+            Route("/fleet/login", board.login, methods=["POST"]),
+            Route("/metrics", stats.endpoint, methods=["GET"]),
             Route("/healthz", _healthz, methods=["GET"]),
-        ]
+        ],
+        exception_handlers={StoreUnavailable: _store_unavailable},
     )
 
 
@@ -329,8 +342,11 @@ async def serve(
     """Serve until ``shutdown_trigger`` returns (or cancelled); started value: the bound URLs."""
     logs.register_secret(api_key)
     timeout = httpx.Timeout(config.upstream_timeout)
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-        app = build_app(Signer(config, api_key, client))
+    async with (
+        open_store(config) as store,
+        httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client,
+    ):
+        app = build_app(Signer(config, api_key, client, store))
         await hypercorn_serve(
             app,  # type: ignore[arg-type]
             _hypercorn_config(config.listen),
@@ -369,6 +385,10 @@ def main(argv: list[str]) -> int:
     """``kioskd backend [--config PATH]`` or ``kioskd backend hash-token``."""
     if argv[:1] == ["hash-token"]:
         return _hash_token_main()
+    if argv[:1] == ["kiosks"]:
+        from kioskd.backend.kiosks import main as kiosks_main
+
+        return kiosks_main(argv[1:])
     args = _parser().parse_args(argv)
     logs.setup_logging(args.log_level)
     api_key = os.environ.get(API_KEY_ENV, "").strip()

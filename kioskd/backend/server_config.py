@@ -35,6 +35,8 @@ DEFAULT_API_BASE = "https://api.elevenlabs.io"
 DEFAULT_RATE_PER_MINUTE = 6.0
 DEFAULT_BURST = 3
 DEFAULT_UPSTREAM_TIMEOUT = 5.0
+#: Seconds between a kiosk's heartbeats when it does not say (offline after three missed ones).
+DEFAULT_HEARTBEAT_INTERVAL = 60.0
 #: Requests without a valid kiosk token, per client address: this many a minute, up to the burst.
 DEFAULT_UNAUTHENTICATED_RATE_PER_MINUTE = 6.0
 DEFAULT_UNAUTHENTICATED_BURST = 10
@@ -94,6 +96,13 @@ class BackendServerConfig:
     rate_per_minute: float = DEFAULT_RATE_PER_MINUTE
     burst: int = DEFAULT_BURST
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
+    #: Shared state for replicas (``redis://host:6379/0``); empty = in this process only.
+    redis_url: str = ""
+    #: SHA-256 of the operator's token for ``/fleet`` and ``/fleet.json``; empty = fleet view off.
+    operator_token_sha256: str = ""
+    #: SHA-256 of a token ``/metrics`` then requires; empty = open (the listen address decides).
+    metrics_token_sha256: str = ""
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     unauthenticated_rate_per_minute: float = DEFAULT_UNAUTHENTICATED_RATE_PER_MINUTE
     unauthenticated_burst: int = DEFAULT_UNAUTHENTICATED_BURST
     kiosk: list[KioskEntry] = field(default_factory=list)
@@ -122,8 +131,16 @@ class BackendServerConfig:
             out.append(("unauthenticated_burst", "must be at least 1"))
         if not self.upstream_timeout > 0:
             out.append(("upstream_timeout", "must be positive"))
-        if not self.kiosk:
-            out.append(("kiosk", "add at least one [[kiosk]] table"))
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            out.append(("redis_url", f"must be a redis://, rediss:// or unix:// URL, got {self.redis_url!r}"))
+        for key in ("operator_token_sha256", "metrics_token_sha256"):
+            value = getattr(self, key)
+            if value and not _SHA256_HEX.fullmatch(value):
+                out.append((key, "must be 64 hex digits (run `kioskd backend hash-token`) or empty"))
+        if not self.heartbeat_interval > 0:
+            out.append(("heartbeat_interval", "must be positive"))
+        if not self.kiosk and not self.redis_url:
+            out.append(("kiosk", "add at least one [[kiosk]] table (or a redis_url and `kioskd backend kiosks add`)"))
         ids = [k.id for k in self.kiosk]
         hashes = [k.token_sha256.lower() for k in self.kiosk]
         for i, entry in enumerate(self.kiosk):

@@ -32,21 +32,19 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from kioskd.config import ButtonConfig, ButtonMode
+from kioskd.hardware.gpio import GpioUnavailable, open_device
+from kioskd.hardware.handoff import ToTrio
 from kioskd.state import Command
 
 __all__ = ["ButtonLogic", "ButtonTrigger"]
 
 log = logging.getLogger(__name__)
-
-#: Errors gpiozero (or the pin library under it) raises when there is no usable GPIO.
-_NO_GPIO_ERRORS: tuple[type[BaseException], ...] = (ImportError, OSError, RuntimeError)
 
 #: A held report may reach Trio a little earlier, relative to the press, than gpiozero saw
 #: it (thread hand-off latency); reports this much early still count.
@@ -171,16 +169,16 @@ class ButtonTrigger:
         )
         self.available = False  # True once the button is open
         self._button: Any = None  # strong reference: gpiozero must not lose its callbacks
-        self._token: trio.lowlevel.TrioToken | None = None
+        self._to_trio: ToTrio | None = None
         self._settle_wakeup = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the button, deliver its commands until cancelled, then close it."""
-        self._token = trio.lowlevel.current_trio_token()
+        self._to_trio = ToTrio()
         try:
             self._button = self._open()
-        except _NO_GPIO_ERRORS as exc:
-            log.warning("button unavailable: %s; running on the other triggers", _reason(exc))
+        except GpioUnavailable as exc:
+            log.warning("button unavailable: %s; running on the other triggers", exc)
         if self._button is None:
             task_status.started()
             await trio.sleep_forever()
@@ -196,38 +194,23 @@ class ButtonTrigger:
             button.close()
 
     def _open(self) -> Any:
-        from gpiozero import Button  # imported late: a broken GPIO stack must not break imports
-        from gpiozero.exc import GPIOZeroError
-
-        kwargs: dict[str, Any] = {
-            "pull_up": self.config.pull_up,
-            "bounce_time": (self.config.bounce_ms / 1000.0) or None,
-            "hold_time": self.config.long_press,
-        }
-        if self.pin_factory is not None:
-            kwargs["pin_factory"] = self.pin_factory
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PinFactoryFallback chatter on a PC
-            try:
-                button = Button(self.config.pin, **kwargs)
-            except GPIOZeroError as exc:
-                raise RuntimeError(str(exc) or type(exc).__name__) from exc
+        button = open_device(
+            "Button",
+            self.config.pin,
+            pin_factory=self.pin_factory,
+            pull_up=self.config.pull_up,
+            bounce_time=(self.config.bounce_ms / 1000.0) or None,
+            hold_time=self.config.long_press,
+        )
         button.when_pressed = lambda *_: self._from_gpio(self._on_press)
         button.when_released = lambda *_: self._from_gpio(self._on_release)
         button.when_held = lambda *_: self._from_gpio(self._on_held)
         return button
 
-    # ------------------------------------------------------------------ GPIO thread
-
     def _from_gpio(self, fn: Callable[[], None]) -> None:
         """Called on gpiozero's thread: hand ``fn`` to Trio without waiting."""
-        token = self._token
-        if token is None:
-            return
-        try:
-            token.run_sync_soon(fn)
-        except trio.RunFinishedError:
-            pass  # a press during shutdown
+        if self._to_trio is not None:
+            self._to_trio.post(fn)
 
     # ------------------------------------------------------------------ Trio thread
 
@@ -258,6 +241,3 @@ class ButtonTrigger:
                     pressed = bool(self._button.is_pressed) if self._button is not None else False
                     self._deliver(self.logic.settle(trio.current_time(), pressed))
 
-
-def _reason(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

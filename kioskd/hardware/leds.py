@@ -32,7 +32,6 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import warnings
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +39,7 @@ from typing import Any
 import trio
 
 from kioskd.config import LedConfig
+from kioskd.hardware.gpio import GpioUnavailable, open_device
 from kioskd.state import KioskState, Status, StatusBoard
 
 __all__ = [
@@ -80,8 +80,6 @@ UPDATE_HZ = 30.0
 LEVELS = 255
 #: How many (t, value) changes the driver keeps for tests and diagnostics.
 HISTORY_LEN = 4096
-
-_NO_GPIO_ERRORS: tuple[type[BaseException], ...] = (ImportError, OSError, RuntimeError)
 
 
 class LightState(enum.StrEnum):
@@ -233,8 +231,8 @@ class LedDriver:
             await trio.sleep_forever()
         try:
             self._device = self._open()
-        except _NO_GPIO_ERRORS as exc:
-            self.unavailable_reason = str(exc) or type(exc).__name__
+        except GpioUnavailable as exc:
+            self.unavailable_reason = str(exc)
             log.warning("status light unavailable: %s; running without a light", self.unavailable_reason)
         if self._device is None:
             task_status.started()
@@ -287,17 +285,7 @@ class LedDriver:
             self._device.value = value
 
     def _open(self) -> Any:
-        from gpiozero import PWMLED, RGBLED  # imported late: a broken GPIO stack must not break imports
-        from gpiozero.exc import GPIOZeroError
-
-        kwargs: dict[str, Any] = {"active_high": self.config.active_high}
-        if self.pin_factory is not None:
-            kwargs["pin_factory"] = self.pin_factory
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PinFactoryFallback chatter on a PC
-            try:
-                if self.config.kind == "rgb":
-                    return RGBLED(self.config.red, self.config.green, self.config.blue, **kwargs)
-                return PWMLED(self.config.pin, **kwargs)
-            except GPIOZeroError as exc:
-                raise RuntimeError(str(exc) or type(exc).__name__) from exc
+        c = self.config
+        if c.kind == "rgb":
+            return open_device("RGBLED", c.red, c.green, c.blue, pin_factory=self.pin_factory, active_high=c.active_high)
+        return open_device("PWMLED", c.pin, pin_factory=self.pin_factory, active_high=c.active_high)

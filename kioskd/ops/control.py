@@ -9,11 +9,13 @@ screen or a script can drive the kiosk with nothing more than ``socat``.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import socket
 import stat
+import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,14 +26,24 @@ import trio
 
 from kioskd.state import Command
 
-__all__ = ["ControlServer", "handle_request", "main", "request"]
+__all__ = ["ControlServer", "ControlSocketInUse", "check_socket_free", "handle_request", "main", "request", "socket_owner"]
 
 log = logging.getLogger(__name__)
 
 #: A request line longer than this is refused (a control request is a few dozen bytes).
 MAX_REQUEST = 4096
-#: How long a client may take to send its request line.
+#: How long a client may take to send a whole request line (from connecting or the previous
+#: reply; bytes trickled in do not extend it), and to take a reply.
 REQUEST_TIMEOUT = 5.0
+#: Connections served at once (a touch screen, a script, ``kioskd ctl``: a handful).
+MAX_CONNECTIONS = 8
+#: Connections the kernel queues before accept().
+LISTEN_BACKLOG = 16
+#: accept() failures that mean "no room now" (file descriptors, memory): retry after ACCEPT_RETRY.
+CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_RETRY = 0.1
+#: struct ucred {pid_t pid; uid_t uid; gid_t gid;} as SO_PEERCRED returns it.
+_UCRED = struct.Struct("3i")
 #: Socket mode: owner and group (e.g. a touch-screen app in the kioskd group).
 SOCKET_MODE = 0o660
 
@@ -62,8 +74,64 @@ def handle_request(
     return {"ok": True, "cmd": req.cmd}
 
 
+class ControlSocketInUse(Exception):
+    """Another process answers on the control socket: this kiosk must not take it over."""
+
+
+def socket_owner(path: str | os.PathLike[str]) -> int | None:
+    """The PID of the process listening on the Unix socket at ``path`` (0 if it answers but
+    cannot be named), or None if nothing listens there (a stale socket file)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(os.fspath(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return None
+        except (BlockingIOError, PermissionError):
+            return 0  # listening with a full backlog, or not ours to open: alive either way
+        pid, _uid, _gid = _UCRED.unpack(probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        return pid
+
+
+def check_socket_free(path: str) -> None:
+    """Raise :class:`ControlSocketInUse` when a running process answers on ``path``."""
+    if not stat.S_ISSOCK(_lstat_mode(path)):
+        return
+    pid = socket_owner(path)
+    if pid is not None:
+        who = f" (pid {pid})" if pid else ""
+        raise ControlSocketInUse(
+            f"control.socket: {path} is in use by a running kioskd{who}; "
+            "stop it first, or give this one another control.socket"
+        )
+
+
+def _lstat_mode(path: str) -> int:
+    try:
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
+        return 0
+
+
+class _Connection:
+    """One client: its stream, a scope to close it, and since when it waits for a request."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.scope = trio.CancelScope()
+        self.waiting_since: float | None = trio.current_time()
+
+
 class ControlServer:
-    """Serves the control socket; each connection may send several request lines."""
+    """Serves the control socket; each connection may send several request lines.
+
+    At most MAX_CONNECTIONS at once: a new one past that closes at once the one that has
+    waited longest for its next request (or itself, when every one is being answered), so
+    idle or trickling clients cannot lock ``kioskd ctl`` out. Each request line must arrive
+    whole within REQUEST_TIMEOUT (trickled bytes do not extend it), each reply be taken
+    within REQUEST_TIMEOUT. Out of file descriptors, accepting pauses (one log line per
+    spell) instead of failing or flooding the journal.
+    """
 
     def __init__(
         self, path: str, send: Callable[[Command], None], status: Callable[[], dict[str, Any]]
@@ -71,17 +139,26 @@ class ControlServer:
         self.path = path
         self._send = send
         self._status = status
+        self._connections: dict[_Connection, None] = {}  # insertion order: oldest first
+        self._identity: tuple[int, int] | None = None
+        self._capacity_errors = 0
+
+    @property
+    def connections(self) -> int:
+        """Connections being served now."""
+        return len(self._connections)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen until cancelled; a socket that cannot be made is logged and retried."""
+        """Listen until cancelled. Raises ControlSocketInUse when another process answers on the path."""
         listener = await self._listen()
         try:
             task_status.started()
-            await trio.serve_listeners(self._serve, [listener])
+            async with trio.open_nursery() as nursery:
+                await self._accept_forever(listener, nursery)
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
-            Path(self.path).unlink(missing_ok=True)
+            self._unlink_if_ours()
 
     async def _listen(self) -> trio.SocketListener:
         path = Path(self.path)
@@ -89,33 +166,100 @@ class ControlServer:
         if path.exists() or path.is_symlink():
             if not stat.S_ISSOCK(path.lstat().st_mode):
                 raise OSError(f"control.socket: {path} exists and is not a socket")
-            path.unlink()  # stale socket from a previous run
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await sock.bind(str(path))
-        os.chmod(path, SOCKET_MODE)
-        sock.listen(16)
+            check_socket_free(self.path)
+            path.unlink()  # stale socket from a previous run: nothing answers on it
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            raw.bind(str(path))  # a local path: no thread needed (trio's bind would use one)
+            os.chmod(path, SOCKET_MODE)
+            raw.listen(LISTEN_BACKLOG)
+        except BaseException:
+            raw.close()
+            raise
+        info = os.stat(path)
+        self._identity = (info.st_dev, info.st_ino)
         log.info("control socket listening path=%s", path)
-        return trio.SocketListener(sock)
+        await trio.lowlevel.checkpoint()
+        return trio.SocketListener(trio.socket.from_stdlib_socket(raw))
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
+    def _unlink_if_ours(self) -> None:
+        """Remove the socket file only if it is still the one this server bound."""
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if (info.st_dev, info.st_ino) == self._identity:
+            os.unlink(self.path)
+
+    async def _accept_forever(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in CAPACITY_ERRNOS:
+                    raise
+                if not self._capacity_errors:
+                    log.warning(
+                        "control socket: out of file descriptors (%s); not accepting for now",
+                        errno.errorcode.get(exc.errno or 0, exc.errno),
+                    )
+                self._capacity_errors += 1
+                await trio.sleep(ACCEPT_RETRY)
+                continue
+            if self._capacity_errors:
+                log.info("control socket accepting again after %d refused accepts", self._capacity_errors)
+                self._capacity_errors = 0
+            self._admit(stream, nursery)
+
+    def _admit(self, stream: trio.SocketStream, nursery: trio.Nursery) -> None:
+        if len(self._connections) >= MAX_CONNECTIONS:
+            waiting = [c for c in self._connections if c.waiting_since is not None]
+            if not waiting:
+                stream.socket.close()  # every slot is busy answering: this one is the excess
+                return
+            oldest = min(waiting, key=lambda c: c.waiting_since or 0.0)
+            oldest.scope.cancel()
+            del self._connections[oldest]
+        connection = _Connection(stream)
+        self._connections[connection] = None
+        nursery.start_soon(self._serve, connection)
+
+    async def _serve(self, connection: _Connection) -> None:
         buffer = b""
         try:
-            async with stream:
-                while True:
-                    with trio.move_on_after(REQUEST_TIMEOUT) as timeout:
-                        data = await stream.receive_some(MAX_REQUEST)
-                    if timeout.cancelled_caught or not data:
-                        return
-                    buffer += data
-                    while b"\n" in buffer:
-                        line, buffer = buffer.split(b"\n", 1)
-                        if line.strip():
+            with connection.scope:
+                async with connection.stream as stream:
+                    while True:
+                        connection.waiting_since = trio.current_time()
+                        line: bytes | None = None
+                        with trio.move_on_at(connection.waiting_since + REQUEST_TIMEOUT):
+                            line, buffer = await self._read_line(stream, buffer)
+                        if line is None:
+                            return
+                        connection.waiting_since = None
+                        with trio.move_on_after(REQUEST_TIMEOUT) as sending:
                             await self._answer(stream, line)
-                    if len(buffer) > MAX_REQUEST:
-                        await self._reply(stream, {"ok": False, "error": "request too long"})
-                        return
+                        if sending.cancelled_caught:
+                            return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
+        finally:
+            self._connections.pop(connection, None)
+
+    async def _read_line(self, stream: trio.SocketStream, buffer: bytes) -> tuple[bytes | None, bytes]:
+        """The next non-blank request line and what follows it; None at the end (EOF, too long)."""
+        while True:
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if line.strip():
+                    return line, buffer
+            if len(buffer) > MAX_REQUEST:
+                await self._reply(stream, {"ok": False, "error": "request too long"})
+                return None, b""
+            data = await stream.receive_some(MAX_REQUEST)
+            if not data:
+                return None, b""
+            buffer += data
 
     async def _answer(self, stream: trio.SocketStream, line: bytes) -> None:
         reply = handle_request(line, self._send, self._status)

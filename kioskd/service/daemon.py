@@ -22,7 +22,7 @@ from kioskd.ops import systemd
 from kioskd.audio.engine import AudioEngine
 from kioskd.backend.client import PublicAgentUrl, SignedUrlProvider, UrlSource
 from kioskd.config import DEFAULT_CONFIG, Config, ConfigError, load_config
-from kioskd.ops.control import ControlServer
+from kioskd.ops.control import ControlServer, ControlSocketInUse, check_socket_free
 from kioskd.ops.logs import register_secret, setup_logging
 from kioskd.state import Status, StatusBoard
 from kioskd.service.supervisor import Supervisor
@@ -138,13 +138,21 @@ class Kiosk:
             await self.supervisor.end_and_wait()
 
 
+#: Exit status when another kioskd answers on the control socket.
+EXIT_IN_USE = 1
+
+
 async def _serve(config: Config, config_path: str) -> int:
     try:
+        check_socket_free(config.control.socket)  # before opening any device: a second copy stops here
         kiosk = Kiosk(config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"kioskd: {problem}", file=sys.stderr)
         return 2
+    except ControlSocketInUse as exc:
+        print(f"kioskd: {exc}", file=sys.stderr)
+        return EXIT_IN_USE
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             await nursery.start(kiosk.run)

@@ -1,0 +1,239 @@
+"""The backend's state in Redis, shared by every replica (``redis_url`` in ``backend.toml``).
+
+Each decision is one Lua script, so it is atomic across replicas and uses Redis's
+clock (``TIME``), never the replicas' own: a kiosk gets exactly its allowance
+however many replicas it talks to. Keys (all under ``kioskd:``):
+
+- ``bucket:<id>`` hash ``tokens``, ``updated``; expires once it would be full again
+- ``hb:<id>`` the latest heartbeat (JSON as sent); ``seen`` sorted set id → last seen
+- ``kiosk:<id>`` hash ``token_sha256``, ``agents`` (JSON); ``token:<sha256>`` → id;
+  ``kiosks`` set of registered ids; ``revoked`` set of revoked ids (TOML kiosks too)
+
+The client is coredis (anyio, so it runs under Trio). Every Redis error or timeout
+becomes :class:`~kioskd.backend.store.StoreUnavailable`; coredis reconnects on the
+next call, so the backend recovers by itself when Redis returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import coredis
+import coredis.exceptions
+from coredis.retry import NoRetryPolicy
+
+from kioskd.backend.server_config import SECONDS_PER_MINUTE, BackendServerConfig, KioskEntry
+from kioskd.backend.store import (
+    Heartbeat,
+    KioskRecord,
+    Store,
+    StoreUnavailable,
+    check_new_kiosk,
+    find_toml_kiosk,
+)
+
+__all__ = ["PREFIX", "REDIS_TIMEOUT", "RedisStore", "open_redis_store"]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "kioskd:"
+#: Seconds to connect to Redis or wait for one answer before failing closed.
+REDIS_TIMEOUT = 1.0
+#: Heartbeats are read back in batches of this many keys.
+MGET_BATCH = 500
+
+T = TypeVar("T")
+
+# ARGV: token sha256 (lower case), TOML kiosk id or "" → false | {id, agents JSON or ""}
+_AUTH = """
+local id = ARGV[2]
+local agents = ''
+if id == '' then
+  id = redis.call('GET', '{p}token:' .. ARGV[1])
+  if not id then return false end
+  agents = redis.call('HGET', '{p}kiosk:' .. id, 'agents') or ''
+end
+if redis.call('SISMEMBER', '{p}revoked', id) == 1 then return false end
+return {id, agents}
+"""
+
+# KEYS: bucket; ARGV: tokens per second, burst, "take" | "refund" → seconds to wait ("0" = charged)
+_BUCKET = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens = tonumber(b[1]) or burst
+local updated = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
+updated = math.max(updated, now)
+local wait = 0
+if ARGV[3] == 'refund' then
+  tokens = math.min(burst, tokens + 1)
+elseif tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'updated', string.format('%.17g', updated))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return string.format('%.17g', wait)
+"""
+
+# KEYS: hb:<id>, seen; ARGV: id, status JSON → last seen (Unix seconds)
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], string.format('%.17g', now), ARGV[1])
+return string.format('%.17g', now)
+"""
+
+# ARGV: id, token sha256, agents JSON → "ok" | "id" | "token"
+_ADD = """
+local key = '{p}kiosk:' .. ARGV[1]
+local revoked = redis.call('SISMEMBER', '{p}revoked', ARGV[1]) == 1
+if redis.call('EXISTS', key) == 1 and not revoked then return 'id' end
+if redis.call('EXISTS', '{p}token:' .. ARGV[2]) == 1 then return 'token' end
+local old = redis.call('HGET', key, 'token_sha256')
+if old then redis.call('DEL', '{p}token:' .. old) end
+redis.call('HSET', key, 'token_sha256', ARGV[2], 'agents', ARGV[3])
+redis.call('SET', '{p}token:' .. ARGV[2], ARGV[1])
+redis.call('SADD', '{p}kiosks', ARGV[1])
+redis.call('SREM', '{p}revoked', ARGV[1])
+return 'ok'
+"""
+
+
+def _script(source: str) -> str:
+    return source.replace("{p}", PREFIX)
+
+
+def describe_url(url: str) -> str:
+    """``redis_url`` without credentials, for logs and errors."""
+    parts = urlsplit(url)
+    host = parts.hostname or parts.path or "?"
+    return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}{parts.path if parts.hostname else ''}"
+
+
+class RedisStore:
+    """:class:`~kioskd.backend.store.Store` on a coredis client (see the module docstring)."""
+
+    def __init__(self, config: BackendServerConfig, client: coredis.Redis[str]) -> None:
+        self._config = config
+        self._client = client
+        self._where = describe_url(config.redis_url)
+        self._auth = client.register_script(_script(_AUTH))
+        self._bucket = client.register_script(_script(_BUCKET))
+        self._heartbeat = client.register_script(_script(_HEARTBEAT))
+        self._add = client.register_script(_script(_ADD))
+
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except (coredis.exceptions.RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis at {self._where} failed ({what}: {type(exc).__name__})") from None
+
+    async def kiosk_for_token(self, token_sha256: str) -> KioskEntry | None:
+        """A TOML kiosk (checked here) or a registered one (in Redis), unless revoked."""
+        digest = token_sha256.lower()
+        toml = find_toml_kiosk(self._config.kiosk, digest)
+        reply = await self._call("auth", lambda: self._auth(args=[digest, toml.id if toml else ""]))
+        if not reply:
+            return None
+        if toml is not None:
+            return toml
+        kiosk_id, agents = reply  # type: ignore[misc]
+        return KioskEntry(id=str(kiosk_id), token_sha256=digest, agents=_agents(agents))
+
+    async def _charge(self, kiosk_id: str, op: str) -> float:
+        rate = self._config.rate_per_minute / SECONDS_PER_MINUTE
+        key = f"{PREFIX}bucket:{kiosk_id}"
+        reply = await self._call(op, lambda: self._bucket(keys=[key], args=[repr(rate), self._config.burst, op]))
+        return float(reply)  # type: ignore[arg-type]
+
+    async def take(self, kiosk_id: str) -> float:
+        """Charge one signed URL: 0.0 if charged, else seconds until one is available."""
+        return await self._charge(kiosk_id, "take")
+
+    async def refund(self, kiosk_id: str) -> None:
+        """Give back one charge; never above the burst."""
+        await self._charge(kiosk_id, "refund")
+
+    async def record_heartbeat(self, kiosk_id: str, status: dict[str, Any]) -> float:
+        """Keep ``status`` as this kiosk's latest; returns Redis's time of it."""
+        keys = [f"{PREFIX}hb:{kiosk_id}", f"{PREFIX}seen"]
+        body = json.dumps(status, separators=(",", ":"))
+        reply = await self._call("heartbeat", lambda: self._heartbeat(keys=keys, args=[kiosk_id, body]))
+        return float(reply)  # type: ignore[arg-type]
+
+    async def heartbeats(self) -> list[Heartbeat]:
+        """The latest heartbeat of every kiosk that ever sent one."""
+        seen = await self._call("fleet", lambda: self._client.zrange(f"{PREFIX}seen", 0, -1, withscores=True))
+        out: list[Heartbeat] = []
+        pairs = [(str(member), float(score)) for member, score in seen]  # type: ignore[misc]
+        for start in range(0, len(pairs), MGET_BATCH):
+            batch = pairs[start : start + MGET_BATCH]
+            keys = [f"{PREFIX}hb:{kiosk_id}" for kiosk_id, _ in batch]
+            bodies = await self._call("fleet", lambda keys=keys: self._client.mget(keys))  # type: ignore[misc]
+            for (kiosk_id, last_seen), body in zip(batch, bodies, strict=True):
+                if body is not None:
+                    out.append(Heartbeat(kiosk_id, json.loads(body), last_seen))
+        return out
+
+    async def kiosks(self) -> list[KioskRecord]:
+        """The TOML list, then the registry, with revocations from Redis."""
+        revoked = await self._call("registry", lambda: self._client.smembers(f"{PREFIX}revoked"))
+        ids = await self._call("registry", lambda: self._client.smembers(f"{PREFIX}kiosks"))
+        out = [KioskRecord(e, "toml", e.id in revoked) for e in self._config.kiosk]
+        for kiosk_id in sorted(ids):
+            fields = await self._call("registry", lambda k=kiosk_id: self._client.hgetall(f"{PREFIX}kiosk:{k}"))  # type: ignore[misc]
+            entry = KioskEntry(id=kiosk_id, token_sha256=fields.get("token_sha256", ""), agents=_agents(fields.get("agents", "")))
+            out.append(KioskRecord(entry, "registry", kiosk_id in revoked))
+        return out
+
+    async def add_kiosk(self, entry: KioskEntry) -> None:
+        """Register a kiosk in Redis. Raises ValueError if its id or token is taken."""
+        check_new_kiosk(entry, [r for r in await self.kiosks() if r.source == "toml"])
+        digest = entry.token_sha256.lower()
+        args = [entry.id, digest, json.dumps(entry.agents)]
+        reply = await self._call("registry", lambda: self._add(args=args))
+        if reply == "id":
+            raise ValueError(f"a kiosk with id {entry.id!r} already exists (registry)")
+        if reply == "token":
+            raise ValueError("another kiosk already has that token")
+
+    async def revoke(self, kiosk_id: str) -> bool:
+        """Add the id to the revoked set every replica checks on each request; False if unknown."""
+        if not any(r.entry.id == kiosk_id for r in await self.kiosks()):
+            return False
+        await self._call("registry", lambda: self._client.sadd(f"{PREFIX}revoked", [kiosk_id]))
+        return True
+
+
+def _agents(text: str) -> list[str]:
+    try:
+        agents = json.loads(text) if text else []
+    except ValueError:
+        return []
+    return [a for a in agents if isinstance(a, str)] if isinstance(agents, list) else []
+
+
+@asynccontextmanager
+async def open_redis_store(config: BackendServerConfig) -> AsyncIterator[Store]:
+    """A :class:`RedisStore` for ``config.redis_url``; Redis need not be up yet (calls fail closed until it is)."""
+    client: coredis.Redis[str] = coredis.Redis.from_url(
+        config.redis_url,
+        decode_responses=True,
+        connect_timeout=REDIS_TIMEOUT,
+        stream_timeout=REDIS_TIMEOUT,
+        retry_policy=NoRetryPolicy(),
+    )
+    async with client:
+        yield RedisStore(config, client)
