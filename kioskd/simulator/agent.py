@@ -363,6 +363,10 @@ class _Session:
             kind_i = kinds[i % len(kinds)]
             self._out_send.send_nowait(_Malformed(kind_i, _malformed(kind_i, self._ids.next_ping())))
 
+    def fault_raw(self, text: str) -> None:
+        """Queue ``text`` to be sent as it is."""
+        self._out_send.send_nowait(_Malformed(RAW, text))
+
     # ------------------------------------------------------------------ outgoing
 
     def _send(self, event: p.ServerEvent) -> None:
@@ -385,6 +389,7 @@ class _Session:
                     item.reply.first_sent = now  # lost audio still "plays" (and ends)
                 continue
             event: p.ServerEvent | None = None
+            text, kind, event_id = "", "", None  # (of a raw or malformed item; an event's are derived below)
             if isinstance(item, _AudioItem):
                 if item.reply.interrupted:
                     continue
@@ -394,15 +399,15 @@ class _Session:
                 self._ids.last_audio = item.event.audio_event.event_id
                 self.record.audio_event_ids.append(self._ids.last_audio)
             elif isinstance(item, _InterruptMarker):
-                event_id = self._ids.last_audio if item.event_id is None else item.event_id
-                event = p.Interruption(interruption_event=p.InterruptionBody(event_id=event_id))
-                self.record.interruptions.append(event_id)
+                cut = self._ids.last_audio if item.event_id is None else item.event_id
+                event = p.Interruption(interruption_event=p.InterruptionBody(event_id=cut))
+                self.record.interruptions.append(cut)
             elif isinstance(item, _Malformed):
-                text, kind, event_id = item.text, f"malformed:{item.kind}", None
+                text, kind, event_id = item.text, "raw" if item.kind == RAW else f"malformed:{item.kind}", None
             else:
                 event = item
             if event is not None:
-                text, kind, event_id = p.encode(event), event.__struct_config__.tag, _event_id(event)
+                text, kind, event_id = p.encode(event), str(event.__struct_config__.tag), _event_id(event)
             if kind == "ping" and event_id is not None:
                 self._ping_sent[event_id] = now
             try:
@@ -617,8 +622,9 @@ class _Session:
         begin, end = start * 1000 / rate, (start + length) * 1000 / rate
         first, last = math.ceil(begin / per_char), math.ceil(end / per_char)
         chars = list(reply.text[first:last])
-        starts = [round(i * per_char - begin) for i in range(first, first + len(chars))]
-        return p.Alignment(chars=chars, char_start_times_ms=starts, char_durations_ms=[round(per_char)] * len(chars))
+        starts: list[float] = [round(i * per_char - begin) for i in range(first, first + len(chars))]
+        durations: list[float] = [round(per_char)] * len(chars)  # whole milliseconds, as the schema's integers
+        return p.Alignment(chars=chars, char_start_times_ms=starts, char_durations_ms=durations)
 
     def _call_end_call(self, reply: _Reply) -> None:
         """The agent runs its end_call system tool; it closes the call itself once the goodbye has played."""
@@ -697,6 +703,8 @@ class _EventIds:
 _CLOSED: Final = object()
 #: Events sent whatever the client events say ("error" is not a ClientEvent; the metadata opens every conversation).
 _ALWAYS_SENT: Final = frozenset({"error", "conversation_initiation_metadata"})
+#: The kind of a _Malformed item that is sent as it is (AgentFaults.send_raw).
+RAW: Final = "raw"
 #: The greeting's audio (turns use their index as the seed).
 GREETING_SEED: Final = 1000
 
