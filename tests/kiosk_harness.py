@@ -57,9 +57,9 @@ class RunningKiosk:
     socket: str
     log: io.StringIO
 
-    async def ctl(self, cmd: str) -> dict[str, Any]:
-        """What ``kioskd ctl CMD`` would print, over the real control socket."""
-        return await trio.to_thread.run_sync(request, self.socket, cmd)
+    async def ctl(self, cmd: str, text: str | None = None) -> dict[str, Any]:
+        """What ``kioskd ctl CMD [TEXT]`` would print, over the real control socket."""
+        return await trio.to_thread.run_sync(lambda: request(self.socket, cmd, text=text))
 
     async def wait_state(self, state: KioskState) -> None:
         await wait_for_status(self.kiosk.board, lambda status: status.state is state)

@@ -50,8 +50,8 @@ def test_unknown_keys_are_errors() -> None:
     assert problems({"agent": {"agent_id": "a", "sever": "x"}, "audoi": {}}) == [
         "audoi: unknown key (known: agent, audio, backend, button, control, conversation, kiosk, leds, log, network,"
         " tools, trigger, vad)",
-        "agent.sever: unknown key (known: agent_id, dynamic_variables, first_message, language, prompt, server,"
-        " voice_id)",
+        "agent.sever: unknown key (known: agent_id, client_events, dynamic_variables, first_message, language, prompt,"
+        " server, voice_id)",
     ]
 
 
@@ -127,3 +127,15 @@ def test_check_config_command_line(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == "leds.red: red, green and blue must be three different pins"
+
+
+def test_feedback_button_pins_are_checked() -> None:
+    assert problems({"agent": {"agent_id": "a"}, "button": {"like_pin": 40, "dislike_pin": 17}}) == [
+        "button.like_pin: must be a BCM GPIO number 0–27, or -1 for none",
+        "button.dislike_pin: pin 17 is already used by another button",
+    ]
+    assert problems({"agent": {"agent_id": "a"}, "button": {"like_pin": 22, "dislike_pin": 22}}) == [
+        "button.like_pin: pin 22 is already used by another button",
+    ]
+    config = parse_config({"agent": {"agent_id": "a"}, "button": {"like_pin": 22, "dislike_pin": 23}})
+    assert (config.button.like_pin, config.button.dislike_pin) == (22, 23)

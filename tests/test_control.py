@@ -323,3 +323,30 @@ def test_emfile_is_one_line_not_a_traceback_flood_and_accepting_resumes(tmp_path
     lines = [line for line in err.splitlines() if "file descriptors" in line or "accepting again" in line]
     assert len(lines) == 2, err[-3000:]  # one when it starts, one when accepting works again
     assert "accepting again" in lines[1]
+
+
+# --------------------------------------------------------------------------- visitor messages
+
+
+def test_visitor_commands_are_delivered_with_their_text_and_refusals_are_told() -> None:
+    delivered: list[tuple[str, str]] = []
+
+    def deliver(kind: str, text: str) -> str | None:
+        delivered.append((kind, text))
+        return "no conversation is open" if text == "late" else None
+
+    def answer(obj: dict[str, Any]) -> dict[str, Any]:
+        return control.handle_request(json.dumps(obj).encode(), lambda cmd: None, lambda: {}, deliver)
+
+    assert answer({"cmd": "feedback", "text": "like"}) == {"ok": True, "cmd": "feedback"}
+    assert answer({"cmd": "say", "text": "Where is the exit?"}) == {"ok": True, "cmd": "say"}
+    assert answer({"cmd": "activity"}) == {"ok": True, "cmd": "activity"}
+    assert answer({"cmd": "context", "text": "late"}) == {"ok": False, "error": "no conversation is open"}
+    assert delivered == [("feedback", "like"), ("say", "Where is the exit?"), ("activity", ""), ("context", "late")]
+    assert "known: start, end, toggle, status, feedback, say, context, activity" in answer({"cmd": "dance"})["error"]
+
+
+def test_ctl_say_needs_text(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        control.main(["--socket", "/nonexistent.sock", "say"])
+    assert exc.value.code == 2 and "say needs some text" in capsys.readouterr().err

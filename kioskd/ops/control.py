@@ -4,6 +4,11 @@ Protocol: one JSON object per line over a Unix stream socket. A request is
 ``{"cmd": "start" | "end" | "status"}``; the answer is ``{"ok": true, ...}`` (for
 ``status``: the kiosk's status object) or ``{"ok": false, "error": "..."}``. A touch
 screen or a script can drive the kiosk with nothing more than ``socat``.
+
+During a conversation, ``{"cmd": "feedback", "text": "like"|"dislike"}``, ``{"cmd": "say",
+"text": …}`` (a typed message), ``{"cmd": "context", "text": …}`` (e.g. from a door sensor)
+and ``{"cmd": "activity"}`` reach the agent as the protocol's ``feedback``,
+``user_message``, ``contextual_update`` and ``user_activity``.
 """
 
 from __future__ import annotations
@@ -48,28 +53,38 @@ _UCRED = struct.Struct("3i")
 SOCKET_MODE = 0o660
 
 _COMMANDS = {"start": Command.START, "end": Command.END, "toggle": Command.TOGGLE}
+#: Commands that send the agent a visitor's message (``text`` carries its words or score).
+VISITOR_COMMANDS = ("feedback", "say", "context", "activity")
+#: Delivers a visitor message; returns None, or why it cannot be sent now.
+Deliver = Callable[[str, str], str | None]
 
 
 class _Request(msgspec.Struct, forbid_unknown_fields=True):
     cmd: str
+    text: str = ""
 
 
 _request_decoder = msgspec.json.Decoder(_Request)
 
 
 def handle_request(
-    line: bytes, send: Callable[[Command], None], status: Callable[[], dict[str, Any]]
+    line: bytes, send: Callable[[Command], None], status: Callable[[], dict[str, Any]],
+    deliver: Deliver | None = None,
 ) -> dict[str, Any]:
-    """Answer one request line (pure apart from ``send``). Never raises."""
+    """Answer one request line (pure apart from ``send`` and ``deliver``). Never raises."""
     try:
         req = _request_decoder.decode(line)
     except msgspec.DecodeError as exc:
         return {"ok": False, "error": f"bad request: {exc}; expected {{\"cmd\": \"start\"|\"end\"|\"status\"}}"}
     if req.cmd == "status":
         return {"ok": True, **status()}
+    if req.cmd in VISITOR_COMMANDS and deliver is not None:
+        problem = deliver(req.cmd, req.text)
+        return {"ok": True, "cmd": req.cmd} if problem is None else {"ok": False, "error": problem}
     cmd = _COMMANDS.get(req.cmd)
     if cmd is None:
-        return {"ok": False, "error": f"unknown cmd {req.cmd[:40]!r}; known: start, end, toggle, status"}
+        known = ", ".join(["start", "end", "toggle", "status", *VISITOR_COMMANDS])
+        return {"ok": False, "error": f"unknown cmd {req.cmd[:40]!r}; known: {known}"}
     send(cmd)
     return {"ok": True, "cmd": req.cmd}
 
@@ -134,11 +149,13 @@ class ControlServer:
     """
 
     def __init__(
-        self, path: str, send: Callable[[Command], None], status: Callable[[], dict[str, Any]]
+        self, path: str, send: Callable[[Command], None], status: Callable[[], dict[str, Any]],
+        deliver: Deliver | None = None,
     ) -> None:
         self.path = path
         self._send = send
         self._status = status
+        self._deliver = deliver
         self._connections: dict[_Connection, None] = {}  # insertion order: oldest first
         self._identity: tuple[int, int] | None = None
         self._capacity_errors = 0
@@ -262,7 +279,7 @@ class ControlServer:
             buffer += data
 
     async def _answer(self, stream: trio.SocketStream, line: bytes) -> None:
-        reply = handle_request(line, self._send, self._status)
+        reply = handle_request(line, self._send, self._status, self._deliver)
         if not reply["ok"]:
             log.warning("control request refused error=%r", reply["error"])
         await self._reply(stream, reply)
@@ -272,12 +289,12 @@ class ControlServer:
         await stream.send_all(json.dumps(reply, default=str).encode() + b"\n")
 
 
-def request(path: str, cmd: str, timeout: float = 5.0) -> dict[str, Any]:
+def request(path: str, cmd: str, timeout: float = 5.0, text: str | None = None) -> dict[str, Any]:
     """Send one request to a running kiosk and return its answer (blocking; for the CLI)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        sock.sendall(json.dumps({"cmd": cmd, **({"text": text} if text is not None else {})}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
@@ -288,14 +305,18 @@ def request(path: str, cmd: str, timeout: float = 5.0) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """``kioskd ctl [--config PATH | --socket PATH] start|end|toggle|status``."""
+    """``kioskd ctl [--config PATH | --socket PATH] start|end|toggle|status|feedback|say|context|activity [TEXT]``."""
     from kioskd.config import DEFAULT_CONFIG, ConfigError, load_config
 
     parser = argparse.ArgumentParser(prog="kioskd ctl", description="Control a running kioskd.")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     parser.add_argument("--socket", help="control socket path (default: control.socket from the config)")
-    parser.add_argument("cmd", choices=["start", "end", "toggle", "status"])
+    parser.add_argument("cmd", choices=["start", "end", "toggle", "status", *VISITOR_COMMANDS])
+    parser.add_argument("text", nargs="*", help="feedback: like|dislike; say/context: the text")
     args = parser.parse_args(argv)
+    text = " ".join(args.text) if args.text else None
+    if args.cmd in ("feedback", "say", "context") and not text:
+        parser.error(f"{args.cmd} needs {'like or dislike' if args.cmd == 'feedback' else 'some text'}")
     path = args.socket
     if path is None:
         try:
@@ -304,7 +325,7 @@ def main(argv: list[str]) -> int:
             print("\n".join(exc.problems), file=sys.stderr)
             return 2
     try:
-        reply = request(path, args.cmd)
+        reply = request(path, args.cmd, text=text)
     except (OSError, ValueError) as exc:
         print(f"kioskd ctl: cannot talk to kioskd at {path}: {exc}", file=sys.stderr)
         return 1

@@ -100,7 +100,7 @@ class Kiosk:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every part until cancelled; ``started()`` once the audio devices are open."""
         from kioskd.hardware.leds import LedDriver
-        from kioskd.hardware.button import ButtonTrigger
+        from kioskd.hardware.button import ButtonTrigger, FeedbackButtons
         from kioskd.audio.vad_wake import VadWakeTrigger
 
         config = self.config
@@ -113,11 +113,17 @@ class Kiosk:
             self.leds = LedDriver(config.leds, self.board, pin_factory=self._pin_factory)
             await nursery.start(self.leds.run)
             await nursery.start(self.supervisor.run)
-            control = ControlServer(config.control.socket, self.supervisor.command, self.status)
+            control = ControlServer(
+                config.control.socket, self.supervisor.command, self.status, deliver=self.supervisor.visitor_message
+            )
             await nursery.start(control.run)
             if config.trigger.mode in ("button", "both"):
                 self.button = ButtonTrigger(config.button, self.supervisor.command, pin_factory=self._pin_factory)
                 await nursery.start(self.button.run)
+            feedback = FeedbackButtons(config.button, self.supervisor.visitor_message, pin_factory=self._pin_factory)
+            if feedback.pins:
+                self.feedback_buttons = feedback
+                await nursery.start(feedback.run)
             if config.trigger.mode in ("vad", "both"):
                 wake = VadWakeTrigger(
                     config.vad, self.supervisor.command, self.board, speaking=lambda: self.audio.speaking
