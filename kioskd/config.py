@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 from dataclasses import dataclass, field
@@ -26,10 +27,15 @@ __all__ = [
     "ConfigError",
     "ControlConfig",
     "ConversationConfig",
+    "CuesConfig",
+    "HooksConfig",
+    "HoursConfig",
     "KioskConfig",
     "LedConfig",
     "LogConfig",
     "NetworkConfig",
+    "PrivacyConfig",
+    "StateConfig",
     "ToolsConfig",
     "TriggerConfig",
     "VadWakeConfig",
@@ -45,6 +51,8 @@ DEFAULT_CONFIG = "/etc/kioskd/config.toml"
 
 SCALAR = Union[str, int, float, bool]
 T = TypeVar("T")
+#: The header's GPIO pins in BCM numbering (the 40-pin header of every Raspberry Pi since the B+).
+BCM_PINS = range(0, 28)
 
 
 class ConfigError(Exception):
@@ -111,11 +119,19 @@ class BackendConfig:
     prefetch: bool = True
     url_max_age: float = 600.0
     health_interval: float = 60.0
+    #: Where the kiosk POSTs its status; empty = ``url`` with its last path segment replaced by ``heartbeat``.
+    heartbeat_url: str = ""
+    #: Seconds between heartbeats; 0 = off (then health checks fetch signed URLs).
+    heartbeat_interval: float = 60.0
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
         if not self.url.startswith(("https://", "http://")):
             out.append(("url", f"must be an https:// URL, got {self.url!r}"))
+        if self.heartbeat_url and not self.heartbeat_url.startswith(("https://", "http://")):
+            out.append(("heartbeat_url", f"must be an https:// URL or empty, got {self.heartbeat_url!r}"))
+        if self.heartbeat_interval < 0:
+            out.append(("heartbeat_interval", "must be 0 (off) or positive"))
         if self.timeout <= 0:
             out.append(("timeout", "must be positive"))
         if not 0 < self.url_max_age <= 840:
@@ -252,14 +268,11 @@ class ButtonConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
-        if not 0 <= self.pin <= 27:
-            out.append(("pin", "must be a BCM GPIO number 0–27"))
+        if self.pin not in BCM_PINS:
+            out.append(("pin", f"must be a GPIO of the header, BCM {BCM_PINS[0]}–{BCM_PINS[-1]}"))
         for key in ("like_pin", "dislike_pin"):
-            value = getattr(self, key)
-            if value != -1 and not 0 <= value <= 27:
-                out.append((key, "must be a BCM GPIO number 0–27, or -1 for none"))
-            elif value != -1 and value in {self.pin} | ({self.dislike_pin} if key == "like_pin" else set()):
-                out.append((key, f"pin {value} is already used by another button"))
+            if getattr(self, key) != -1 and getattr(self, key) not in BCM_PINS:
+                out.append((key, f"must be a GPIO of the header, BCM {BCM_PINS[0]}–{BCM_PINS[-1]}, or -1 for none"))
         if self.long_press <= 0:
             out.append(("long_press", "must be positive"))
         if not 0 <= self.bounce_ms <= 1000:
@@ -309,8 +322,8 @@ class LedConfig:
         out = []
         pins = {"pwm": ("pin",), "rgb": ("red", "green", "blue")}.get(self.kind, ())
         for key in pins:
-            if not 0 <= getattr(self, key) <= 27:
-                out.append((key, "must be a BCM GPIO number 0–27"))
+            if getattr(self, key) not in BCM_PINS:
+                out.append((key, f"must be a GPIO of the header, BCM {BCM_PINS[0]}–{BCM_PINS[-1]}"))
         if self.kind == "rgb" and len({self.red, self.green, self.blue}) != 3:
             out.append(("red", "red, green and blue must be three different pins"))
         if not 0.0 < self.brightness <= 1.0:
@@ -348,12 +361,158 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 
 @dataclass(frozen=True)
 class LogConfig:
-    """Log level for the structured lines on stdout."""
+    """Log level for the structured lines on stdout; whether visitors' and the agent's words are logged."""
 
     level: LogLevel = "info"
+    transcripts: bool = False
 
     def problems(self) -> list[tuple[str, str]]:
         return []
+
+
+# --------------------------------------------------------------------------- operator sections (issue 15)
+
+#: Cue names (see kioskd.audio.cues) and what ``[cues]`` values mean.
+CUE_NAMES = ("listening", "end", "error", "reconnecting")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _sound_problem(value: str) -> str | None:
+    """``"default"``, ``""`` (off) or ``"wav:PATH"``/a path: a message when the value cannot be one."""
+    if value in ("", "default") or value.removeprefix("wav:").strip():
+        return None
+    return "must be 'default', '' (off) or the path of a WAV file"
+
+
+@dataclass(frozen=True)
+class CuesConfig:
+    """Short sounds the kiosk plays by itself: ``"default"`` (shipped), ``""`` (off) or a WAV file's path."""
+
+    listening: str = "default"
+    end: str = "default"
+    error: str = "default"
+    reconnecting: str = "default"
+    volume: float = 0.5
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = [(name, msg) for name in CUE_NAMES if (msg := _sound_problem(getattr(self, name)))]
+        if not 0.0 <= self.volume <= 1.0:
+            out.append(("volume", "must be between 0.0 and 1.0"))
+        return out
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """What the kiosk tells a visitor before the first turn (why the microphone listens)."""
+
+    notice: str = ""
+    notice_text: str = ""
+
+    def problems(self) -> list[tuple[str, str]]:
+        msg = _sound_problem(self.notice) if self.notice != "default" else "has no shipped default; give a WAV file"
+        return [("notice", msg)] if msg else []
+
+
+def parse_hours(spec: str) -> list[tuple[int, int]]:
+    """``"09:00-12:30, 13:30-17:00"`` → minute ranges ``[(540, 750), (810, 1020)]``; ValueError naming the part."""
+    out = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        try:
+            start, end = (_minutes(t) for t in part.split("-"))
+        except ValueError:
+            raise ValueError(f"{part!r} is not HH:MM-HH:MM") from None
+        if start == end:
+            raise ValueError(f"{part!r} is empty")
+        out.append((start, end))
+    return out
+
+
+def _minutes(text: str) -> int:
+    hours, minutes = text.strip().split(":")
+    h, m = int(hours), int(minutes)
+    if not (0 <= h <= 24 and 0 <= m < 60 and h * 60 + m <= 1440):
+        raise ValueError(text)
+    return h * 60 + m
+
+
+@dataclass(frozen=True)
+class HoursConfig:
+    """Opening hours: outside them the kiosk is closed (triggers ignored, the light says closed).
+
+    ``daily`` applies to every day without its own key; ``""`` means always open. A range
+    may pass midnight (``"22:00-02:00"``). Times are the kiosk's local time.
+    """
+
+    daily: str = ""
+    mon: str | None = None
+    tue: str | None = None
+    wed: str | None = None
+    thu: str | None = None
+    fri: str | None = None
+    sat: str | None = None
+    sun: str | None = None
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        for key in ("daily", *WEEKDAYS):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            try:
+                parse_hours(value)
+            except ValueError as exc:
+                out.append((key, f"{exc}; expected e.g. \"09:00-17:00\" or \"09:00-12:00, 13:00-17:00\""))
+        return out
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """Commands run on events (the event as one JSON line on stdin), each killed after ``timeout`` s."""
+
+    timeout: float = 10.0
+    on: dict[str, list[str]] = field(default_factory=dict)
+
+    def problems(self) -> list[tuple[str, str]]:
+        from kioskd.events import EVENT_TYPES  # late import: events imports nothing from here
+
+        out = []
+        if not 0 < self.timeout <= 300:
+            out.append(("timeout", "must be in (0, 300] seconds"))
+        for name, argv in self.on.items():
+            if name != "any" and name not in EVENT_TYPES:
+                out.append((f"on.{name}", f"unknown event; known: any, {', '.join(EVENT_TYPES)}"))
+            elif not argv or not argv[0].startswith("/"):
+                out.append((f"on.{name}", "must be a command as a list, starting with an absolute path"))
+        return out
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """Where live settings (volume, mute, closed) are kept across restarts."""
+
+    file: str = "/var/lib/kioskd/state.json"
+
+    def problems(self) -> list[tuple[str, str]]:
+        return [] if self.file.strip() else [("file", "must be a path")]
+
+
+def pin_problems(config: Config) -> list[tuple[str, str]]:
+    """GPIO pins used twice, as ``(key, message naming the other key)``; only pins really in use count."""
+    pins: list[tuple[str, int]] = []
+    if config.trigger.mode in ("button", "both"):
+        pins.append(("button.pin", config.button.pin))
+    pins += [(f"button.{key}", pin) for key in ("like_pin", "dislike_pin") if (pin := getattr(config.button, key)) != -1]
+    if config.leds.kind == "pwm":
+        pins.append(("leds.pin", config.leds.pin))
+    elif config.leds.kind == "rgb":  # three different pins: LedConfig checks that
+        pins += [(f"leds.{colour}", getattr(config.leds, colour)) for colour in ("red", "green", "blue")]
+    used: dict[int, str] = {}
+    out = []
+    for key, pin in pins:
+        if pin in used and not (key.startswith("leds.") and used[pin].startswith("leds.")):
+            out.append((key, f"GPIO {pin} is already used by {used[pin]}"))
+        used.setdefault(pin, key)
+    return out
 
 
 @dataclass(frozen=True)
@@ -373,26 +532,55 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    cues: CuesConfig = field(default_factory=CuesConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    hours: HoursConfig = field(default_factory=HoursConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    state: StateConfig = field(default_factory=StateConfig)
 
     def problems(self) -> list[tuple[str, str]]:
-        return []
+        return pin_problems(self)
 
     def kiosk_token(self) -> str:
         """This kiosk's backend token: ``$KIOSKD_TOKEN``, else the first line of ``token_file``.
 
-        Raises ConfigError naming ``backend.token_file`` when neither gives one.
+        A byte-order mark and surrounding whitespace are dropped; what is left must be
+        printable ASCII without spaces (it becomes an HTTP header). Raises ConfigError naming
+        ``KIOSKD_TOKEN`` or ``backend.token_file`` (never echoing the token) when neither gives one.
         """
-        env = os.environ.get("KIOSKD_TOKEN", "").strip()
-        if env:
-            return env
+        env = os.environ.get("KIOSKD_TOKEN", "")
+        if env.strip():
+            return _checked_token(env, "KIOSKD_TOKEN: ")
         assert self.backend is not None
+        path = self.backend.token_file
+        where = f"backend.token_file: {path}: "
         try:
-            token = Path(self.backend.token_file).read_text().strip()
+            raw = Path(path).read_bytes()
         except OSError as exc:
-            raise ConfigError([f"backend.token_file: cannot read {self.backend.token_file}: {exc.strerror}"]) from None
-        if not token:
-            raise ConfigError([f"backend.token_file: {self.backend.token_file} is empty"])
-        return token
+            raise ConfigError([f"backend.token_file: cannot read {path}: {exc.strerror}"]) from None
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ConfigError([f"{where}not UTF-8 text"]) from None
+        if not text.strip():
+            raise ConfigError([f"backend.token_file: {path} is empty"])
+        return _checked_token(text.splitlines()[0], where)
+
+
+#: What a token may hold: printable ASCII, no spaces (RFC 6750 b64token and more).
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+
+
+def _checked_token(line: str, where: str) -> str:
+    """``line`` without a BOM and surrounding whitespace, if it is a usable token; else ConfigError."""
+    token = line.lstrip("\ufeff").strip()
+    if not token:
+        raise ConfigError([f"{where}the first line is empty (the token goes on line 1)"])
+    if not _TOKEN_CHARS.fullmatch(token):
+        bad = next(i for i, ch in enumerate(token) if not _TOKEN_CHARS.fullmatch(ch))
+        kind = "a space" if token[bad].isspace() else "a control character" if not token[bad].isprintable() else "a non-ASCII character"
+        raise ConfigError([f"{where}the token has {kind} at position {bad + 1}; it must be printable ASCII without spaces"])
+    return token
 
 
 # --------------------------------------------------------------------------- conversion

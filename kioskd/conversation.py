@@ -209,6 +209,7 @@ class Conversation:
         self._client_data = client_data(config)
         self._tools = tools
         self._context = context
+        self._log_transcripts = config.log.transcripts
         self.phase = Phase.CONNECTING
         self.stats = SessionStats()
         self.conversation_id: str | None = None
@@ -405,21 +406,21 @@ class Conversation:
             case UserTranscript(user_transcription_event=body):
                 self._last_activity = now
                 self._transcript.append(f"Visitor: {body.user_transcript}")
-                log.info("visitor said id=%s text=%r", cid, body.user_transcript)
+                self._log_words("visitor said", cid, body.user_transcript)
             case TentativeUserTranscript(tentative_user_transcription_event=body):
                 self._last_activity = now  # the visitor is talking
-                log.debug("visitor saying id=%s text=%r", cid, body.user_transcript)
+                self._log_words("visitor saying", cid, body.user_transcript, logging.DEBUG)
             case AgentResponse(agent_response_event=body):
                 self._agent_event_id = body.event_id or self._agent_event_id
                 self._transcript.append(f"Agent: {body.agent_response}")
-                log.info("agent said id=%s text=%r", cid, body.agent_response)
+                self._log_words("agent said", cid, body.agent_response)
             case AgentResponseCorrection(agent_response_correction_event=body):
                 self._correct(body.original_agent_response, body.corrected_agent_response)
-                log.info("agent corrected id=%s text=%r", cid, body.corrected_agent_response)
+                self._log_words("agent corrected", cid, body.corrected_agent_response)
             case ClientToolCall(client_tool_call=body):
                 return self._tool_call(body.tool_name, body.tool_call_id, body.parameters, now)
             case AgentChatResponsePart(text_response_part=part):
-                log.debug("agent typing id=%s part=%s text=%r", cid, part.type, part.text)
+                self._log_words(f"agent typing part={part.type}", cid, part.text, logging.DEBUG)
             case AgentToolRequest(agent_tool_request=req):
                 log.info("agent runs a tool id=%s tool=%s type=%s", cid, req.tool_name, req.tool_type)
             case AgentToolResponse(agent_tool_response=res) | AgentToolResponseFullPayload(
@@ -432,9 +433,9 @@ class Conversation:
             case McpToolCall(mcp_tool_call=call):
                 log.info("agent MCP tool id=%s tool=%s state=%s", cid, call.tool_name, call.state)
             case ContextualUpdate(text=text):
-                log.info("agent context update id=%s text=%r", cid, text[:200])
+                self._log_words("agent context update", cid, text[:200])
             case InternalTentativeAgentResponse(tentative_agent_response_internal_event=body):
-                log.debug("agent drafting id=%s text=%r", cid, body.tentative_agent_response)
+                self._log_words("agent drafting", cid, body.tentative_agent_response, logging.DEBUG)
             case ErrorEvent(error_event=body):
                 self._error = body
                 log.warning("agent reported an error id=%s error=%r", cid, body.describe())
@@ -488,6 +489,13 @@ class Conversation:
             f"the agent refused this kiosk's override of {', '.join(named)} ({what}): allow it in the agent's "
             f"security settings (overrides) or remove it from [agent] in config.toml"
         )
+
+    def _log_words(self, what: str, cid: str | None, text: str, level: int = logging.INFO) -> None:
+        """Visitors' and the agent's words reach the log only with ``[log] transcripts = true`` (privacy)."""
+        if self._log_transcripts:
+            log.log(level, "%s id=%s text=%r", what, cid, text)
+        else:
+            log.log(level, "%s id=%s chars=%d", what, cid, len(text))
 
     def _correct(self, original: str, corrected: str) -> None:
         for i in range(len(self._transcript) - 1, -1, -1):

@@ -24,6 +24,7 @@ class KioskState(enum.StrEnum):
     RECONNECTING = "reconnecting"
     OFFLINE = "offline"
     ERROR = "error"
+    CLOSED = "closed"  # out of service (``kioskd ctl close`` or outside opening hours): triggers ignored
 
 
 class Command(enum.StrEnum):
@@ -46,6 +47,8 @@ class Status:
     agent_speaking: bool = False
     mic_live: bool = False
     vad_score: float = 0.0
+    problems: tuple[str, ...] = ()
+    """Everything broken, as plain sentences (microphone missing, backend rejecting the token, …)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
@@ -55,6 +58,7 @@ class Status:
             "conversation_id": self.conversation_id,
             "agent_speaking": self.agent_speaking,
             "mic_live": self.mic_live,
+            "problems": list(self.problems),
         }
         out.update(self.extra)
         return out

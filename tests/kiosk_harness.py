@@ -45,6 +45,7 @@ def kiosk_config(sim: Simulator, tmp: Path, **sections: dict[str, Any]) -> Confi
         "trigger": {"mode": "manual"},
         "control": {"socket": str(tmp / "control.sock")},
         "log": {"level": "debug"},
+        "state": {"file": str(tmp / "state.json")},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
@@ -57,9 +58,9 @@ class RunningKiosk:
     socket: str
     log: io.StringIO
 
-    async def ctl(self, cmd: str, text: str | None = None) -> dict[str, Any]:
-        """What ``kioskd ctl CMD [TEXT]`` would print, over the real control socket."""
-        return await trio.to_thread.run_sync(lambda: request(self.socket, cmd, text=text))
+    async def ctl(self, cmd: str, **fields: Any) -> dict[str, Any]:
+        """What ``kioskd ctl CMD`` would print, over the real control socket."""
+        return await trio.to_thread.run_sync(lambda: request(self.socket, cmd, 30.0, **fields))
 
     async def wait_state(self, state: KioskState) -> None:
         await wait_for_status(self.kiosk.board, lambda status: status.state is state)

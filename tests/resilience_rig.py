@@ -77,8 +77,9 @@ class FakeAudio:
     def open_playback(self, fmt: AudioFormat) -> FakePlayback:
         return FakePlayback()
 
-    def play_cue(self, name: str) -> None:
+    def play_cue(self, name: str) -> float:
         self.cues.append((trio.current_time(), name))
+        return 0.0
 
 
 @dataclass

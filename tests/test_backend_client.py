@@ -135,3 +135,20 @@ async def test_prefetched_url_is_used_once_and_refreshed(
                 nursery.cancel_scope.cancel()
         await provider.aclose()
     assert checked == pytest.approx(10.0, abs=0.1)
+
+
+@pytest.mark.parametrize("token", ["Zq9-line-one\nWv8-line-two", "Zq9\x00Wv8", "Zq9 \r\n Wv8"])
+async def test_header_errors_never_carry_the_header_value(tmp_path: Path, token: str) -> None:
+    """A token that cannot be a header (one that slipped past the config check) fails without being echoed."""
+    import httpx
+
+    from kioskd.backend.client import fetch_signed_url
+
+    async with open_simulator(SimulatorConfig()) as sim, httpx.AsyncClient() as client:
+        config = kiosk_config(sim, tmp_path)
+        assert config.backend is not None
+        with trio.fail_after(TIMEOUT), pytest.raises(SignedUrlError) as info:
+            await fetch_signed_url(client, config.backend, config.agent.agent_id, token)
+    text = f"{info.value} {info.value!r}"
+    assert "Zq9" not in text and "Wv8" not in text, text
+    assert info.value.kind == "network"

@@ -222,14 +222,14 @@ async def replicas(tmp_path: Path, api_base: str, redis_url: str, n: int) -> Asy
     """``n`` real ``kioskd backend`` processes sharing ``redis_url``; yields the config and a client per replica."""
     env = {**os.environ, "ELEVENLABS_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1"}
     procs, clients = [], []
+    config = tmp_path / "backend.toml"
+    _write_config(config, api_base, redis_url, "127.0.0.1:8700")
     try:
         for i in range(n):
             port = free_port()
-            config = tmp_path / f"backend-{i}.toml"  # the same settings but for the port
-            _write_config(config, api_base, redis_url, f"127.0.0.1:{port}")
             log = (tmp_path / f"backend-{i}.log").open("wb")
-            procs.append(await trio.lowlevel.open_process(
-                [sys.executable, "-m", "kioskd", "backend", "--config", str(config)],
+            procs.append(await trio.lowlevel.open_process(  # as kioskd-backend@PORT.service runs them
+                [sys.executable, "-m", "kioskd", "backend", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
                 env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             ))
             clients.append(httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=IO_TIMEOUT))

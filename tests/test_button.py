@@ -238,5 +238,5 @@ async def test_no_gpio_logs_once_and_keeps_running(caplog: pytest.LogCaptureFixt
             nursery.cancel_scope.cancel()
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1
-    assert lines[0].startswith("button unavailable: Unable to load any default pin factory!")
-    assert lines[0].endswith("; running on the other triggers")
+    assert lines == [f"button unavailable pin={PIN}: Unable to load any default pin factory!"]
+    assert trigger.unavailable_reason == "Unable to load any default pin factory!"

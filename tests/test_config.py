@@ -27,16 +27,18 @@ def test_shipped_config_is_valid_and_documents_every_key() -> None:
     text = (ROOT / "config.toml").read_text()
     defaults = Config()
     for section in ("kiosk", "agent", "audio", "conversation", "network", "trigger", "button", "vad",
-                    "leds", "control", "tools", "log"):
+                    "leds", "control", "tools", "log", "privacy", "cues", "hours", "hooks", "state"):
         assert f"[{section}]" in text
         for key in vars(getattr(defaults, section)):
-            assert f"\n{key} =" in text or f"[{section}.{key}]" in text, f"{section}.{key} undocumented"
+            documented = (f"\n{key} =", f"[{section}.{key}]", f"\n# {key} =")  # the last: optional keys
+            assert any(form in text for form in documented), f"{section}.{key} undocumented"
 
 
 def test_shipped_config_shows_the_defaults() -> None:
     data = tomllib.loads((ROOT / "config.toml").read_text())
     defaults = Config()
-    for section in ("audio", "conversation", "network", "button", "vad", "leds", "control", "log"):
+    for section in ("audio", "conversation", "network", "button", "vad", "leds", "control", "log", "privacy",
+                    "cues", "hooks", "state"):
         for key, value in vars(getattr(defaults, section)).items():
             assert data[section][key] == value, f"{section}.{key}"
 
@@ -48,8 +50,8 @@ def test_minimal_config() -> None:
 
 def test_unknown_keys_are_errors() -> None:
     assert problems({"agent": {"agent_id": "a", "sever": "x"}, "audoi": {}}) == [
-        "audoi: unknown key (known: agent, audio, backend, button, control, conversation, kiosk, leds, log, network,"
-        " tools, trigger, vad)",
+        "audoi: unknown key (known: agent, audio, backend, button, control, conversation, cues, hooks, hours, kiosk,"
+        " leds, log, network, privacy, state, tools, trigger, vad)",
         "agent.sever: unknown key (known: agent_id, client_events, dynamic_variables, first_message, language, prompt,"
         " server, voice_id)",
     ]
@@ -108,7 +110,11 @@ def test_token_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KIOSKD_TOKEN", "t")
-    assert check_config(["--config", str(ROOT / "config.toml")]) == 0
+    ready = tmp_path / "ready.toml"
+    ready.write_text((ROOT / "config.toml").read_text()
+                     .replace("agent_replace_me", "agent_lobby")
+                     .replace("kiosk-backend.example.org", "backend.museum.test"))
+    assert check_config(["--config", str(ready)]) == 0
     bad = tmp_path / "bad.toml"
     bad.write_text('[agent]\nagent_id = "a"\n[audio]\ninput = 5\n')
     assert check_config(["--config", str(bad)]) == 2
@@ -131,11 +137,97 @@ def test_check_config_command_line(tmp_path: Path) -> None:
 
 def test_feedback_button_pins_are_checked() -> None:
     assert problems({"agent": {"agent_id": "a"}, "button": {"like_pin": 40, "dislike_pin": 17}}) == [
-        "button.like_pin: must be a BCM GPIO number 0–27, or -1 for none",
-        "button.dislike_pin: pin 17 is already used by another button",
+        "button.like_pin: must be a GPIO of the header, BCM 0–27, or -1 for none",
+        "button.dislike_pin: GPIO 17 is already used by button.pin",
     ]
     assert problems({"agent": {"agent_id": "a"}, "button": {"like_pin": 22, "dislike_pin": 22}}) == [
-        "button.like_pin: pin 22 is already used by another button",
+        "button.dislike_pin: GPIO 22 is already used by button.like_pin",
     ]
     config = parse_config({"agent": {"agent_id": "a"}, "button": {"like_pin": 22, "dislike_pin": 23}})
     assert (config.button.like_pin, config.button.dislike_pin) == (22, 23)
+
+
+def test_check_config_refuses_the_shipped_placeholders(capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIOSKD_TOKEN", "t")
+    assert check_config(["--config", str(ROOT / "config.toml")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "agent.agent_id: still the placeholder 'agent_replace_me'; set your agent's id",
+        "backend.url: kiosk-backend.example.org is the example placeholder; set your signing backend's URL",
+    ]
+
+
+def test_a_pin_used_twice_names_both_keys() -> None:
+    assert problems({"agent": {"agent_id": "a"}, "button": {"pin": 17}, "leds": {"kind": "pwm", "pin": 17}}) == [
+        "leds.pin: GPIO 17 is already used by button.pin"]
+    assert problems({"agent": {"agent_id": "a"}, "leds": {"kind": "rgb", "red": 17, "green": 6, "blue": 13}}) == [
+        "leds.red: GPIO 17 is already used by button.pin"]
+    # pins not in use do not count: no button in manual mode, no LED with kind "none"
+    parse_config({"agent": {"agent_id": "a"}, "trigger": {"mode": "manual"}, "leds": {"kind": "pwm", "pin": 17}})
+    parse_config({"agent": {"agent_id": "a"}, "leds": {"pin": 17}})
+
+
+def test_pins_outside_the_header_are_refused() -> None:
+    assert problems({"agent": {"agent_id": "a"}, "button": {"pin": 28}, "leds": {"kind": "pwm", "pin": -1}}) == [
+        "button.pin: must be a GPIO of the header, BCM 0–27",
+        "leds.pin: must be a GPIO of the header, BCM 0–27",
+    ]
+
+
+def test_check_config_refuses_unreadable_and_non_wav_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    not_wav = tmp_path / "passwd"
+    not_wav.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[agent]\nagent_id = "a"\n[audio]\ninput = "wav:{not_wav}"\n'
+                      f'[cues]\nend = "{tmp_path / "missing.wav"}"\n')
+    assert check_config(["--config", str(config)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"audio.input: {not_wav} is not a WAV file (")
+    assert err[1] == f"cues.end: cannot read {tmp_path / 'missing.wav'}: No such file or directory"
+    assert len(err) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("tok-1\nsecond line: not part of it\n", "tok-1"),
+        ("\ufefftok-2\r\n", "tok-2"),
+        ("  tok-3  \n\n", "tok-3"),
+        (b"\xef\xbb\xbftok-4", "tok-4"),
+    ],
+    ids=["two-lines", "bom-crlf", "padded", "bom-bytes"],
+)
+def test_token_file_first_line_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str | bytes,
+                                    expected: str) -> None:
+    monkeypatch.delenv("KIOSKD_TOKEN", raising=False)
+    token = tmp_path / "token"
+    token.write_bytes(content if isinstance(content, bytes) else content.encode())
+    config = parse_config({"agent": {"agent_id": "a"}, "backend": {"url": "https://b/s", "token_file": str(token)}})
+    assert config.kiosk_token() == expected
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["Zq9 Wv8\n", "Zq9\tWv8\n", "Zq9\x1bWv8\n", "Zq9øWv8\n", "\n\nZq9-Wv8\n", b"\xff\xfe\x00Zq9"],
+    ids=["space", "tab", "escape", "non-ascii", "empty-first-line", "not-utf8"],
+)
+def test_bad_token_file_is_named_without_echoing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], content: str | bytes
+) -> None:
+    monkeypatch.delenv("KIOSKD_TOKEN", raising=False)
+    token = tmp_path / "token"
+    token.write_bytes(content if isinstance(content, bytes) else content.encode())
+    path = tmp_path / "config.toml"
+    path.write_text(f'[agent]\nagent_id = "a"\n[backend]\nurl = "https://b/s"\ntoken_file = "{token}"\n')
+    assert check_config(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("backend.token_file: ") and str(token) in err
+    assert "Zq9" not in err and "Wv8" not in err
+
+
+def test_bad_token_in_the_environment_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIOSKD_TOKEN", "two words")
+    config = parse_config({"agent": {"agent_id": "a"}, "backend": {"url": "https://b/s"}})
+    with pytest.raises(ConfigError, match=r"^KIOSKD_TOKEN: .*space") as info:
+        config.kiosk_token()
+    assert "words" not in str(info.value)

@@ -328,25 +328,26 @@ def test_emfile_is_one_line_not_a_traceback_flood_and_accepting_resumes(tmp_path
 # --------------------------------------------------------------------------- visitor messages
 
 
-def test_visitor_commands_are_delivered_with_their_text_and_refusals_are_told() -> None:
-    delivered: list[tuple[str, str]] = []
-
-    def deliver(kind: str, text: str) -> str | None:
-        delivered.append((kind, text))
-        return "no conversation is open" if text == "late" else None
-
-    def answer(obj: dict[str, Any]) -> dict[str, Any]:
-        return control.handle_request(json.dumps(obj).encode(), lambda cmd: None, lambda: {}, deliver)
-
-    assert answer({"cmd": "feedback", "text": "like"}) == {"ok": True, "cmd": "feedback"}
-    assert answer({"cmd": "say", "text": "Where is the exit?"}) == {"ok": True, "cmd": "say"}
-    assert answer({"cmd": "activity"}) == {"ok": True, "cmd": "activity"}
-    assert answer({"cmd": "context", "text": "late"}) == {"ok": False, "error": "no conversation is open"}
-    assert delivered == [("feedback", "like"), ("say", "Where is the exit?"), ("activity", ""), ("context", "late")]
-    assert "known: start, end, toggle, status, feedback, say, context, activity" in answer({"cmd": "dance"})["error"]
+def test_ctl_visitor_commands_need_their_text(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, words in ((["say"], "say needs some text"), (["feedback"], "feedback needs like or dislike"),
+                        (["activity", "now"], "no other command takes one"), (["volume", "loud"], "volume needs")):
+        with pytest.raises(SystemExit) as exc:
+            control.main(["--socket", "/nonexistent.sock", *argv])
+        assert exc.value.code == 2 and words in capsys.readouterr().err
 
 
-def test_ctl_say_needs_text(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        control.main(["--socket", "/nonexistent.sock", "say"])
-    assert exc.value.code == 2 and "say needs some text" in capsys.readouterr().err
+async def test_ctl_say_sends_the_words_as_text(tmp_path: Path) -> None:
+    path = short_path(tmp_path)
+    got: list[control.Request] = []
+
+    async def say(req: control.Request, reply: control.Reply) -> None:
+        got.append(req)
+        await reply({"ok": True, "cmd": req.cmd})
+
+    server = ControlServer(path, [].append, lambda: {}, {"say": say})
+    with trio.fail_after(IO_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            code = await trio.to_thread.run_sync(control.main, ["--socket", path, "say", "Where", "is", "the", "exit?"])
+            nursery.cancel_scope.cancel()
+    assert code == 0 and [(r.cmd, r.text) for r in got] == [("say", "Where is the exit?")]

@@ -197,7 +197,8 @@ async def test_new_pattern_is_written_at_once_and_starts_on(
             await trio.sleep(0.4 / UPDATE_HZ)  # between two animation ticks
             idle, *others = EXAMPLE_STATUS.values()  # the board starts idle
             for status in [*others, idle]:
-                board.update(state=status.state, agent_speaking=status.agent_speaking, mic_live=status.mic_live)
+                board.update(state=status.state, agent_speaking=status.agent_speaking, mic_live=status.mic_live,
+                             problems=status.problems)
                 # on the pins before update() returned (the board listener wrote it), at the
                 # pattern's beginning: a blink starts with its "on" phase
                 on_pins = tuple(float(factory.pin(p).state) for p in (5, 6, 13))

@@ -190,14 +190,14 @@ async def test_visitor_messages_over_the_control_socket(tmp_path: Path) -> None:
         config = kiosk_config(sim, tmp_path, audio={"input": f"wav:{mic}"})
         with trio.fail_after(TIMEOUT):
             async with running_kiosk(config) as k:
-                refused = await k.ctl("say", "hello?")
+                refused = await k.ctl("say", text="hello?")
                 await k.ctl("start")
                 conv = await sim.wait_for_conversation()
                 await sim.wait_for(lambda: conv.greeting is not None and "audio" in conv.sent_types)
                 greeting_id = next(i for kind, i in conv.sent if kind == "agent_response")
-                answers = [await k.ctl("feedback", "like"), await k.ctl("context", "the front door just opened"),
-                           await k.ctl("activity"), await k.ctl("say", "Where is the cloakroom?"),
-                           await k.ctl("feedback", "meh")]
+                answers = [await k.ctl("feedback", text="like"), await k.ctl("context", text="the front door just opened"),
+                           await k.ctl("activity"), await k.ctl("say", text="Where is the cloakroom?"),
+                           await k.ctl("feedback", text="meh")]
                 await sim.wait_for(lambda: bool(conv.turns) and bool(conv.feedback))
                 await k.ctl("end")
                 await sim.wait_for(lambda: not conv.open)

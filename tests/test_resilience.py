@@ -69,7 +69,7 @@ async def test_drop_mid_conversation_resumes_with_the_transcript(
     assert update.index("Agent: Hi, welcome!") < update.index("Visitor:"), "the greeting, then the exchange"
     assert second.client_data is not None  # a whole new conversation, introduced properly
     assert rig.supervisor.counters["resumed"] == 1
-    assert [name for _, name in rig.audio.cues] == ["reconnecting"]
+    assert [name for _, name in rig.audio.cues] == ["listening", "reconnecting"]  # no second "listening"
     assert rig.audio.uplinks[0].closed  # outage audio is not replayed
     reconnecting = [reason for _, state, reason in rig.states if state is KioskState.RECONNECTING]
     assert reconnecting and reconnecting[0].startswith("reconnecting: the connection dropped")
@@ -102,7 +102,7 @@ async def test_stall_is_detected_and_recovered_when_the_network_returns(
     assert f"Visitor: {TRANSCRIPT}" in second.contextual_updates[0]
     assert len(rig.sim.conversations) == 2
     # the visitor heard the cue as soon as the stall was found
-    assert rig.audio.cues[0] == (pytest.approx(detected_at, abs=0.1), "reconnecting")
+    assert rig.audio.cues[1] == (pytest.approx(detected_at, abs=0.1), "reconnecting")
 
 
 async def test_refused_connections_recover_within_a_second(
@@ -193,3 +193,55 @@ async def test_unknown_and_malformed_events_are_survived(
             assert rig.board.status.state is KioskState.CONVERSATION
             assert rig.sim.conversations[0].open
     assert len(rig.sim.conversations) == 1
+
+
+@pytest.mark.parametrize("when", ["resume", "start"])
+async def test_a_url_the_dead_service_minted_is_refused_once_then_a_fresh_one_is_used(
+    tmp_path: Path, virtual_clock: trio.testing.MockClock, when: str
+) -> None:
+    """The agent side restarts: every URL it minted before (the prefetched one too) now gets 1008.
+
+    One refusal fetches a fresh URL (within the grace window when resuming), and the state
+    goes back to what is true: a conversation, then idle, never a lasting error.
+    """
+    with trio.fail_after(TIMEOUT):
+        async with open_rig(tmp_path, SIM) as rig:
+            before = 0
+            if when == "resume":
+                await _converse(rig)
+                before = 1
+            while rig.urls._ready is None:  # a URL prefetched from the old service
+                await trio.sleep(0.01)
+            rig.sim.agent.tokens.forget()  # the restarted service knows none of them
+            if when == "resume":
+                assert rig.agent_proxy.drop() == 1
+            else:
+                rig.supervisor.command(Command.START)
+            fresh = await rig.sim.wait_for_conversation(before)
+            await rig.wait_state(KioskState.CONVERSATION)
+            await rig.sim.wait_for(lambda: fresh.client_data is not None)
+            rig.supervisor.command(Command.END)
+            await rig.wait_state(KioskState.IDLE)
+            await trio.sleep(1.0)
+            final = rig.board.status.state
+    assert [reason for _, reason in rig.sim.rejected] == ["unknown token"]
+    assert final is KioskState.IDLE
+    assert KioskState.ERROR not in [state for _, state, _ in rig.states]
+    if when == "resume":
+        assert rig.supervisor.counters["resumed"] == 1 and fresh.contextual_updates
+
+
+async def test_an_auth_error_clears_once_the_backend_gives_urls_again(
+    tmp_path: Path, virtual_clock: trio.testing.MockClock
+) -> None:
+    """A 401 (say, a token being rotated) shows error; the next good health check brings idle back
+    without waiting for a visitor to start a conversation."""
+    with trio.fail_after(TIMEOUT):
+        async with open_rig(tmp_path, SIM, backend={"prefetch": False, "health_interval": 10.0}) as rig:
+            await rig.sim.wait_for(lambda: bool(rig.sim.backend_requests))  # the first health check
+            rig.sim.backend_faults.set("401", times=1)
+            rig.supervisor.command(Command.START)
+            error_at = await rig.wait_state(KioskState.ERROR)
+            idle_at = await rig.wait_state(KioskState.IDLE)
+    assert [r.status for r in rig.sim.backend_requests] == [200, 401, 200]
+    assert idle_at - error_at <= 10.0 + 1.0  # the next health check, plus one idle refresh

@@ -25,11 +25,12 @@ import trio
 import trio.testing
 
 from kioskd.backend.client import UNAUTHORIZED_RETRY, SignedUrlProvider
+from kioskd.actions import SessionOutcome
 from kioskd.backoff import Backoff
 from kioskd.config import NetworkConfig
 from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
 from kioskd.state import Command, KioskState, Status, StatusBoard
-from kioskd.service.supervisor import START_WINDOW, Supervisor
+from kioskd.service.supervisor import START_WINDOW, Next, Supervisor, after_outcome
 from kioskd.tools import ToolRegistry
 
 from kiosk_harness import kiosk_config
@@ -356,3 +357,34 @@ async def test_provider_without_prefetch_fetches_once_per_take(
                 nursery.cancel_scope.cancel()
             await provider.aclose()
     assert requests == pytest.approx([0.0, 10.0], abs=0.05)
+
+
+# ------------------------------------------------------------------ what next after an outcome (pure)
+
+DROP = SessionOutcome("the connection dropped without a close frame", resumable=True, opened=True)
+FAILED_RESUME = SessionOutcome("cannot connect: refused", resumable=True)
+AGENT_END = SessionOutcome("the agent ended the conversation", opened=True)
+START_FAILED = SessionOutcome("cannot connect: refused", resumable=True)
+
+#: (name, outcome, resuming, grace, now, deadline, expected (step, deadline))
+AFTER_TABLE = [
+    ("an end the agent chose is final", AGENT_END, False, 30.0, 10.0, 15.0, (Next.END, 15.0)),
+    ("a drop resumes, the window counting from the drop", DROP, False, 30.0, 10.0, 15.0, (Next.RESUME, 40.0)),
+    ("a drop of a resumed conversation gets a fresh window", DROP, True, 30.0, 50.0, 40.0, (Next.RESUME, 80.0)),
+    ("no grace: never resume", DROP, False, 0.0, 10.0, 15.0, (Next.END, 15.0)),
+    ("a failed start is not resumed (the start loop retries)", START_FAILED, False, 30.0, 10.0, 15.0,
+     (Next.END, 15.0)),
+    ("a failed resume attempt goes on within the window", FAILED_RESUME, True, 30.0, 39.9, 40.0,
+     (Next.RESUME, 40.0)),
+    ("a failed resume attempt at the window's end gives up", FAILED_RESUME, True, 30.0, 40.0, 40.0,
+     (Next.GIVE_UP, 40.0)),
+    ("a final outcome while resuming ends it", SessionOutcome("rejected", rejected=True), True, 30.0, 20.0, 40.0,
+     (Next.END, 40.0)),
+]
+
+
+@pytest.mark.parametrize(("name", "outcome", "resuming", "grace", "now", "deadline", "expected"), AFTER_TABLE,
+                         ids=[row[0] for row in AFTER_TABLE])
+def test_after_outcome(name: str, outcome: SessionOutcome, resuming: bool, grace: float, now: float,
+                       deadline: float, expected: tuple[Next, float]) -> None:
+    assert after_outcome(outcome, resuming=resuming, grace=grace, now=now, deadline=deadline) == expected

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-UNITS = [ROOT / "systemd" / "kioskd.service", ROOT / "systemd" / "kioskd-backend.service"]
+UNITS = [ROOT / "systemd" / name for name in ("kioskd.service", "kioskd-backend.service", "kioskd-backend@.service")]
 INSTALLED_EXE = "/opt/kioskd/venv/bin/kioskd"
 MAX_EXPOSURE = 2.0
 ANALYZE_TIMEOUT = 60
@@ -77,6 +77,16 @@ def test_verify_clean(unit: Path, tmp_path: Path) -> None:
         (
             "kioskd-backend.service",
             ["EnvironmentFile=/etc/kioskd/backend.env", "Restart=always", "PrivateDevices=yes", "LimitNOFILE=4096"],
+        ),
+        (
+            "kioskd-backend@.service",
+            [
+                f"ExecStart={INSTALLED_EXE} backend --config /etc/kioskd/backend.toml --listen 127.0.0.1:%i",
+                "EnvironmentFile=/etc/kioskd/backend.env",
+                "Restart=always",
+                "PrivateDevices=yes",
+                "LimitNOFILE=4096",
+            ],
         ),
     ],
 )

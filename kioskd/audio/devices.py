@@ -49,6 +49,7 @@ __all__ = [
     "list_devices",
     "open_stream",
     "quiet_alsa",
+    "quiet_jack",
 ]
 
 Direction = Literal["input", "output"]
@@ -150,6 +151,28 @@ def quiet_alsa() -> None:
         _alsa_handler = False
 
 
+_jack_handler: Any = None
+
+
+def quiet_jack() -> None:
+    """Silence libjack: PortAudio probes for a JACK server on every init and libjack prints
+    "Cannot connect to server socket" (and more) on stderr each time, outside the log format."""
+    global _jack_handler
+    if _jack_handler is not None:
+        return
+    path = ctypes.util.find_library("jack")
+    if not path:
+        _jack_handler = False
+        return
+    try:
+        lib = ctypes.CDLL(path)
+        _jack_handler = ctypes.CFUNCTYPE(None, ctypes.c_char_p)(lambda message: None)
+        lib.jack_set_error_function(_jack_handler)
+        lib.jack_set_info_function(_jack_handler)
+    except (OSError, AttributeError):  # pragma: no cover - a libjack without these
+        _jack_handler = False
+
+
 # --------------------------------------------------------------------------- PyAudio
 
 
@@ -157,6 +180,7 @@ def _pyaudio() -> Any:
     import pyaudio  # late import: `kioskd ctl` and the pure modules must not need PortAudio
 
     quiet_alsa()
+    quiet_jack()
     return pyaudio
 
 

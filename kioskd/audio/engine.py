@@ -42,7 +42,6 @@ from kioskd.audio.devices import (
     Stream,
     open_stream,
 )
-from kioskd.audio.cues import cue
 from kioskd.audio.formats import FRAME_SAMPLES, INTERNAL_RATE, AudioFormat, Resampler, decode, encode, to_mono
 from kioskd.audio.jitter import JitterBuffer
 from kioskd.audio.uplink import UplinkBuffer
@@ -266,6 +265,12 @@ class AudioEngine:
         self.config = config
         self.mic_enabled = True
         """False: silence replaces the microphone (push-to-talk released, half duplex)."""
+        self.volume = config.volume
+        """Speaker volume 0.0–1.0 for everything played (agent and sounds); may change at any time."""
+        self.muted = False
+        """True: the speaker plays silence (the agent's audio is still received and timed)."""
+        self.cues: dict[str, np.ndarray] = {}
+        """Cue name → 16 kHz samples for :meth:`play_cue` (a missing name is a cue turned off)."""
         self._backoff = (backoff_base, backoff_cap)
         self._pacing: Pacing = pacing
         self._opener = opener
@@ -288,6 +293,7 @@ class AudioEngine:
         self._jitter = self._new_jitter(self._play_rate)
         self._audible_until = 0.0  # monotonic
         self._playback: Playback | None = None
+        self._sound = np.zeros(0, dtype=np.int16)  # a local sound being mixed in (device rate), under _lock
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._capture: CaptureThread | None = None
         self._flush_wanted = trio.Event()
@@ -348,15 +354,31 @@ class AudioEngine:
         self._playback = Playback(self, fmt)
         return self._playback
 
-    def play_cue(self, name: str) -> None:
-        """Play a local cue (see :mod:`kioskd.audio.cues`); the next :meth:`open_playback` cuts it."""
-        self.open_playback(DEFAULT_FORMAT).push(0, encode(cue(name), DEFAULT_FORMAT))
+    def play_cue(self, name: str) -> float:
+        """Play cue ``name`` from :attr:`cues` (nothing if it is turned off); returns its length in seconds."""
+        samples = self.cues.get(name)
+        return 0.0 if samples is None else self.play_sound(samples)
+
+    def play_sound(self, samples: np.ndarray, rate: int = INTERNAL_RATE) -> float:
+        """Mix int16 mono ``samples`` into the speaker, on top of any agent audio; returns seconds.
+
+        The sound takes the agent's path from the jitter buffer on (volume, mute, the echo
+        canceller's far end), so the canceller knows it; a new sound replaces one still playing.
+        """
+        if not self._devices["output"].ok:
+            return 0.0
+        with self._lock:
+            out_rate = self._play_rate
+        mono = Resampler(rate, out_rate).process(samples, last=True) if rate != out_rate else samples
+        with self._lock:
+            self._sound = np.asarray(mono, dtype=np.int16)
+        return len(samples) / rate
 
     @property
     def speaking(self) -> bool:
         """True while speaker audio is queued or still in the device."""
         with self._lock:
-            return self._jitter.playing or time.monotonic() < self._audible_until
+            return self._jitter.playing or len(self._sound) > 0 or time.monotonic() < self._audible_until
 
     def status(self) -> dict[str, Any]:
         """Devices, errors, uplink and jitter counters (JSON-friendly)."""
@@ -374,6 +396,8 @@ class AudioEngine:
             "input_failures": i.failures,
             "output_failures": o.failures,
             "last_device_error": self._last_error,
+            "input_error": None if i.ok else i.error,
+            "output_error": None if o.ok else o.error,
             "mic_enabled": self.mic_enabled,
             "echo": self.config.echo,
             "speaking": self.speaking,
@@ -466,7 +490,8 @@ class AudioEngine:
     def _on_failed(self, dev: _Device, event: DeviceFailed) -> None:
         dev.ok = False
         dev.failures += 1
-        dev.error = self._last_error = f"{event.direction} {event.name!r}: {event.message}"
+        dev.error = event.message  # names the device already
+        self._last_error = f"{event.direction} {event.name!r}: {event.message}"
         log.warning("audio device failed direction=%s device=%r error=%r", event.direction, event.name, event.message)
         if event.direction == "output":
             with self._lock:
@@ -519,12 +544,18 @@ class AudioEngine:
             if self._jitter.rate != rate:
                 self._jitter = self._new_jitter(rate)
                 self._play_rate = rate
-            audible = self._jitter.playing
+            audible = self._jitter.playing or len(self._sound) > 0
             mono = self._jitter.pull(frames, now)
+            if len(self._sound):
+                part, self._sound = self._sound[:frames], self._sound[frames:]
+                mixed = mono.astype(np.int32)
+                mixed[: len(part)] += part
+                mono = np.clip(mixed, -32768, 32767).astype(np.int16)
             if audible:
                 self._audible_until = now + (DEVICE_LATENCY_PERIODS + 1) * frames / rate
-        if self.config.volume != 1.0:
-            mono = np.round(mono * self.config.volume).astype(np.int16)
+        gain = 0.0 if self.muted else self.volume
+        if gain != 1.0:
+            mono = np.round(mono * gain).astype(np.int16)
         if self._echo is not None and self._trio_token is not None:
             try:
                 self._trio_token.run_sync_soon(self._on_far, mono, rate)

@@ -39,7 +39,7 @@ class WavSource:
                 self.channels = w.getnchannels()
                 raw = w.readframes(w.getnframes())
         except (OSError, EOFError, wave.Error) as exc:
-            raise DeviceError(f"wav:{path}: cannot read: {exc}") from None
+            raise DeviceError(f"wav:{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
         self.name = f"wav:{path}"
         self._samples = np.frombuffer(raw, dtype="<i2").astype(np.int16)
         self._pos = 0

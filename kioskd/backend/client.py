@@ -7,7 +7,9 @@ say what went wrong and how long to wait before asking again.
 
 :class:`SignedUrlProvider` keeps one fresh signed URL ready while idle (prefetch), so a
 button press needs no backend round trip, and its success or failure doubles as the
-backend health check that drives the "offline" light.
+backend health check that drives the "offline" light. Once the backend answers the
+kiosk's heartbeats (:mod:`kioskd.backend.heartbeat`), those answer the health question
+instead: an idle kiosk then fetches a URL only to keep the prefetched one fresh.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 UNAUTHORIZED_RETRY = 60.0
 #: Longest Retry-After honoured (a broken header must not park the kiosk for a day).
 MAX_RETRY_AFTER = 600.0
+
+#: Failures that retrying will not fix: the operator must change the token or the backend's config.
+REJECTED_KINDS = ("unauthorized", "forbidden")
 
 ErrorKind = Literal["unauthorized", "forbidden", "rate_limited", "server", "timeout", "network", "bad_reply"]
 
@@ -137,10 +142,23 @@ async def fetch_signed_url(
             )
     except (httpx.TimeoutException, trio.TooSlowError):
         raise SignedUrlError("timeout", f"no answer from the backend within {limit:g} s") from None
+    except httpx.LocalProtocolError:
+        # its text quotes the offending header, i.e. the token: never pass it on
+        raise SignedUrlError("network", "the request could not be sent: a header is not valid (check the kiosk token)") from None
     except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError, ValueError) as exc:
-        text = str(exc)[:200]
-        raise SignedUrlError("network", f"cannot reach the backend: {type(exc).__name__}: {text}") from None
+        raise SignedUrlError("network", f"cannot reach the backend: {_describe_failure(exc)}") from None
     return parse_reply(response.status_code, response.content, response.headers)
+
+
+#: Failures whose text names only the transport (refused, reset, unreachable), never our request.
+_PLAIN_FAILURES = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.CloseError, OSError)
+
+
+def _describe_failure(exc: BaseException) -> str:
+    """The failure's type, and its text only where that cannot hold a header or URL we sent."""
+    if isinstance(exc, _PLAIN_FAILURES):
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return type(exc).__name__
 
 
 def public_agent_url(server: str, agent_id: str) -> str:
@@ -151,8 +169,20 @@ def public_agent_url(server: str, agent_id: str) -> str:
 class UrlSource(Protocol):
     """Gives the URL for the next conversation."""
 
-    healthy: bool
-    last_error: str
+    @property
+    def healthy(self) -> bool:
+        """The backend answered the last check."""
+        ...
+
+    @property
+    def last_error(self) -> str:
+        """Why it is unhealthy ("" when healthy)."""
+        ...
+
+    @property
+    def last_error_kind(self) -> str:
+        """The latest failure's :data:`ErrorKind` ("" while healthy)."""
+        ...
 
     async def take(self, *, timeout: float | None = None) -> str:
         """A URL for one new conversation (a fetch bounded by ``timeout``). Raises SignedUrlError."""
@@ -172,6 +202,7 @@ class PublicAgentUrl:
 
     healthy = True
     last_error = ""
+    last_error_kind = ""
 
     def __init__(self, server: str, agent_id: str) -> None:
         self._url = public_agent_url(server, agent_id)
@@ -214,9 +245,45 @@ class SignedUrlProvider:
         self._backoff = backoff or Backoff(network.backoff_base, network.backoff_cap)
         self._ready: tuple[str, float] | None = None  # (url, fetched_at)
         self._wanted = trio.Event()
-        self.healthy = True
-        self.last_error = ""
+        self._fetch_error = ""  # the last fetch's failure, "" after a success
+        self._fetch_error_kind = ""  # its ErrorKind
+        self._heartbeat_error = ""  # the last heartbeat's failure, "" after an answered one
+        #: True while the backend answers heartbeats: health checks need no signed URL then.
+        self.heartbeats = False
         self.fetches = 0
+
+    @property
+    def healthy(self) -> bool:
+        """The last fetch and (with heartbeats) the last heartbeat both succeeded."""
+        return not self._fetch_error and not self._heartbeat_error
+
+    @property
+    def last_error(self) -> str:
+        """Why the backend counts as unhealthy ("" when healthy)."""
+        return self._fetch_error or self._heartbeat_error
+
+    @property
+    def last_error_kind(self) -> str:
+        """The :data:`ErrorKind` of :attr:`last_error` (a failed heartbeat counts as ``network``)."""
+        if self._fetch_error:
+            return self._fetch_error_kind
+        return "network" if self._heartbeat_error else ""
+
+    def note_heartbeat(self, error: str | None) -> None:
+        """A heartbeat's outcome: ``""`` answered, a message if it failed, None if the backend has no heartbeats.
+
+        An answered heartbeat switches health checks to heartbeats; None switches back to fetches.
+        """
+        was = self.heartbeats
+        self.heartbeats = error is not None
+        self._heartbeat_error = error or ""
+        if was != self.heartbeats:
+            self._wanted.set()  # re-plan the next fetch
+
+    @property
+    def token(self) -> str:
+        """The kiosk token in use (compare only; never log it)."""
+        return self._token
 
     def set_token(self, token: str) -> None:
         """Use a new kiosk token (after a config reload); drops any prefetched URL."""
@@ -229,11 +296,13 @@ class SignedUrlProvider:
         try:
             url = await fetch_signed_url(self._client, self._backend, self._agent_id, self._token, timeout=timeout)
         except SignedUrlError as exc:
-            self.healthy = False
-            self.last_error = str(exc)
+            self._fetch_error = str(exc)
+            self._fetch_error_kind = exc.kind
+            if self.heartbeats:
+                self._wanted.set()  # no health fetches are planned: retry soon to learn when it is back
             raise
-        self.healthy = True
-        self.last_error = ""
+        self._fetch_error = ""
+        self._fetch_error_kind = ""
         self._backoff.reset()
         return url
 
@@ -260,11 +329,17 @@ class SignedUrlProvider:
         return await self._fetch(timeout)
 
     def _next_check(self) -> float:
-        """Seconds until the next planned fetch: the health interval, or sooner if the URL would expire."""
-        wait = self._backend.health_interval
+        """Seconds until the next planned fetch: the health interval (none with heartbeats), or when the URL expires."""
+        wait = math.inf if self.heartbeats else self._backend.health_interval
         if self._ready is not None:
             wait = min(wait, self._ready[1] + self._backend.url_max_age - trio.current_time())
         return wait
+
+    def _needs_fetch(self) -> bool:
+        """With heartbeats, fetch only to refill the prefetched URL or to retry a failed fetch."""
+        if not self.heartbeats:
+            return True  # the fetch is the health check
+        return bool(self._fetch_error) or (self._backend.prefetch and self._fresh() is None)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep one URL ready and check the backend every ``health_interval``; never returns.
@@ -274,21 +349,26 @@ class SignedUrlProvider:
         is never older than ``health_interval``. A failed check keeps a still-valid URL (a
         visitor can still start at once when the network is back) but turns the light
         to offline, and retries with backoff, or after Retry-After, instead of waiting a
-        whole interval.
+        whole interval. While the backend answers heartbeats there are no health fetches:
+        a URL is fetched only when the prefetched one is used or would expire.
         """
         task_status.started()
         while True:
-            try:
-                url = await self._fetch()
-            except SignedUrlError as exc:
-                wait = exc.wait(self._backoff)
-                log.warning("backend unavailable, retrying in %.1f s: %s", wait, exc)
-                self._fresh()  # drop an expired one
-            else:
-                if self._backend.prefetch:
-                    self._ready = (url, trio.current_time())
-                    log.debug("signed URL prefetched")
+            if not self._needs_fetch():
                 wait = self._next_check()
+            else:
+                try:
+                    url = await self._fetch()
+                except SignedUrlError as exc:
+                    wait = exc.wait(self._backoff)
+                    what = "backend refuses this kiosk" if exc.kind in REJECTED_KINDS else "backend unavailable"
+                    log.warning("%s, next check in %.1f s: %s", what, wait, exc.detail)
+                    self._fresh()  # drop an expired one
+                else:
+                    if self._backend.prefetch:
+                        self._ready = (url, trio.current_time())
+                        log.debug("signed URL prefetched")
+                    wait = self._next_check()
             self._wanted = trio.Event()
             if self._ready is not None:
                 wait = min(wait, self._next_check())

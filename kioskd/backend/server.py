@@ -30,6 +30,7 @@ stays per replica). Heartbeats and the fleet view are in :mod:`kioskd.backend.fl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import email.utils
 import hashlib
 import json
@@ -363,6 +364,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", default="/etc/kioskd/backend.toml", help="backend.toml (default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=sorted(logs.LEVELS), help="default: %(default)s")
+    parser.add_argument("--listen", help="HOST:PORT instead of the config's listen (one per replica, e.g. kioskd-backend@8701)")
     return parser
 
 
@@ -402,6 +404,18 @@ def main(argv: list[str]) -> int:
         for problem in exc.problems:
             print(f"kioskd backend: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    log.info("backend starting listen=%s kiosks=%d api_base=%s", config.listen, len(config.kiosk), config.api_base)
+    if args.listen:
+        try:
+            parse_listen(args.listen)
+        except ValueError as exc:
+            print(f"kioskd backend: --listen {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        config = dataclasses.replace(config, listen=args.listen)
+    from kioskd.backend.redis_store import describe_url
+
+    store = describe_url(config.redis_url) if config.redis_url else "in-process"
+    log.info(
+        "backend starting listen=%s kiosks=%d api_base=%s store=%s", config.listen, len(config.kiosk), config.api_base, store
+    )
     trio.run(lambda: serve(config, api_key, shutdown_trigger=_until_signal))
     return 0

@@ -168,6 +168,7 @@ class ButtonTrigger:
             long_press_ends_in_hold=long_press_ends_in_hold,
         )
         self.available = False  # True once the button is open
+        self.unavailable_reason = ""  # why not, when the GPIO could not be opened
         self._button: Any = None  # strong reference: gpiozero must not lose its callbacks
         self._to_trio: ToTrio | None = None
         self._settle_wakeup = trio.Event()
@@ -178,7 +179,8 @@ class ButtonTrigger:
         try:
             self._button = self._open()
         except GpioUnavailable as exc:
-            log.warning("button unavailable: %s; running on the other triggers", exc)
+            self.unavailable_reason = str(exc)
+            log.warning("button unavailable pin=%d: %s", self.config.pin, exc)
         if self._button is None:
             task_status.started()
             await trio.sleep_forever()

@@ -162,7 +162,7 @@ async def _step_through(config: LedConfig, seconds: float, out: Any) -> int:
         for state in LightState:
             print(f"{state}: {_describe(state)}", file=out, flush=True)
             status = EXAMPLE_STATUS[state]
-            board.update(**{f: getattr(status, f) for f in ("state", "agent_speaking", "mic_live")}, vad_score=0.0)
+            board.update(**{f: getattr(status, f) for f in ("state", "agent_speaking", "mic_live", "problems")}, vad_score=0.0)
             end = trio.current_time() + seconds
             while (now := trio.current_time()) < end:
                 if state == LightState.LISTENING:  # sweep the VAD score so the level is visible
@@ -180,6 +180,8 @@ _DESCRIPTIONS: dict[LightState, str] = {
     LightState.RECONNECTING: "double blink (amber)",
     LightState.OFFLINE: "slow blink (red)",
     LightState.ERROR: "fast flash (red)",
+    LightState.FAULT: "1 s on, 1 s off: idle, but something is broken (amber)",
+    LightState.CLOSED: "steady, dim: out of service (violet)",
 }
 
 

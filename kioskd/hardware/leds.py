@@ -13,6 +13,8 @@ speaking       cyan    steady, full
 reconnecting   amber   double blink every 1.5 s (150 ms on, 150 ms off, 150 ms on)
 offline        red     slow blink: 0.5 s on every 2 s
 error          red     fast flash: 80 ms on every 250 ms
+fault          amber   idle with problems (``Status.problems``): 1 s on, 1 s off
+closed         violet  steady, dim (0.15): out of service
 =============  ======  =======================================================
 
 Pattern time starts when the state is entered, so every state shows at once (a blink
@@ -72,6 +74,8 @@ CONNECTING_HZ = 4.0
 RECONNECT_PERIOD, RECONNECT_PULSE = 1.5, 0.15
 OFFLINE_PERIOD, OFFLINE_ON = 2.0, 0.5
 ERROR_PERIOD, ERROR_ON = 0.25, 0.08
+FAULT_PERIOD, FAULT_ON = 2.0, 1.0
+CLOSED_LEVEL = 0.15
 #: Time constant of the VAD score smoothing (seconds to ~63 % of a step).
 VAD_TAU = 0.15
 #: Driver: at most this many updates a second.
@@ -92,6 +96,8 @@ class LightState(enum.StrEnum):
     RECONNECTING = "reconnecting"
     OFFLINE = "offline"
     ERROR = "error"
+    FAULT = "fault"  # idle, but something is broken (a missing microphone, a dead button…)
+    CLOSED = "closed"
 
 
 COLOURS: dict[LightState, RGB] = {
@@ -102,6 +108,8 @@ COLOURS: dict[LightState, RGB] = {
     LightState.RECONNECTING: (1.0, 0.5, 0.0),
     LightState.OFFLINE: (1.0, 0.0, 0.0),
     LightState.ERROR: (1.0, 0.0, 0.0),
+    LightState.FAULT: (1.0, 0.5, 0.0),
+    LightState.CLOSED: (0.6, 0.0, 1.0),
 }
 
 #: One status per light state (``kioskd test-leds`` and tests).
@@ -113,6 +121,8 @@ EXAMPLE_STATUS: dict[LightState, Status] = {
     LightState.RECONNECTING: Status(state=KioskState.RECONNECTING),
     LightState.OFFLINE: Status(state=KioskState.OFFLINE),
     LightState.ERROR: Status(state=KioskState.ERROR),
+    LightState.FAULT: Status(problems=("the microphone is missing",)),
+    LightState.CLOSED: Status(state=KioskState.CLOSED),
 }
 
 
@@ -120,12 +130,15 @@ def light_state(status: Status) -> LightState:
     """Which pattern a status shows; in a conversation, speaking wins over listening."""
     if status.state == KioskState.CONVERSATION:
         return LightState.SPEAKING if status.agent_speaking else LightState.LISTENING
+    if status.state == KioskState.IDLE and status.problems:
+        return LightState.FAULT
     return {
         KioskState.IDLE: LightState.IDLE,
         KioskState.CONNECTING: LightState.CONNECTING,
         KioskState.RECONNECTING: LightState.RECONNECTING,
         KioskState.OFFLINE: LightState.OFFLINE,
         KioskState.ERROR: LightState.ERROR,
+        KioskState.CLOSED: LightState.CLOSED,
     }[status.state]
 
 
@@ -145,6 +158,10 @@ def _level(state: LightState, t: float, vad_score: float) -> float:
         return 1.0 if x < RECONNECT_PULSE or 2 * RECONNECT_PULSE <= x < 3 * RECONNECT_PULSE else 0.0
     if state == LightState.OFFLINE:
         return 1.0 if t % OFFLINE_PERIOD < OFFLINE_ON else 0.0
+    if state == LightState.FAULT:
+        return 1.0 if t % FAULT_PERIOD < FAULT_ON else 0.0
+    if state == LightState.CLOSED:
+        return CLOSED_LEVEL
     return 1.0 if t % ERROR_PERIOD < ERROR_ON else 0.0
 
 

@@ -5,9 +5,12 @@ Protocol: one JSON object per line over a Unix stream socket. A request is
 ``status``: the kiosk's status object) or ``{"ok": false, "error": "..."}``. A touch
 screen or a script can drive the kiosk with nothing more than ``socat``.
 
-During a conversation, ``{"cmd": "feedback", "text": "like"|"dislike"}``, ``{"cmd": "say",
-"text": …}`` (a typed message), ``{"cmd": "context", "text": …}`` (e.g. from a door sensor)
-and ``{"cmd": "activity"}`` reach the agent as the protocol's ``feedback``,
+The daemon adds commands that wait or stream (:data:`Handler`): ``start`` answers once
+the conversation is open or the start failed; ``watch`` answers ``{"ok": true}`` and then
+sends one event per line until the client hangs up; ``volume`` (with ``"value"``),
+``mute``, ``unmute``, ``close`` and ``open`` change the live controls. During a
+conversation ``feedback`` (``"text": "like"|"dislike"``), ``say`` and ``context`` (with
+``"text"``) and ``activity`` reach the agent as the protocol's ``feedback``,
 ``user_message``, ``contextual_update`` and ``user_activity``.
 """
 
@@ -22,7 +25,7 @@ import socket
 import stat
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,10 @@ import trio
 
 from kioskd.state import Command
 
-__all__ = ["ControlServer", "ControlSocketInUse", "check_socket_free", "handle_request", "main", "request", "socket_owner"]
+__all__ = [
+    "ControlServer", "ControlSocketInUse", "Handler", "Reply", "Request", "check_socket_free", "handle_request",
+    "main", "request", "socket_owner", "watch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,38 +59,37 @@ _UCRED = struct.Struct("3i")
 SOCKET_MODE = 0o660
 
 _COMMANDS = {"start": Command.START, "end": Command.END, "toggle": Command.TOGGLE}
-#: Commands that send the agent a visitor's message (``text`` carries its words or score).
-VISITOR_COMMANDS = ("feedback", "say", "context", "activity")
-#: Delivers a visitor message; returns None, or why it cannot be sent now.
-Deliver = Callable[[str, str], str | None]
 
 
 class _Request(msgspec.Struct, forbid_unknown_fields=True):
     cmd: str
+    value: float | None = None
     text: str = ""
 
 
+Request = _Request
+#: Sends one answer line to the client.
+Reply = Callable[[dict[str, Any]], Awaitable[None]]
+#: A command the daemon serves itself: it may answer once (after waiting) or stream many lines.
+Handler = Callable[[Request, Reply], Awaitable[None]]
 _request_decoder = msgspec.json.Decoder(_Request)
+#: ``kioskd ctl`` waits this much longer than the daemon's own bound on a ``start``.
+START_WAIT_MARGIN = 5.0
 
 
 def handle_request(
-    line: bytes, send: Callable[[Command], None], status: Callable[[], dict[str, Any]],
-    deliver: Deliver | None = None,
+    line: bytes, send: Callable[[Command], None], status: Callable[[], dict[str, Any]]
 ) -> dict[str, Any]:
-    """Answer one request line (pure apart from ``send`` and ``deliver``). Never raises."""
+    """Answer one request line (pure apart from ``send``). Never raises."""
     try:
         req = _request_decoder.decode(line)
     except msgspec.DecodeError as exc:
         return {"ok": False, "error": f"bad request: {exc}; expected {{\"cmd\": \"start\"|\"end\"|\"status\"}}"}
     if req.cmd == "status":
         return {"ok": True, **status()}
-    if req.cmd in VISITOR_COMMANDS and deliver is not None:
-        problem = deliver(req.cmd, req.text)
-        return {"ok": True, "cmd": req.cmd} if problem is None else {"ok": False, "error": problem}
     cmd = _COMMANDS.get(req.cmd)
     if cmd is None:
-        known = ", ".join(["start", "end", "toggle", "status", *VISITOR_COMMANDS])
-        return {"ok": False, "error": f"unknown cmd {req.cmd[:40]!r}; known: {known}"}
+        return {"ok": False, "error": f"unknown cmd {req.cmd[:40]!r}; known: start, end, toggle, status"}
     send(cmd)
     return {"ok": True, "cmd": req.cmd}
 
@@ -150,12 +155,12 @@ class ControlServer:
 
     def __init__(
         self, path: str, send: Callable[[Command], None], status: Callable[[], dict[str, Any]],
-        deliver: Deliver | None = None,
+        handlers: Mapping[str, Handler] | None = None,
     ) -> None:
         self.path = path
         self._send = send
         self._status = status
-        self._deliver = deliver
+        self._handlers = dict(handlers or {})
         self._connections: dict[_Connection, None] = {}  # insertion order: oldest first
         self._identity: tuple[int, int] | None = None
         self._capacity_errors = 0
@@ -254,6 +259,11 @@ class ControlServer:
                         if line is None:
                             return
                         connection.waiting_since = None
+                        handler = self._handler_for(line)
+                        if handler is not None:  # may wait or stream: only each reply has a deadline
+                            if not await self._run_handler(stream, *handler):
+                                return
+                            continue
                         with trio.move_on_after(REQUEST_TIMEOUT) as sending:
                             await self._answer(stream, line)
                         if sending.cancelled_caught:
@@ -279,7 +289,7 @@ class ControlServer:
             buffer += data
 
     async def _answer(self, stream: trio.SocketStream, line: bytes) -> None:
-        reply = handle_request(line, self._send, self._status, self._deliver)
+        reply = handle_request(line, self._send, self._status)
         if not reply["ok"]:
             log.warning("control request refused error=%r", reply["error"])
         await self._reply(stream, reply)
@@ -288,13 +298,49 @@ class ControlServer:
     async def _reply(stream: trio.SocketStream, reply: dict[str, Any]) -> None:
         await stream.send_all(json.dumps(reply, default=str).encode() + b"\n")
 
+    def _handler_for(self, line: bytes) -> tuple[Handler, Request] | None:
+        try:
+            req = _request_decoder.decode(line)
+        except msgspec.DecodeError:
+            return None  # handle_request explains it
+        handler = self._handlers.get(req.cmd)
+        return None if handler is None else (handler, req)
 
-def request(path: str, cmd: str, timeout: float = 5.0, text: str | None = None) -> dict[str, Any]:
+    async def _run_handler(self, stream: trio.SocketStream, handler: Handler, req: Request) -> bool:
+        """Run a daemon command until it is done or the client hangs up; False: close the connection.
+
+        Each reply line must be taken within REQUEST_TIMEOUT (a stuck watcher is dropped).
+        """
+        slow = hung_up = False
+
+        async def reply(answer: dict[str, Any]) -> None:
+            nonlocal slow
+            with trio.move_on_after(REQUEST_TIMEOUT) as sending:
+                await self._reply(stream, answer)
+            if sending.cancelled_caught:
+                slow = True
+                nursery.cancel_scope.cancel()
+
+        async def until_hangup() -> None:
+            nonlocal hung_up
+            while await stream.receive_some(MAX_REQUEST):
+                pass  # nothing more is read while a command runs
+            hung_up = True
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(until_hangup)
+            await handler(req, reply)
+            nursery.cancel_scope.cancel()
+        return not (slow or hung_up)
+
+
+def request(path: str, cmd: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
     """Send one request to a running kiosk and return its answer (blocking; for the CLI)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(json.dumps({"cmd": cmd, **({"text": text} if text is not None else {})}).encode() + b"\n")
+        sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
@@ -304,30 +350,135 @@ def request(path: str, cmd: str, timeout: float = 5.0, text: str | None = None) 
     return json.loads(data)
 
 
-def main(argv: list[str]) -> int:
-    """``kioskd ctl [--config PATH | --socket PATH] start|end|toggle|status|feedback|say|context|activity [TEXT]``."""
-    from kioskd.config import DEFAULT_CONFIG, ConfigError, load_config
+def watch(path: str) -> Iterator[dict[str, Any]]:
+    """Events from a running kiosk, one dict each, until it goes away (blocking; for the CLI)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5.0)
+        sock.connect(path)
+        sock.sendall(b'{"cmd": "watch"}\n')
+        sock.settimeout(None)
+        with sock.makefile("rb") as lines:
+            first = json.loads(lines.readline() or b"{}")
+            if not first.get("ok"):
+                raise OSError(first.get("error", "the daemon closed the connection"))
+            for line in lines:
+                yield json.loads(line)
 
-    parser = argparse.ArgumentParser(prog="kioskd ctl", description="Control a running kioskd.")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+
+#: ``kioskd ctl`` commands and their one-line help.
+CTL_COMMANDS = {
+    "start": "start a conversation; waits until it is open (exit 0) or failed (exit 1, with the reason)",
+    "end": "end the running conversation",
+    "toggle": "start if idle, else end",
+    "status": "state, problems, devices, counters (JSON)",
+    "watch": "print events (one JSON object per line) until Ctrl-C",
+    "volume": "set the speaker volume 0.0-1.0 (kept across restarts): ctl volume 0.6",
+    "mute": "silence the speaker (kept across restarts)",
+    "unmute": "undo mute",
+    "close": "out of service: triggers are ignored and the light says closed (kept across restarts)",
+    "open": "back in service (opening hours still apply)",
+    "feedback": "rate the agent's latest answer: ctl feedback like|dislike",
+    "say": "a typed message the agent answers (a touch screen): ctl say Where is the exit?",
+    "context": "tell the agent something without interrupting (a door sensor): ctl context the door opened",
+    "activity": "the visitor is busy (typing, reading): the agent holds its turn",
+}
+#: Commands that carry words (``"text"``).
+TEXT_COMMANDS = ("feedback", "say", "context")
+
+
+def socket_path(config_path: str) -> str:
+    """``control.socket`` from a config file, reading nothing else: a typo elsewhere must not break ``ctl``.
+
+    Raises ConfigError when the file cannot be read or the key is not a string.
+    """
+    import tomllib
+
+    from kioskd.config import ConfigError, ControlConfig
+
+    try:
+        with open(config_path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError([f"{config_path}: cannot read: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{config_path}: not valid TOML: {exc}"]) from None
+    value = data.get("control", {}).get("socket", ControlConfig.socket) if isinstance(data.get("control"), dict) \
+        else ControlConfig.socket
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError([f"control.socket: expected a path, got {value!r}"])
+    return value
+
+
+def main(argv: list[str]) -> int:
+    """``kioskd ctl [--config PATH | --socket PATH] COMMAND [VALUE]``."""
+    from kioskd.config import DEFAULT_CONFIG, ConfigError
+
+    commands = "\n".join(f"  {name:<8} {help_}" for name, help_ in CTL_COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="kioskd ctl", description="Control a running kioskd.", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"commands:\n{commands}\n\nThe socket is writable by root and the kioskd group "
+               "(sudo usermod -aG kioskd $USER, then log in again).",
+    )
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG}); "
+                        "only control.socket is read")
     parser.add_argument("--socket", help="control socket path (default: control.socket from the config)")
-    parser.add_argument("cmd", choices=["start", "end", "toggle", "status", *VISITOR_COMMANDS])
-    parser.add_argument("text", nargs="*", help="feedback: like|dislike; say/context: the text")
+    parser.add_argument("cmd", choices=list(CTL_COMMANDS), metavar="COMMAND")
+    parser.add_argument("value", nargs="*", help="volume: 0.0 (silent) to 1.0 (full); feedback: like|dislike; "
+                        "say, context: the text")
     args = parser.parse_args(argv)
-    text = " ".join(args.text) if args.text else None
-    if args.cmd in ("feedback", "say", "context") and not text:
-        parser.error(f"{args.cmd} needs {'like or dislike' if args.cmd == 'feedback' else 'some text'}")
+    fields: dict[str, Any] = {}
+    if args.cmd in TEXT_COMMANDS:
+        if not args.value:
+            parser.error(f"{args.cmd} needs {'like or dislike' if args.cmd == 'feedback' else 'some text'}")
+        fields["text"] = " ".join(args.value)
+    elif (args.cmd == "volume") != bool(args.value) or len(args.value) > 1:
+        parser.error("volume needs a value 0.0-1.0; no other command takes one")
+    elif args.value:
+        try:
+            fields["value"] = float(args.value[0])
+        except ValueError:
+            parser.error("volume needs a value 0.0-1.0; no other command takes one")
     path = args.socket
     if path is None:
         try:
-            path = load_config(args.config).control.socket
+            path = socket_path(args.config)
         except ConfigError as exc:
             print("\n".join(exc.problems), file=sys.stderr)
             return 2
     try:
-        reply = request(path, args.cmd, text=text)
+        if args.cmd == "watch":
+            return _watch(path)
+        timeout = START_TIMEOUT + START_WAIT_MARGIN if args.cmd == "start" else 5.0
+        reply = request(path, args.cmd, timeout, **fields)
     except (OSError, ValueError) as exc:
-        print(f"kioskd ctl: cannot talk to kioskd at {path}: {exc}", file=sys.stderr)
+        print(f"kioskd ctl: cannot talk to kioskd at {path}: {_why(exc)}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"kioskd ctl {args.cmd}: {reply.get('error', 'failed')}", file=sys.stderr)
         return 1
     print(json.dumps(reply, indent=2 if args.cmd == "status" else None))
-    return 0 if reply.get("ok") else 1
+    return 0
+
+
+#: How long the daemon lets ``start`` wait for the conversation to open (the CLI waits a little longer).
+START_TIMEOUT = 15.0
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, PermissionError):
+        return f"{exc.strerror} (the socket is for root and the kioskd group: sudo usermod -aG kioskd $USER)"
+    if isinstance(exc, FileNotFoundError):
+        return "no socket there (is kioskd running? systemctl status kioskd)"
+    return str(exc)
+
+
+def _watch(path: str) -> int:
+    try:
+        for event in watch(path):
+            print(json.dumps(event), flush=True)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        return 0
+    print("kioskd ctl watch: the daemon went away", file=sys.stderr)
+    return 1

@@ -39,6 +39,8 @@ LEVELS: dict[str, int] = {
 
 #: Chatty third-party loggers held at INFO or above even when kioskd logs at debug.
 QUIET_LOGGERS = ("hpack", "httpcore", "trio-websocket")
+#: Loggers that say something at INFO on every request (httpx: one line per HTTP request): WARNING or above.
+REQUEST_LOGGERS = ("httpx",)
 
 #: Secret-bearing patterns; group 1 is kept, the rest of the match becomes REDACTED.
 _PATTERNS: tuple[re.Pattern[str], ...] = (
@@ -194,7 +196,8 @@ def setup_logging(level: str = "info", stream: TextIO | None = None) -> logging.
     """Send every logger's records to ``stream`` (default: ``sys.stdout`` at call time) as redacted lines.
 
     ``level`` is one of ``debug``, ``info``, ``warning``, ``error``. Calling again
-    (e.g. on SIGHUP) replaces the handler this function installed earlier; other
+    (e.g. on SIGHUP) replaces the handler this function installed earlier (and, without
+    ``stream``, keeps its stream); other
     handlers on the root logger are left alone. Python warnings are logged too.
     Returns the installed handler.
     """
@@ -203,13 +206,19 @@ def setup_logging(level: str = "info", stream: TextIO | None = None) -> logging.
     except KeyError:
         raise ValueError(f"log level: expected one of {', '.join(LEVELS)}, got {level!r}") from None
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _KioskdHandler)]:
+    previous = [h for h in root.handlers if isinstance(h, _KioskdHandler)]
+    for old in previous:
         root.removeHandler(old)
-    handler = _KioskdHandler(sys.stdout if stream is None else stream)
+    if stream is None:  # a second call (SIGHUP) keeps writing where the first one did
+        kept = previous[-1].stream if previous else None
+        stream = kept if kept is not None and not getattr(kept, "closed", False) else sys.stdout
+    handler = _KioskdHandler(stream)
     handler.setFormatter(KeyValueFormatter())
     root.addHandler(handler)
     root.setLevel(numeric)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(numeric, logging.INFO))
+    for name in REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     logging.captureWarnings(True)
     return handler

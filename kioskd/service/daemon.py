@@ -19,13 +19,19 @@ from typing import Any
 import trio
 
 from kioskd.ops import systemd
+from kioskd.audio.cues import load_cues, read_sound
 from kioskd.audio.engine import AudioEngine
 from kioskd.backend.client import PublicAgentUrl, SignedUrlProvider, UrlSource
+from kioskd.backend.heartbeat import HeartbeatSender
 from kioskd.config import DEFAULT_CONFIG, Config, ConfigError, load_config
-from kioskd.ops.control import ControlServer, ControlSocketInUse, check_socket_free
+from kioskd.events import EventBus
+from kioskd.ops.control import START_TIMEOUT, ControlServer, ControlSocketInUse, Handler, Reply, Request, check_socket_free
+from kioskd.ops.controls import LiveControls, Settings
+from kioskd.ops.hooks import HookRunner
 from kioskd.ops.logs import register_secret, setup_logging
-from kioskd.state import Status, StatusBoard
-from kioskd.service.supervisor import Supervisor
+from kioskd.ops.problems import ProblemWatch, live_problems, readiness_problems
+from kioskd.state import Command, KioskState, Status, StatusBoard
+from kioskd.service.supervisor import VISITOR_MESSAGES, Supervisor
 from kioskd.tools import ToolRegistry
 
 __all__ = ["Kiosk", "main"]
@@ -54,48 +60,164 @@ class Kiosk:
         """``pin_factory`` (gpiozero) and ``audio`` are for tests and benchmarks; the defaults are the real ones."""
         self.config = config
         self.board = StatusBoard()
+        self.events = EventBus()
         self.audio = audio or AudioEngine(config.audio)
         self.urls = make_url_source(config)
-        self.supervisor = Supervisor(config, self.audio, self.board, self.urls, ToolRegistry.from_config(config))
+        self.supervisor = Supervisor(
+            config, self.audio, self.board, self.urls, ToolRegistry.from_config(config), events=self.events
+        )
+        self.heartbeat: HeartbeatSender | None = None
+        if config.backend is not None and isinstance(self.urls, SignedUrlProvider):
+            self.heartbeat = HeartbeatSender(config.backend, config.kiosk_token(), self.status, self.urls)
+        self.controls = LiveControls(
+            config.state.file, config.audio.volume, config.hours, self.events, self._apply_controls
+        )
+        self.hooks = HookRunner(config.hooks, self.events)
+        self._fixed_problems = readiness_problems(config, devices=False)
+        self._load_sounds()
+        self.problems = ProblemWatch(self.board, self.events, self._live_problems, self._fixed_problems)
         self._pin_factory = pin_factory
+        self._last_state: KioskState | None = None
         self._last_status_line = ""
+        self.button: Any = None
+        self.leds: Any = None
 
     def status(self) -> dict[str, Any]:
-        """What ``kioskd ctl status`` prints."""
+        """What ``kioskd ctl status`` prints (problems looked at now, not up to a second ago)."""
+        self.problems.check()
         out = self.board.status.as_json()
         out.update(self.supervisor.details())
+        out["controls"] = self.controls.snapshot()
         out["audio"] = self.audio.status()
         return out
 
+    # ------------------------------------------------------------------ operator (issue 15)
+
+    def _load_sounds(self) -> None:
+        """Cues and the privacy notice into memory; a bad file becomes a problem, not a crash."""
+        import wave
+
+        try:
+            self.audio.cues = load_cues(self.config.cues)
+        except (OSError, wave.Error) as exc:
+            self._fixed_problems.append(f"cues: cannot load a sound ({exc}); the kiosk plays none")
+        privacy = self.config.privacy
+        self._notice_sound = None
+        if privacy.notice:
+            try:
+                self._notice_sound = read_sound(privacy.notice.removeprefix("wav:"))
+            except (OSError, wave.Error) as exc:
+                self._fixed_problems.append(f"privacy.notice: cannot load {privacy.notice} ({exc})")
+        if privacy.notice or privacy.notice_text:
+            self.supervisor.notice = self._play_notice
+
+    async def _play_notice(self) -> None:
+        """Before the first turn: say why the microphone listens (sound and/or text for a screen)."""
+        if self.config.privacy.notice_text:
+            self.events.publish("notice", text=self.config.privacy.notice_text)
+        if self._notice_sound is not None:
+            await trio.sleep(self.audio.play_sound(self._notice_sound))
+
+    def _live_problems(self) -> list[str]:
+        return live_problems(self.config, self.audio.status(), button=self.button, leds=self.leds, urls=self.urls)
+
+    def _apply_controls(self, settings: Settings, closed: str | None) -> None:
+        self.audio.volume = settings.volume
+        self.audio.muted = settings.muted
+        self.supervisor.closed = closed
+
+    def control_handlers(self) -> dict[str, Handler]:
+        """The control socket's daemon commands: start (waits), watch (streams), live controls."""
+
+        def change(**values: Any) -> Handler:
+            async def handler(req: Request, reply: Reply) -> None:
+                await reply({"ok": True, **self.controls.change(**values)})
+            return handler
+
+        async def volume(req: Request, reply: Reply) -> None:
+            if req.value is None or not 0.0 <= req.value <= 1.0:
+                await reply({"ok": False, "error": "volume needs \"value\": a number from 0.0 to 1.0"})
+                return
+            await reply({"ok": True, **self.controls.change(volume=float(req.value))})
+
+        async def start(req: Request, reply: Reply) -> None:
+            await reply(await self.start_and_wait())
+
+        async def watch(req: Request, reply: Reply) -> None:
+            with self.events.subscribe() as events:
+                await reply({"ok": True, "watching": True, "status": self.board.status.as_json()})
+                async for event in events:
+                    await reply(event)
+
+        async def visitor(req: Request, reply: Reply) -> None:  # feedback, say, context, activity
+            problem = self.supervisor.visitor_message(req.cmd, req.text)
+            await reply({"ok": True, "cmd": req.cmd} if problem is None else {"ok": False, "error": problem})
+
+        return {
+            **dict.fromkeys(VISITOR_MESSAGES, visitor),
+            "start": start, "watch": watch, "volume": volume,
+            "mute": change(muted=True), "unmute": change(muted=False),
+            "close": change(closed=True), "open": change(closed=False),
+        }
+
+    async def start_and_wait(self, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+        """Start a conversation; answer once it is open, or the start failed, or after ``timeout``."""
+        if self.supervisor.closed is not None:
+            return {"ok": False, "error": f"the kiosk is closed: {self.supervisor.closed}"}
+        status = self.board.status
+        if status.state is KioskState.CONVERSATION and status.conversation_id:
+            return {"ok": True, "cmd": "start", "conversation_id": status.conversation_id, "already": True}
+        with self.events.subscribe() as events:
+            self.supervisor.command(Command.START)
+            with trio.move_on_after(timeout):
+                async for event in events:
+                    if event["type"] == "conversation_started":
+                        return {"ok": True, "cmd": "start", "conversation_id": event["id"]}
+                    if event["type"] == "start_failed":
+                        return {"ok": False, "error": f"start failed: {event['reason']}"}
+        now = self.board.status
+        return {"ok": False, "error": f"no conversation after {timeout:g} s ({now.state}: {now.reason or 'no reason'})"}
+
     def reload(self, path: str) -> bool:
-        """Re-read the config; apply it if valid, else keep the old one. Returns success."""
+        """Re-read the config; apply it if valid, else keep the old one. Returns success.
+
+        Sections in RESTART_SECTIONS keep their old values (each change is logged as needing
+        a restart); the kiosk token is re-read from the file in use and applied at once.
+        """
         try:
             new = load_config(path)
-            if new.backend is not None:
-                register_secret(new.kiosk_token())
+            restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(self.config, s)]
+            new = dataclasses.replace(new, **{s: getattr(self.config, s) for s in RESTART_SECTIONS})
+            token = new.kiosk_token() if new.backend is not None else None
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused, keeping the old settings: %s", problem)
             return False
-        for section in RESTART_SECTIONS:
-            if getattr(new, section) != getattr(self.config, section):
-                log.warning("reload: [%s] changed; restart kioskd to apply it", section)
-        new = dataclasses.replace(
-            new, **{section: getattr(self.config, section) for section in RESTART_SECTIONS}
-        )
+        for section in restart:
+            log.warning("reload: [%s] changed; restart kioskd to apply it", section)
+        if token is not None and isinstance(self.urls, SignedUrlProvider) and token != self.urls.token:
+            register_secret(token)
+            self.urls.set_token(token)
+            log.info("reload: kiosk token changed; using the new one from now on")
         self.config = new
-        self.supervisor.config = new
-        self.supervisor.set_tools(ToolRegistry.from_config(new))
+        self.supervisor.reload(new, ToolRegistry.from_config(new))
         setup_logging(new.log.level)
-        log.info("config reloaded path=%s", path)
+        log.info("config reloaded path=%s restart_needed=%s", path, ",".join(restart) or "no")
         return True
 
     def _announce(self, status: Status) -> None:
+        """systemd STATUS= on every change of state or reason; one log line and one event per state change."""
         line = f"{status.state}: {status.reason}" if status.reason else str(status.state)
         if line != self._last_status_line:
             self._last_status_line = line
             systemd.status(line)
-            log.info("state changed state=%s reason=%r", status.state, status.reason)
+        if status.state is not self._last_state:
+            self._last_state = status.state
+            if status.reason:
+                log.info("state changed state=%s reason=%r", status.state, status.reason)
+            else:
+                log.info("state changed state=%s", status.state)
+            self.events.publish("state", state=str(status.state), reason=status.reason)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every part until cancelled; ``started()`` once the audio devices are open."""
@@ -107,14 +229,18 @@ class Kiosk:
         self.board.listen(self._announce)
         self._announce(self.board.status)
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.controls.run)  # volume, mute, closed: before any sound or start
+            await nursery.start(self.hooks.run)
             await nursery.start(self.audio.run)
             await nursery.start(self.urls.run)
+            if self.heartbeat is not None:
+                await nursery.start(self.heartbeat.run)
             # the light first: it must be driven before anything can send microphone audio
             self.leds = LedDriver(config.leds, self.board, pin_factory=self._pin_factory)
             await nursery.start(self.leds.run)
             await nursery.start(self.supervisor.run)
             control = ControlServer(
-                config.control.socket, self.supervisor.command, self.status, deliver=self.supervisor.visitor_message
+                config.control.socket, self.supervisor.command, self.status, self.control_handlers()
             )
             await nursery.start(control.run)
             if config.trigger.mode in ("button", "both"):
@@ -130,6 +256,7 @@ class Kiosk:
                 )
                 self.audio.add_frame_listener(wake.on_frame)
                 self.wake = wake
+            await nursery.start(self.problems.run)
             await nursery.start(systemd.watchdog_task, self.supervisor.healthy)
             task_status.started()
 
@@ -137,6 +264,8 @@ class Kiosk:
         """Release what outlives the tasks (the backend client's connections)."""
         with trio.CancelScope(shield=True):
             await self.urls.aclose()
+            if self.heartbeat is not None:
+                await self.heartbeat.aclose()
 
     async def shutdown(self) -> None:
         """End a running conversation cleanly (close 1000), waiting at most SHUTDOWN_GRACE."""
@@ -163,7 +292,12 @@ async def _serve(config: Config, config_path: str) -> int:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             await nursery.start(kiosk.run)
             systemd.ready()
-            log.info("kioskd ready kiosk=%s trigger=%s", kiosk.config.kiosk.id, kiosk.config.trigger.mode)
+            problems = kiosk.board.status.problems
+            if problems:
+                log.warning("kioskd running with problems kiosk=%s trigger=%s problems=%d (kioskd ctl status lists them)",
+                            kiosk.config.kiosk.id, kiosk.config.trigger.mode, len(problems))
+            else:
+                log.info("kioskd ready kiosk=%s trigger=%s", kiosk.config.kiosk.id, kiosk.config.trigger.mode)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     systemd.reloading()

@@ -11,18 +11,17 @@ sentence for the status board.
 
 from __future__ import annotations
 
-import fcntl
 import logging
+import select
 import socket
 import ssl
-import struct
 import urllib.parse
 from dataclasses import dataclass
 
 import trio
 import trio_websocket
 
-__all__ = ["CONGESTED_BYTES", "SEND_BUFFER", "Link", "describe_exc", "open_link", "unsent_bytes"]
+__all__ = ["CONGESTED_BYTES", "SEND_BUFFER", "Link", "describe_exc", "congested", "open_link"]
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +36,16 @@ MESSAGE_QUEUE = 256
 #: flowing over a ~300 ms round trip.
 SEND_BUFFER = 16 * 1024
 #: The link is congested while more than this many bytes sit in the socket not yet sent
-#: (Linux SIOCOUTQNSD, ~50 ms of audio): the sender then takes no audio from the uplink, so
-#: the backlog stays in the uplink buffer (coalesced, bounded, silence dropped first), and
-#: the trio-websocket send lock is free for pongs and close frames.
+#: (~50 ms of audio): the sender then takes no audio from the uplink, so the backlog stays
+#: in the uplink buffer (coalesced, bounded, silence dropped first), and the trio-websocket
+#: send lock is free for pongs and close frames. Set as the socket's TCP_NOTSENT_LOWAT, so
+#: the kernel itself reports the socket writable only below it (also under qemu-user,
+#: which does not implement the SIOCOUTQNSD ioctl).
 CONGESTED_BYTES = 2048
 #: How often the sender looks again while the link is congested.
 CONGESTION_POLL = 0.01
-#: ioctl: bytes in a TCP socket's send queue not yet sent (Linux, include/uapi/linux/sockios.h).
-SIOCOUTQNSD = 0x894B
+#: setsockopt(IPPROTO_TCP): writable only while fewer unsent bytes are queued (Linux ≥ 3.12, macOS).
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 
 Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
 
@@ -69,7 +70,7 @@ class Link:
         altogether is caught by the stall watchdog, not here.
         """
         waits = 0
-        while (unsent := unsent_bytes(self.socket)) is not None and unsent > CONGESTED_BYTES:
+        while congested(self.socket):
             waits += 1
             await trio.sleep(CONGESTION_POLL)
         return waits
@@ -122,10 +123,14 @@ async def _open_stream(url: str) -> tuple[str, str, Stream]:
 
 
 def _limit_send_buffer(sock: trio.socket.SocketType) -> None:
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-    except OSError as exc:  # not fatal: the link works, only with more hidden latency
-        log.warning("cannot set the agent socket's send buffer error=%s", exc)
+    for level, option, value, what in (
+        (socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER, "send buffer"),
+        (socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, CONGESTED_BYTES, "unsent-bytes mark (TCP_NOTSENT_LOWAT)"),
+    ):
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError as exc:  # not fatal: the link works, only with more hidden latency
+            log.warning("cannot set the agent socket's %s error=%s", what, exc)
 
 
 def _raw_socket(stream: Stream) -> socket.socket | None:
@@ -133,15 +138,13 @@ def _raw_socket(stream: Stream) -> socket.socket | None:
     return inner.socket if isinstance(inner, trio.SocketStream) else None  # type: ignore[return-value]
 
 
-def unsent_bytes(sock: socket.socket | trio.socket.SocketType | None) -> int | None:
-    """Bytes queued in the socket but not yet sent (Linux); None where this cannot be asked."""
+def congested(sock: socket.socket | trio.socket.SocketType | None) -> bool:
+    """True while the kernel holds more unsent bytes than ``TCP_NOTSENT_LOWAT`` (or its send buffer is full)."""
     if sock is None or sock.fileno() < 0:
-        return None
-    try:
-        out = fcntl.ioctl(sock.fileno(), SIOCOUTQNSD, struct.pack("i", 0))
-    except OSError:
-        return None
-    return int(struct.unpack("i", out)[0])
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    return not poller.poll(0)
 
 
 def describe_exc(exc: BaseException) -> str:

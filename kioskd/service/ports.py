@@ -65,5 +65,5 @@ class SupervisedAudio(AudioPort, Protocol):
     def open_uplink(self) -> MicPort:
         """Start capturing for a conversation (with the pre-roll)."""
 
-    def play_cue(self, name: str) -> None:
-        """Play a short sound cue (e.g. ``reconnecting``)."""
+    def play_cue(self, name: str) -> float:
+        """Play a short sound cue (``listening``, ``end``, ``error``, ``reconnecting``); returns its length in s."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import trio
 import trio_websocket
@@ -136,16 +137,16 @@ class Session:
                         await self._close(link)
                 nursery.cancel_scope.cancel()
         except* trio_websocket.ConnectionRejected as group:  # raised by trio-websocket's reader task
-            self._fail(_rejected_outcome(group.exceptions[0]))
+            self._fail(_rejected_outcome(_first(group)))
         except* trio_websocket.ConnectionClosed as group:
-            exc = _leaf(group)
+            exc = _first(group)
             assert isinstance(exc, trio_websocket.ConnectionClosed)
             self._fail(closed_outcome(_close_code(exc)))
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
-            self._fail(SessionOutcome(f"connection lost: {describe_exc(group.exceptions[0])}", resumable=True))
+            self._fail(SessionOutcome(f"connection lost: {describe_exc(_first(group))}", resumable=True))
         except* Exception as group:  # a bug must end this conversation, never the daemon
-            log.error("session failed id=%s", self.conversation_id, exc_info=group.exceptions[0])
-            self._fail(SessionOutcome(f"internal error: {type(group.exceptions[0]).__name__}"))
+            log.error("session failed id=%s", self.conversation_id, exc_info=_first(group))
+            self._fail(SessionOutcome(f"internal error: {type(_first(group)).__name__}"))
         finally:
             self._stop_audio()
         return self.conversation.result()
@@ -325,13 +326,6 @@ class Session:
         self._board.update(agent_speaking=False, mic_live=False)
 
 
-def _leaf(error: BaseException) -> BaseException:
-    """The first real exception inside (possibly nested) exception groups."""
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
-
-
 def _close_code(exc: trio_websocket.ConnectionClosed) -> int | None:
     return exc.reason.code if exc.reason is not None else None
 
@@ -339,3 +333,11 @@ def _close_code(exc: trio_websocket.ConnectionClosed) -> int | None:
 def _rejected_outcome(exc: BaseException) -> SessionOutcome:
     status = getattr(exc, "status_code", None)
     return SessionOutcome(f"the agent server refused the connection (HTTP {status})", rejected=True)
+
+
+def _first(group: BaseExceptionGroup[Any]) -> Any:
+    """The first leaf exception of a (possibly nested) exception group: nested nurseries nest groups."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -10,24 +10,26 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+import enum
+from collections.abc import Callable
+from typing import Any
 
 import trio
 
-from kioskd.backend.client import SignedUrlError, UrlSource
+from kioskd.backend.client import REJECTED_KINDS, SignedUrlError, UrlSource
 from kioskd.backoff import Backoff
 from kioskd.config import Config
-from kioskd.protocol import ConversationInitiationMetadata, ServerEvent, UnknownEvent
+from kioskd.events import EventBus
+from kioskd.protocol import AgentResponse, ConversationInitiationMetadata, ServerEvent, UnknownEvent, UserTranscript
 from kioskd.actions import SessionOutcome
 from kioskd.conversation import NotNow
 from kioskd.service.ports import MicPort, SupervisedAudio
+from kioskd.service.race import Race
 from kioskd.service.session import Session
 from kioskd.state import Command, KioskState, StatusBoard
 from kioskd.tools import ToolRegistry
 
-__all__ = ["Supervisor", "resume_context"]
+__all__ = ["Next", "Supervisor", "after_outcome", "resume_context"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,32 @@ def resume_context(transcript: list[str]) -> str:
     )
 
 
+class Next(enum.Enum):
+    """What the supervisor does after a session ended."""
+
+    END = "end"  # the conversation is over: show why
+    GIVE_UP = "give up"  # resuming failed for the whole grace window
+    RESUME = "resume"  # open a new conversation that picks up where this one was
+
+
+def after_outcome(
+    outcome: SessionOutcome, *, resuming: bool, grace: float, now: float, deadline: float
+) -> tuple[Next, float]:
+    """What to do after ``outcome``, and until when resuming may go on (pure).
+
+    Only a link fault is resumed, and only once the conversation had opened (a start that
+    fails is retried by the start loop instead): within ``grace`` of the latest drop.
+    ``resuming``: this outcome is of a resume attempt; ``deadline``: the current window's end.
+    """
+    if not outcome.resumable or grace <= 0 or not (outcome.opened or resuming):
+        return Next.END, deadline
+    if outcome.opened:  # the grace window counts from the latest drop
+        return Next.RESUME, now + grace
+    if now >= deadline:
+        return Next.GIVE_UP, deadline
+    return Next.RESUME, deadline
+
+
 class Supervisor:
     """Runs conversations on request, forever. Start with ``nursery.start(supervisor.run)``."""
 
@@ -81,8 +109,14 @@ class Supervisor:
         tools: ToolRegistry,
         *,
         rng: random.Random | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self.config = config
+        self.events = events or EventBus()
+        #: why the kiosk is out of service (``ctl close``, opening hours); None: open
+        self.closed: str | None = None
+        #: played (and awaited) before each conversation connects: the privacy notice
+        self.notice: Callable[[], Awaitable[None]] | None = None
         self._rng = rng or random.Random()
         self._audio = audio
         self._board = board
@@ -92,6 +126,8 @@ class Supervisor:
         self._session: Session | None = None
         self._in_conversation = False
         self._error: str | None = None
+        #: the backend refused this kiosk (401/403): an error until it gives a URL again
+        self._backend_error: str | None = None
         #: why the latest start gave up (shown with the idle state until the next start)
         self._start_failure: str | None = None
         self.counters = {
@@ -102,6 +138,7 @@ class Supervisor:
         self.observers: list[Callable[[ServerEvent | UnknownEvent], None]] = []
         self._heartbeat = trio.current_time()
         self._idle = trio.Event()
+        self._opened_any = False
 
     # ------------------------------------------------------------------ public
 
@@ -113,8 +150,9 @@ class Supervisor:
             self.counters["dropped_commands"] += 1
             log.warning("command dropped: queue full command=%s", cmd)
 
-    def set_tools(self, tools: ToolRegistry) -> None:
-        """Use a new tool registry from the next tool call on (config reload)."""
+    def reload(self, config: Config, tools: ToolRegistry) -> None:
+        """Use new settings and tools from the next conversation (or tool call) on."""
+        self.config = config
         self._tools = tools
 
     def healthy(self) -> bool:
@@ -161,7 +199,9 @@ class Supervisor:
             nursery.start_soon(self._refresh_idle_state)
             task_status.started()
             async for cmd in self._receive:
-                if cmd in (Command.START, Command.TOGGLE):
+                if cmd in (Command.START, Command.TOGGLE) and self.closed is not None:
+                    log.info("start ignored: the kiosk is closed (%s)", self.closed)
+                elif cmd in (Command.START, Command.TOGGLE):
                     await self._conversation()
                 elif cmd in (Command.MIC_ON, Command.MIC_OFF):
                     log.debug("ignored while idle command=%s", cmd)
@@ -169,8 +209,14 @@ class Supervisor:
     # ------------------------------------------------------------------ idle
 
     def _idle_state(self) -> tuple[KioskState, str]:
-        if self._error is not None:
-            return KioskState.ERROR, self._error
+        if self._backend_error is not None and self._urls.healthy:
+            self._backend_error = None  # the backend gives URLs again (e.g. the token was fixed)
+        if self._error is not None or self._backend_error is not None:
+            return KioskState.ERROR, self._error or self._backend_error or ""
+        if self.closed is not None:
+            return KioskState.CLOSED, self.closed
+        if not self._urls.healthy and self._urls.last_error_kind in REJECTED_KINDS:
+            return KioskState.ERROR, f"backend refuses this kiosk: {self._urls.last_error}"
         if not self._urls.healthy:
             return KioskState.OFFLINE, f"backend unreachable: {self._urls.last_error}"
         if self._start_failure is not None:
@@ -192,13 +238,21 @@ class Supervisor:
         self._idle = trio.Event()
         self._audio.mic_enabled = True
         self._start_failure = None
+        self._opened_any = False
         self.counters["conversations"] += 1
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._commands_during_conversation, nursery.cancel_scope)
+                if self.notice is not None:
+                    self._board.update(state=KioskState.CONNECTING, reason="privacy notice", conversation_id=None)
+                    await self.notice()
                 await self._hold_conversation()
                 nursery.cancel_scope.cancel()
         finally:
+            if not self._opened_any:
+                reason = self._start_failure or self._error or self._board.status.reason or "abandoned"
+                self.events.publish("start_failed", reason=reason)
+                self._audio.play_cue("error")
             self._session = None
             self._in_conversation = False
             self._idle.set()
@@ -214,6 +268,7 @@ class Supervisor:
                     session.end("ended by the visitor or operator")
                 else:
                     log.info("start abandoned by request")
+                    self._start_failure = "abandoned by request"
                     scope.cancel()
             elif cmd is Command.MIC_ON:
                 self._audio.mic_enabled = True
@@ -236,6 +291,7 @@ class Supervisor:
         uplink = self._audio.open_uplink()  # captures from the trigger on: nothing said is lost
         transcript: list[str] = []
         resuming = False
+        refusal_retry = True  # one refused URL (close 1008, HTTP 403) is retried with a fresh one
         deadline = trio.current_time() + START_WINDOW
         self._board.update(state=KioskState.CONNECTING, reason="", conversation_id=None)
         try:
@@ -250,23 +306,35 @@ class Supervisor:
                 self.last_outcome = outcome
                 # the gist so far: earlier lines plus this connection's, newest kept
                 transcript = (transcript + outcome.transcript)[-max(self.config.conversation.context_lines, 1):]
+                if refusal_retry and outcome.rejected and not outcome.opened and trio.current_time() < deadline:
+                    # e.g. a URL minted by an agent service that has restarted since: once more, fresh
+                    refusal_retry = False
+                    log.info("the agent refused the URL; trying once with a fresh one: %s", outcome.reason)
+                    continue
                 if outcome.opened:
-                    self._error = None
+                    self._error = self._backend_error = None
                 elif outcome.rejected:
                     self._error = outcome.reason
                 elif not resuming:
                     self._start_failure = outcome.reason  # else lost when the board returns to idle
-                log.info("conversation ended id=%s reason=%r", outcome.conversation_id, outcome.reason)
-                if not outcome.resumable or grace <= 0 or not (outcome.opened or resuming):
-                    self._board.update(reason=outcome.reason)
+                if outcome.opened:
+                    log.info("conversation ended id=%s reason=%r", outcome.conversation_id, outcome.reason)
+                    self.events.publish("conversation_ended", id=outcome.conversation_id, reason=outcome.reason)
+                else:
+                    log.warning("%s failed: %s", "resuming" if resuming else "start", outcome.reason)
+                step, deadline = after_outcome(
+                    outcome, resuming=resuming, grace=grace, now=trio.current_time(), deadline=deadline
+                )
+                if step is Next.END:
+                    if outcome.opened:
+                        self._audio.play_cue("end")
                     return
-                if outcome.opened:  # the grace window counts from the latest drop
-                    deadline = trio.current_time() + grace
-                elif trio.current_time() >= deadline:
+                if step is Next.GIVE_UP:
                     self.counters["failed_resumes"] += 1
                     return
                 resuming = True
-                log.info("resuming conversation within %.0f s: %s", grace, outcome.reason)
+                if outcome.opened:
+                    log.info("resuming conversation within %.0f s: %s", grace, outcome.reason)
                 self._board.update(
                     state=KioskState.RECONNECTING, reason=f"reconnecting: {outcome.reason}", conversation_id=None
                 )
@@ -284,9 +352,11 @@ class Supervisor:
             except SignedUrlError as exc:
                 self._url_failed(exc)
                 wait = exc.wait(backoff)
-                if exc.kind in ("unauthorized", "forbidden") or trio.current_time() + wait > deadline:
-                    log.warning("start abandoned: %s", exc)
+                if exc.kind in REJECTED_KINDS or trio.current_time() + wait > deadline:
+                    log.warning("start failed: no conversation URL: %s", exc)
+                    self._start_failure = str(exc)
                     return None
+                log.warning("no conversation URL, retrying in %.1f s: %s", wait, exc)
                 self._board.update(reason=f"retrying in {wait:.1f} s: {exc}")
                 await trio.sleep(wait)
                 continue
@@ -298,13 +368,13 @@ class Supervisor:
             if trio.current_time() + wait > deadline:
                 return outcome
             self.last_outcome = outcome
+            log.warning("connection failed, retrying in %.1f s: %s", wait, outcome.reason)
             self._board.update(reason=f"retrying in {wait:.1f} s: {outcome.reason}")
             await trio.sleep(wait)
 
     def _url_failed(self, exc: SignedUrlError) -> None:
-        log.warning("no conversation URL: %s", exc)
-        if exc.kind in ("unauthorized", "forbidden"):
-            self._error = str(exc)
+        if exc.kind in REJECTED_KINDS:
+            self._backend_error = f"backend refuses this kiosk: {exc}"
         self._board.update(reason=str(exc))
 
     async def _run_session(
@@ -313,8 +383,20 @@ class Supervisor:
         on_claimed: Callable[[Session], None] | None = None,
     ) -> SessionOutcome:
         def count_resumed(event: ServerEvent | UnknownEvent) -> None:
-            if context is not None and isinstance(event, ConversationInitiationMetadata):
-                self.counters["resumed"] += 1
+            if isinstance(event, ConversationInitiationMetadata):
+                if context is not None:
+                    self.counters["resumed"] += 1
+                elif not self._opened_any:
+                    self._audio.play_cue("listening")
+                self._opened_any = True
+                cid = event.conversation_initiation_metadata_event.conversation_id or "unknown"
+                self.events.publish("conversation_started", id=cid, resumed=context is not None)
+            elif isinstance(event, UserTranscript):
+                self.events.publish("visitor_said", id=session.conversation_id,
+                                    text=event.user_transcription_event.user_transcript)
+            elif isinstance(event, AgentResponse):
+                self.events.publish("agent_said", id=session.conversation_id,
+                                    text=event.agent_response_event.agent_response)
 
         session = Session(
             self.config, self._audio, uplink, self._tools, self._board, context=context,
@@ -337,18 +419,17 @@ class Supervisor:
 
     async def _resume_once(self, uplink: MicPort, context: str, deadline: float) -> SessionOutcome | None:
         """Race URL fetches, then connections, until one opens or the grace window ends."""
-        backoff = self._backoff(RESUME_BACKOFF_BASE, RESUME_BACKOFF_CAP)
+        backoff = self._backoff(RESUME_BACKOFF_BASE, RESUME_BACKOFF_CAP)  # shared: it paces both races
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._repeat_cue)
             try:
-                url_race = _Race[str]()
-                url = await url_race.run(self._resume_fetch, backoff, deadline)
+                url_race = Race[str](interval=RESUME_INTERVAL, slots=RESUME_ATTEMPTS, backoff=backoff)
+                url = await url_race.run(self._resume_fetch, deadline)
                 if url is None:
                     self._board.update(reason=f"gave up reconnecting: {url_race.last_reason}")
                     return None
-                outcome_race = _Race[SessionOutcome]()
 
-                async def attempt(race: _Race[SessionOutcome]) -> None:
+                async def attempt(race: Race[SessionOutcome]) -> None:
                     outcome = await self._run_session(
                         uplink, url, context, connect_timeout=RESUME_ATTEMPT_TIMEOUT, claim=race.claim
                     )
@@ -357,19 +438,20 @@ class Supervisor:
                     else:
                         race.failed(outcome.reason, stop=not outcome.resumable)
 
-                outcome = await outcome_race.run_tasks(attempt, backoff, deadline)
+                outcome_race = Race[SessionOutcome](interval=RESUME_INTERVAL, slots=RESUME_ATTEMPTS, backoff=backoff)
+                outcome = await outcome_race.run(attempt, deadline)
                 if outcome is None:
                     self._board.update(reason=f"gave up reconnecting: {outcome_race.last_reason}")
                 return outcome
             finally:
                 nursery.cancel_scope.cancel()
 
-    async def _resume_fetch(self, race: _Race[str]) -> None:
+    async def _resume_fetch(self, race: Race[str]) -> None:
         try:
             url = await self._urls.take(timeout=RESUME_ATTEMPT_TIMEOUT)
         except SignedUrlError as exc:
             self._url_failed(exc)
-            race.failed(str(exc), wait=exc.retry_after, stop=exc.kind in ("unauthorized", "forbidden"))
+            race.failed(str(exc), wait=exc.retry_after, stop=exc.kind in REJECTED_KINDS)
             return
         if race.claim():
             race.value = url
@@ -378,91 +460,3 @@ class Supervisor:
         while True:
             self._audio.play_cue("reconnecting")
             await trio.sleep(CUE_REPEAT)
-
-
-T = TypeVar("T")
-
-
-@dataclass
-class _Race(Generic[T]):
-    """Attempts started every RESUME_INTERVAL (RESUME_ATTEMPTS at most in flight); the first to claim wins.
-
-    An attempt calls :meth:`claim` at the moment it succeeds (for a connection: when the
-    handshake is done, before a conversation starts); the others are cancelled then.
-    """
-
-    value: T | None = None
-    last_reason: str = "no attempt finished"
-    _winner: trio.CancelScope | None = None
-    _scopes: dict[trio.Task, trio.CancelScope] = field(default_factory=dict)
-    _changed: trio.Event = field(default_factory=trio.Event)
-    _not_before: float = 0.0
-    _stop: bool = False
-
-    def claim(self) -> bool:
-        """True for the first caller: it wins and every other attempt is cancelled."""
-        if self._winner is not None or self._stop:
-            return False
-        scope = self._scopes.get(trio.lowlevel.current_task())
-        if scope is None:
-            return False
-        self._winner = scope
-        for other in self._scopes.values():
-            if other is not scope:
-                other.cancel()
-        self._changed.set()
-        return True
-
-    def won_by_current(self) -> bool:
-        """True when the calling attempt is the winner."""
-        return self._winner is not None and self._scopes.get(trio.lowlevel.current_task()) is self._winner
-
-    def failed(self, reason: str, *, wait: float | None = None, stop: bool = False, backoff: Backoff | None = None) -> None:
-        """An attempt failed; ``wait`` (e.g. Retry-After) delays the next one, ``stop`` ends the race."""
-        self.last_reason = reason
-        if wait is not None:
-            self._not_before = max(self._not_before, trio.current_time() + wait)
-        self._stop = self._stop or stop
-        self._changed.set()
-
-    async def run(self, attempt: Callable[[_Race[T]], Awaitable[None]], backoff: Backoff, deadline: float) -> T | None:
-        """Start attempts until one wins (its value is returned) or ``deadline``/a stop (None)."""
-        return await self.run_tasks(attempt, backoff, deadline)
-
-    async def run_tasks(
-        self, attempt: Callable[[_Race[T]], Awaitable[None]], backoff: Backoff, deadline: float
-    ) -> T | None:
-        """Like :meth:`run`; the winner's task runs on (e.g. a whole conversation) before this returns."""
-        async with trio.open_nursery() as nursery:
-            next_launch = trio.current_time()
-            while self._winner is None and not self._stop:
-                now = trio.current_time()
-                if now >= deadline:
-                    break
-                if len(self._scopes) < RESUME_ATTEMPTS and now >= max(next_launch, self._not_before):
-                    nursery.start_soon(self._one, attempt, backoff)
-                    await trio.lowlevel.checkpoint()  # let it register its scope
-                    next_launch = now + RESUME_INTERVAL
-                self._changed = trio.Event()
-                with trio.move_on_at(min(max(next_launch, self._not_before), deadline)):
-                    await self._changed.wait()
-            if self._winner is None:
-                nursery.cancel_scope.cancel()
-        return self.value
-
-    async def _one(self, attempt: Callable[[_Race[T]], Awaitable[None]], backoff: Backoff) -> None:
-        task = trio.lowlevel.current_task()
-        scope = trio.CancelScope()
-        self._scopes[task] = scope
-        try:
-            with scope:
-                await attempt(self)
-                if not self.won_by_current():
-                    # failed fast: pace the next attempt by the short resume backoff
-                    self._not_before = max(self._not_before, trio.current_time() + backoff.next_delay())
-                else:
-                    backoff.reset()
-        finally:
-            if self._scopes.get(task) is not self._winner:
-                del self._scopes[task]
-            self._changed.set()

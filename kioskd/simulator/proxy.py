@@ -48,6 +48,10 @@ THROTTLED_RCVBUF: Final = 4096
 UNTHROTTLED_RCVBUF: Final = 256 * 1024
 #: The bandwidth limit writes in slices of this many seconds' worth of bytes.
 BANDWIDTH_SLICE: Final = 0.01
+#: The bandwidth limit keeps to a schedule, not to a sleep after each slice: a writer that
+#: woke late (a slow or busy CPU) catches up, so the rate holds on any machine. Lateness
+#: beyond this many seconds is not made up; a link that was idle starts a new schedule.
+BANDWIDTH_BURST: Final = 0.1
 
 
 @dataclass
@@ -240,8 +244,11 @@ class FaultProxy:
         scope: trio.CancelScope,
         queue: _Queued,
     ) -> None:
+        next_at = -math.inf  # with a bandwidth limit: when the next slice may go (-inf: at once)
         try:
             async for due, data in receive:
+                if due > next_at or self._stall:
+                    next_at = -math.inf  # the link had nothing to send for a while: a new burst
                 await trio.sleep_until(due)
                 while self._stall:
                     await self._unstalled.park()
@@ -257,8 +264,13 @@ class FaultProxy:
                     view = view[len(piece) :]
                     queue.bytes -= len(piece)
                     queue.drained.unpark_all()
-                    if rate is not None:
-                        await trio.sleep(len(piece) / rate)
+                    if rate is None:
+                        next_at = -math.inf
+                    else:
+                        now = trio.current_time()
+                        start = now if next_at == -math.inf else max(next_at, now - BANDWIDTH_BURST)
+                        next_at = start + len(piece) / rate
+                        await trio.sleep_until(next_at)
             # The source closed cleanly: pass the half-close on.
             await dst.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):

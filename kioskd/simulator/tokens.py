@@ -32,6 +32,10 @@ class TokenStore:
             return "token expired"
         return None
 
+    def forget(self) -> None:
+        """Forget every token minted so far, as a restarted service would (they now get 1008)."""
+        self._tokens.clear()
+
     def issued(self) -> list[str]:
         """Every token minted so far (for tests that check no token leaks into logs)."""
         return list(self._tokens)
