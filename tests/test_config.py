@@ -136,8 +136,10 @@ def test_check_config_command_line(tmp_path: Path) -> None:
 
 
 def test_feedback_button_pins_are_checked() -> None:
-    assert problems({"agent": {"agent_id": "a"}, "button": {"like_pin": 40, "dislike_pin": 17}}) == [
+    assert problems({"agent": {"agent_id": "a"}, "button": {"like_pin": 40}}) == [
         "button.like_pin: must be a GPIO of the header, BCM 0–27, or -1 for none",
+    ]
+    assert problems({"agent": {"agent_id": "a"}, "button": {"dislike_pin": 17}}) == [
         "button.dislike_pin: GPIO 17 is already used by button.pin",
     ]
     assert problems({"agent": {"agent_id": "a"}, "button": {"like_pin": 22, "dislike_pin": 22}}) == [

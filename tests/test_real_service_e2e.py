@@ -91,6 +91,27 @@ async def test_a_visitor_talking_past_the_idle_timeout_is_not_cut_off_and_the_li
     assert max(levels) >= 0.8 and min(levels) == 0.0
 
 
+async def test_a_reply_that_reuses_the_interruption_id_is_heard(tmp_path: Path) -> None:
+    """The visitor cuts the greeting (turn 1); the interruption carries their turn's id (2),
+    and so does the agent's reply: the JS client's rule plays it (the Python client's drops it)."""
+    sim_config = SimulatorConfig(reply_seconds=2.0, reply_speedup=2.0, tool_call=None)
+    mic = mic_file(tmp_path / "mic.wav", ("silence", 0.4), ("speech", 1.2), ("silence", 8.0))
+    async with open_simulator(sim_config) as sim:
+        config = kiosk_config(sim, tmp_path, audio={"input": f"wav:{mic}"})
+        with trio.fail_after(TIMEOUT):
+            async with running_kiosk(config) as k:
+                await k.ctl("start")
+                conv = await sim.wait_for_conversation()
+                await sim.wait_for(lambda: bool(conv.turns) and conv.sent.count(("audio", 2)) * 0.2 >= 2.0)
+                await sim.wait_for(lambda: not k.kiosk.board.status.agent_speaking)
+                await trio.sleep(0.3)
+                await k.ctl("end")
+                await sim.wait_for(lambda: not conv.open)
+    assert conv.interruptions == [2] and {i for kind, i in conv.sent if kind == "audio"} == {1, 2}
+    out, _ = read_wav(tmp_path / "out.wav")
+    assert find(out, synth_speech(sim_config.reply_seconds, RATE, seed=0)) >= 0, "the reply (id 2) was not heard"
+
+
 async def test_client_events_override_is_sent_and_a_refusal_is_explained(tmp_path: Path) -> None:
     events = ["audio", "interruption", "agent_response", "user_transcript", "conversation_initiation_metadata",
               "ping", "vad_score"]
