@@ -9,6 +9,7 @@ pass silently. ``config.toml`` at the repository root documents every key.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -16,8 +17,11 @@ import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 __all__ = [
+    "https_or_loopback",
+    "is_loopback",
     "DEFAULT_CONFIG",
     "AgentConfig",
     "AudioConfig",
@@ -61,6 +65,34 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for ``localhost`` and addresses in 127.0.0.0/8 or ``::1``."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def https_or_loopback(url: str) -> bool:
+    """True for an ``https://`` URL with a host, or ``http://`` to a loopback host (a local test double).
+
+    Tokens and keys travel in these requests: never in clear text over a network.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return False
+    return bool(host) and (parts.scheme == "https" or (parts.scheme == "http" and is_loopback(host)))
 
 
 # --------------------------------------------------------------------------- sections
@@ -126,10 +158,10 @@ class BackendConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
-        if not self.url.startswith(("https://", "http://")):
-            out.append(("url", f"must be an https:// URL, got {self.url!r}"))
-        if self.heartbeat_url and not self.heartbeat_url.startswith(("https://", "http://")):
-            out.append(("heartbeat_url", f"must be an https:// URL or empty, got {self.heartbeat_url!r}"))
+        if not https_or_loopback(self.url):
+            out.append(("url", f"must be an https:// URL (http:// only on loopback), got {self.url!r}"))
+        if self.heartbeat_url and not https_or_loopback(self.heartbeat_url):
+            out.append(("heartbeat_url", f"must be an https:// URL (http:// only on loopback) or empty, got {self.heartbeat_url!r}"))
         if self.heartbeat_interval < 0:
             out.append(("heartbeat_interval", "must be 0 (off) or positive"))
         if self.timeout <= 0:
@@ -142,6 +174,9 @@ class BackendConfig:
 
 
 EchoMode = Literal["aec", "half_duplex", "off"]
+"""``aec``: echo cancellation, full duplex (the visitor is heard while the agent talks and can
+interrupt it); ``half_duplex``: the microphone is muted while the agent speaks (the visitor
+cannot interrupt); ``off``: nothing (a headset, or a speakerphone with its own canceller)."""
 
 
 @dataclass(frozen=True)

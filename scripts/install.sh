@@ -135,17 +135,28 @@ else
 fi
 
 TOKEN_FILE=$ETC_DIR/token
+# The token only ever goes into a new file created 0600 (mktemp) and owned before it is
+# filled, then renamed over the old one: an existing file with a loose mode, or a
+# descriptor someone holds on it, never sees the new token.
+new_token_file() {
+    local tmp
+    tmp=$(mktemp "$ETC_DIR/.token.XXXXXX")
+    chmod 0600 "$tmp"
+    own "$SERVICE_USER:$SERVICE_USER" "$tmp"
+    printf '%s' "$1" > "$tmp"
+    mv -f "$tmp" "$TOKEN_FILE"
+}
 if [[ -n ${KIOSKD_TOKEN:-} ]]; then
-    (umask 077 && printf '%s\n' "$KIOSKD_TOKEN" > "$TOKEN_FILE")
+    new_token_file "$KIOSKD_TOKEN"$'\n'
     say "wrote $TOKEN_FILE from \$KIOSKD_TOKEN"
 elif [[ ! -e $TOKEN_FILE ]]; then
-    (umask 077 && : > "$TOKEN_FILE")
+    new_token_file ""
     say "created empty $TOKEN_FILE: put this kiosk's backend token in it"
 else
-    say "kept existing $TOKEN_FILE"
+    chmod 0600 "$TOKEN_FILE"
+    own "$SERVICE_USER:$SERVICE_USER" "$TOKEN_FILE"
+    say "kept existing $TOKEN_FILE (mode 0600)"
 fi
-chmod 0600 "$TOKEN_FILE"
-own "$SERVICE_USER:$SERVICE_USER" "$TOKEN_FILE"
 
 # ------------------------------------------------------------------ systemd
 install -m 0644 "$SRC/systemd/kioskd.service" "$UNIT_DIR/kioskd.service"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import stat
+import threading
 import wave
 from pathlib import Path
 from typing import Any
@@ -255,14 +257,71 @@ async def test_capture_thread_reports_data_then_the_read_error() -> None:
     assert stream.closed
 
 
-async def test_a_bug_in_the_thread_is_reported_not_lost() -> None:
-    stream = FakeStream()
-
-    def source(frames: int, rate: int, channels: int) -> np.ndarray:
+class BuggySource:
+    def pull(self, frames: int, rate: int, channels: int) -> np.ndarray | None:
         raise ZeroDivisionError("oops")
 
-    events, _ = await run_thread(PlaybackThread, stream, source=source)
+    def wait(self, stop: threading.Event) -> None:
+        pass
+
+    def wake(self) -> None:
+        pass
+
+
+async def test_a_bug_in_the_thread_is_reported_not_lost() -> None:
+    events, _ = await run_thread(PlaybackThread, FakeStream(), source=BuggySource())
     assert isinstance(events[-1], DeviceFailed) and "ZeroDivisionError" in events[-1].message
+
+
+class PausableStream(FakeStream):
+    """Records pause/resume calls in order with the writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[str] = []
+
+    def write(self, samples: np.ndarray) -> None:
+        super().write(samples)
+        self.log.append("write")
+
+    def pause(self) -> None:
+        self.log.append("pause")
+
+    def resume(self) -> None:
+        self.log.append("resume")
+
+
+async def test_an_idle_speaker_pauses_the_device_and_writes_nothing_until_audio_comes() -> None:
+    """A Speaker with nothing queued: the thread pauses the stream and sleeps (no writes,
+    no periods); a push wakes it: resume, the reply (after the jitter target), then the
+    silence tail, and it pauses again. Stopping wakes a paused thread at once."""
+    from kioskd.audio.jitter import JitterBuffer
+    from kioskd.audio.speaker import DEVICE_LATENCY_PERIODS, Speaker
+
+    speaker = Speaker(lambda rate: JitterBuffer(rate, min_ms=20, start_ms=20), 16000)
+    stream = PausableStream()
+    events: list[Any] = []
+    thread = PlaybackThread("fake", 16000, 10, trio.lowlevel.current_trio_token(), events.append,
+                            opener=lambda *a: stream, source=speaker, pacing="clock")
+    thread.start()
+    with trio.fail_after(5):
+        while thread.pauses < 1:
+            await trio.sleep(0.01)
+        await trio.sleep(0.1)
+        assert stream.log == ["pause"] and thread.pauses == 1  # idle from the start: nothing written
+        speaker.push(1, np.full(800, 1000, np.int16))  # 50 ms
+        while thread.pauses < 2:
+            await trio.sleep(0.01)
+        await trio.sleep(0.1)
+        thread.stop()
+        assert await trio.to_thread.run_sync(thread.join)  # woken at once, not left waiting
+    assert stream.log[:2] == ["pause", "resume"] and stream.log[-1] == "pause"
+    played = np.concatenate(stream.writes)
+    assert np.count_nonzero(played == 1000) == 800
+    # after the reply: silence until the device holds only silence and the reply has left it
+    after = len(played) - int(np.flatnonzero(played == 1000)[-1]) - 1
+    assert DEVICE_LATENCY_PERIODS * 160 <= after <= (DEVICE_LATENCY_PERIODS + 2) * 160
+    assert not speaker.speaking and isinstance(events[0], DeviceOpened) and len(events) == 1
 
 
 async def test_open_failure_is_reported() -> None:
@@ -309,3 +368,20 @@ def test_mic_command_shows_a_level(alsa: AlsaFiles, capsys: pytest.CaptureFixtur
     alsa.write_input("kiosk_mic", np.full(16000, 3000, dtype=np.int16))
     assert test_mic_main(["--device", "kiosk_mic", "--seconds", "0.3"]) == 0
     assert "dBFS" in capsys.readouterr().out
+
+
+def test_wav_output_is_a_fresh_private_file_not_the_old_one(tmp_path: Path) -> None:
+    """An old recording with a loose mode (or an fd someone holds on it) must not get the new audio."""
+    path = tmp_path / "out.wav"
+    path.write_bytes(b"old recording")
+    path.chmod(0o644)
+    held = open(path, "rb")  # noqa: SIM115 - a reader that opened the old file
+    try:
+        sink = wavio.open_wav(str(path), "output", 16000)
+        sink.write(np.ones(160, dtype=np.int16))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert held.read() == b"old recording"  # the held file is not the one being written
+        assert path.read_bytes()[:4] == b"RIFF"
+        sink.close()
+    finally:
+        held.close()

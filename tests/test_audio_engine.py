@@ -316,27 +316,53 @@ def test_config_defaults_are_usable() -> None:
     assert dataclasses.replace(cfg(), echo="off").device_period_ms == 10
 
 
-async def test_idle_engine_reads_long_blocks_and_flags_preroll_only_when_an_uplink_opens(alsa: AlsaFiles) -> None:
-    """While nothing needs the microphone at once: 30 ms reads, no VAD; an uplink or a
-    listener switches back to 10 ms reads, and the pre-roll gets its speech flags."""
+def locate(got: np.ndarray, signal: np.ndarray) -> int:
+    """Where ``got`` starts in ``signal``, asserting it is one contiguous stretch of it."""
+    starts = [int(i) for i in np.flatnonzero(signal == got[0]) if np.array_equal(signal[i : i + 64], got[:64])]
+    assert len(starts) == 1, starts
+    k = starts[0]
+    assert np.array_equal(got, signal[k : k + len(got)])  # no gap, no repeat
+    return k
+
+
+async def test_idle_capture_keeps_the_preroll_in_the_thread_and_hands_it_over_exactly(alsa: AlsaFiles) -> None:
+    """While nothing needs frames, no block reaches Trio; an uplink gets the thread's
+    pre-roll and the live audio after it without a gap or a repeat, in chunk-long
+    reads; closing it stops the hand-off again, and a second uplink continues exactly."""
     from kioskd.audio.engine import IDLE_CAPTURE_PERIODS
 
-    signal = chirp(16000, 2.0)
+    rng = np.random.default_rng(5)
+    signal = rng.integers(-20000, 20000, size=16000 * 4).astype(np.int16)  # unique stretches
     alsa.write_input("kiosk_mic", signal)
+    pcm = AudioFormat.parse("pcm_16000")
+    preroll = 300
     with trio.fail_after(LIMIT):
-        async with running(cfg(input_rate=16000, preroll_ms=500)) as engine:
-            await wait_for(lambda: len(engine._preroll) >= 10)
+        async with running(cfg(input_rate=16000, preroll_ms=preroll)) as engine:
             cap = engine._capture
-            assert cap is not None and cap.block_periods == IDLE_CAPTURE_PERIODS
-            assert all(speech is None for _, speech in engine._preroll)  # no VAD while idle
-            uplink = engine.open_uplink()
-            assert cap.block_periods == 1
-            assert all(isinstance(speech, bool) for _, speech in engine._preroll)
-            assert len(await uplink.receive()) > 0
-            uplink.close()
-            assert cap.block_periods == IDLE_CAPTURE_PERIODS
-            listener = lambda frame, t: None  # noqa: E731
+            assert cap is not None
+            await wait_for(lambda: cap.frames_read >= 16 * (preroll + 300))
+            assert cap.block_periods == IDLE_CAPTURE_PERIODS and cap.blocks_posted == 0
+            for _ in range(2):
+                read_before = cap.frames_read
+                uplink = engine.open_uplink(pcm)
+                assert cap.block_periods == engine.config.chunk_ms // 10
+                got = decode(await collect(uplink, 2 * 16 * (preroll + 200)), pcm)
+                uplink.close()
+                k = locate(got, signal)
+                # the pre-roll: the last preroll_ms before the uplink opened (the thread may
+                # have finished one more block meanwhile)
+                block = 160 * IDLE_CAPTURE_PERIODS
+                assert read_before - 16 * preroll <= k <= read_before + block - 16 * preroll
+                assert cap.block_periods == IDLE_CAPTURE_PERIODS
+                posted = cap.blocks_posted
+                until = read_before + 16 * (2 * preroll + 400)
+                await wait_for(lambda: cap.frames_read >= until)  # noqa: B023 - awaited here
+                assert cap.blocks_posted <= posted + 1  # at most one block was already in flight
+            heard: list[float] = []
+            listener = lambda frame, t: heard.append(t)  # noqa: E731
             engine.add_frame_listener(listener)
-            assert cap.block_periods == 1
-            engine.remove_frame_listener(listener)
             assert cap.block_periods == IDLE_CAPTURE_PERIODS
+            await wait_for(lambda: len(heard) >= 2 * IDLE_CAPTURE_PERIODS)
+            engine.remove_frame_listener(listener)
+    first_block = heard[:IDLE_CAPTURE_PERIODS]
+    assert np.allclose(np.diff(first_block), 0.01)  # frames of one block, 10 ms apart

@@ -88,6 +88,19 @@ async def test_heartbeat_then_fleet_json_shows_it(redis_url: str) -> None:
     assert TOKEN_A not in page.text and OPERATOR not in page.text
 
 
+async def test_heartbeats_without_a_valid_token_share_the_signed_url_throttle() -> None:
+    upstream = FakeElevenLabs()
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving_app(upstream.app()) as api_base:
+            config = backend_config(api_base, unauthenticated_burst=3, unauthenticated_rate_per_minute=0.6)
+            async with serving_backend(config) as client:
+                guesses = [(await client.post("/heartbeat", json={"state": "idle"}, headers=bearer(f"guess-{i}"))).status_code
+                           for i in range(4)]
+                signed = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer("guess-5"))
+    assert guesses == [401, 401, 401, 429]
+    assert signed.status_code == 429 and int(signed.headers["retry-after"]) > 0
+
+
 async def test_fleet_needs_the_operator_login_form_sets_a_cookie() -> None:
     upstream = FakeElevenLabs()
     with trio.fail_after(IO_TIMEOUT):

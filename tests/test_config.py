@@ -67,7 +67,7 @@ def test_every_problem_is_reported_with_its_key() -> None:
     })
     assert found == [
         "agent.agent_id: must be set to your agent's id",
-        "backend.url: must be an https:// URL, got 'ftp://x'",
+        "backend.url: must be an https:// URL (http:// only on loopback), got 'ftp://x'",
         "audio.input: must be a device name, 'default' or 'wav:PATH'",
         "audio.chunk_ms: must be 10, 20, 30, 40 or 50",
         "network.backoff_base: needs 0 < backoff_base <= backoff_cap",
@@ -233,3 +233,23 @@ def test_bad_token_in_the_environment_is_named(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ConfigError, match=r"^KIOSKD_TOKEN: .*space") as info:
         config.kiosk_token()
     assert "words" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://backend.example/signed-url", True),
+        ("http://127.0.0.1:8766/signed-url", True),
+        ("http://localhost:8766/signed-url", True),
+        ("http://backend.example/signed-url", False),
+        ("http://192.168.1.5:8766/signed-url", False),
+    ],
+)
+def test_backend_url_is_https_except_loopback(url: str, ok: bool) -> None:
+    """The kiosk token travels in every request: never in clear text over a network."""
+    data = {"agent": {"agent_id": "a"}, "backend": {"url": url}}
+    if ok:
+        assert parse_config(data).backend is not None
+    else:
+        with pytest.raises(ConfigError, match=r"^backend\.url: must be an https:// URL"):
+            parse_config(data)

@@ -1,178 +1,136 @@
-"""Tests for kioskd.audio.echo.EchoCanceller on espeak-ng speech through a simulated room."""
+"""kioskd.audio.echo.EchoCanceller on espeak-ng speech (kioskd.audio.echolab): both sides.
+
+Echo removed (ERLE in single talk) AND the visitor kept (attenuation during double talk,
+per 10 ms frame, ITU-T P.340 style), in simulated rooms with echo delays of 10–200 ms,
+100 ppm clock drift, with no echo path at all, and with a far stream that arrives late or
+far ahead. The bars are the issue's: ≤ 3 dB once the agent has talked 2 s, ≤ 6 dB from its
+first second, ≤ 3 dB within 1 s with no echo path, ERLE ≥ 25 dB.
+"""
 
 from __future__ import annotations
 
-import io
 import shutil
-import subprocess
-import wave
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from kioskd.audio import echo as echo_module
+from kioskd.audio import echolab as lab
 from kioskd.audio.echo import MAX_FAR_BACKLOG_FRAMES, EchoCanceller
-from kioskd.audio.formats import Resampler, dbfs
 
 RATE = 16000
 FRAME = 160
-ECHO_DELAY_S = 0.030  # speaker → microphone
-TAIL_S = 0.060  # decaying reverberant tail after the direct path
-TAIL_DECAY_S = 0.012  # its time constant
-ECHO_GAIN = 0.5  # RMS gain of the echo path
-OUTPUT_LEAD_FRAMES = 4  # far frames are handed to the device 40 ms before they play…
-OUTPUT_BURST_FRAMES = 4  # …in bursts of 40 ms
+FULL_DUPLEX_DB = 3.0  # P.340 type 1
+EARLY_DB = 6.0  # type 2a, from the agent's first second
 MIN_ERLE_DB = 25.0
-USER_TOLERANCE_DB = 3.0
-DOUBLE_TALK_MAX_USER_LOSS_DB = 10.0
-DOUBLE_TALK_MIN_CORRELATION = 0.5
-MAX_PROCESSING_DELAY = 320  # samples (20 ms) searched for the canceller's own delay
+MIN_WITHIN_6DB = 0.7  # share of the visitor's 10 ms frames attenuated by at most 6 dB
+MAX_DISTORTION_DB = -6.0  # (output − visitor) against the visitor
 
-AGENT_TEXT = (
-    "Hello and welcome to the museum. The next guided tour starts at three o'clock "
-    "in the main hall. Please ask me anything about the exhibits."
-)
-USER_TEXT = "What time does the cafe close today?"
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
 
-def speak(text: str, voice: str, pitch: int) -> np.ndarray:
-    """espeak-ng speech resampled to 16 kHz int16."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    wav = subprocess.run(
-        ["espeak-ng", "--stdout", "-v", voice, "-p", str(pitch), "-s", "170", text],
-        capture_output=True,
-        check=True,
-        timeout=30,
-    ).stdout
-    with wave.open(io.BytesIO(wav)) as w:
-        rate = w.getframerate()
-        samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    r = Resampler(rate, RATE)
-    return np.concatenate([r.process(samples), r.process(np.zeros(0, np.int16), last=True)])
+def cancelled(scene: lab.Scene, feed: str = "device") -> np.ndarray:
+    """A fresh canceller's output for ``scene``."""
+    return lab.run_canceller(EchoCanceller(RATE), scene) if feed == "device" else _run_feed(scene, feed)
 
 
-def room_impulse_response(seed: int = 7) -> np.ndarray:
-    """30 ms delay, a direct path, then an exponentially decaying random tail."""
-    rng = np.random.default_rng(seed)
-    delay = int(ECHO_DELAY_S * RATE)
-    k = np.arange(int(TAIL_S * RATE))
-    ir = np.zeros(delay + len(k))
-    ir[delay:] = rng.standard_normal(len(k)) * np.exp(-k / (TAIL_DECAY_S * RATE))
-    ir[delay] = 1.0
-    return ir * ECHO_GAIN / np.sqrt(np.sum(ir**2))
-
-
-def s(a: float, b: float) -> slice:
-    return slice(int(a * RATE), int(b * RATE))
-
-
-@dataclass
-class Scene:
-    """Speaker signal, the echo it makes, the user's speech and the microphone mix."""
-
-    far: np.ndarray
-    echo: np.ndarray
-    user: np.ndarray
-    mic: np.ndarray
-
-
-def make_scene() -> Scene:
-    """8 s: agent 0–4 s (echo only), user 4.1–5.9 s (alone), agent 6–8 s with the user
-    talking over it 6.5–7.5 s (double talk)."""
-    agent = speak(AGENT_TEXT, "en-us", 50)
-    user_speech = speak(USER_TEXT, "en+f3", 80)
-    assert len(agent) >= 6 * RATE and len(user_speech) >= 1.8 * RATE
-    n = 8 * RATE
-    far = np.zeros(n)
-    far[s(0, 4)] = agent[s(0, 4)]
-    far[s(6, 8)] = agent[s(4, 6)]
-    user = np.zeros(n)
-    user[s(4.1, 5.9)] = user_speech[s(0, 1.8)]
-    user[s(6.5, 7.5)] = user_speech[s(0.2, 1.2)]
-    echo = np.convolve(far, room_impulse_response())[:n]
-    mic = np.clip(np.round(echo + user), -32768, 32767).astype(np.int16)
-    return Scene(far.astype(np.int16), echo, user, mic)
-
-
-@pytest.fixture(scope="module")
-def scene() -> Scene:
-    """The test scene (built once per module)."""
-    return make_scene()
-
-
-def run(ec: EchoCanceller, scene: Scene) -> np.ndarray:
-    """Feed far frames ahead in bursts (like a device writer) and each mic frame in turn."""
-    frames = len(scene.mic) // FRAME
-    pushed = 0
-    out = []
-    for j in range(frames):
-        while pushed < min(frames, j + OUTPUT_LEAD_FRAMES):
-            for k in range(pushed, min(frames, pushed + OUTPUT_BURST_FRAMES)):
-                ec.far(scene.far[k * FRAME : (k + 1) * FRAME])
-            pushed = min(frames, pushed + OUTPUT_BURST_FRAMES)
-        out.append(ec.near(scene.mic[j * FRAME : (j + 1) * FRAME]))
+def _run_feed(scene: lab.Scene, feed: str) -> np.ndarray:
+    """``late``: every 50th far frame reaches the canceller one frame late (thread jitter);
+    ``early``: the speaker opened 300 ms before the microphone, so 30 frames that played
+    before the first microphone frame are still queued (their echo is long gone)."""
+    ec = EchoCanceller(RATE)
+    far = scene.far.reshape(-1, FRAME)
+    mic = scene.mic.reshape(-1, FRAME)
+    if feed == "early":
+        for _ in range(30):
+            ec.far(np.zeros(FRAME, np.int16))
+    out, pushed = [], 0
+    for j in range(len(mic)):
+        target = j if feed == "late" and j % 50 == 25 else j + 1
+        while pushed < target:
+            ec.far(far[pushed])
+            pushed += 1
+        out.append(ec.near(mic[j]))
     return np.concatenate(out)
 
 
-def erle(scene: Scene, out: np.ndarray, seg: slice) -> float:
-    """Echo return loss enhancement (dB) on an echo-only segment."""
-    return dbfs(np.round(scene.echo[seg]).astype(np.int16)) - dbfs(out[seg])
+def single_talk(**kw: object) -> lab.Scene:
+    return lab.make_scene(visitor_from=99.0, seconds=6.0, **kw)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def cancelled(scene: Scene) -> np.ndarray:
-    if not echo_module.AVAILABLE:
-        pytest.fail("pywebrtc-audio is a dependency of kioskd but cannot be imported")
-    return run(EchoCanceller(RATE), scene)
+def test_scene_has_loud_echo_and_a_visitor_as_loud() -> None:
+    # Sanity of the lab itself: what the tests measure is well above the noise floor.
+    scene = lab.make_scene()
+    echo_db = 10 * np.log10(np.mean(scene.echo[RATE * 2 :] ** 2) / 32768**2)
+    visitor = scene.visitor[int(scene.visitor_from * RATE) : int(scene.visitor_to * RATE)]
+    assert echo_db > -35.0
+    assert abs(lab._speech_level(visitor) - lab.VISITOR_DBFS) < 0.5
+    assert scene.visitor_to - scene.visitor_from > 2.0
 
 
-def test_scene_has_loud_echo(scene: Scene) -> None:
-    # Sanity of the fixture itself: the echo is well above the floor the test can measure.
-    assert dbfs(np.round(scene.echo[s(1.5, 4)]).astype(np.int16)) > -35.0
-    assert not np.any(scene.user[s(0, 4)]) and not np.any(scene.far[s(4.0, 6)])
+@pytest.mark.parametrize("delay_ms", [10, 30, 100, 200])
+def test_echo_removed_in_single_talk_at_any_delay(delay_ms: int) -> None:
+    scene = single_talk(ir=lab.room_ir(delay_s=delay_ms / 1000))
+    out = cancelled(scene)
+    assert lab.erle(scene, out, 2.5, 6.0) >= MIN_ERLE_DB
 
 
-def test_echo_reduced_by_at_least_25_db_after_convergence(
-    scene: Scene, cancelled: np.ndarray
-) -> None:
-    assert erle(scene, cancelled, s(1.5, 4.0)) >= MIN_ERLE_DB
-    assert erle(scene, cancelled, s(6.0, 6.5)) >= MIN_ERLE_DB  # still converged later
+@pytest.mark.parametrize("delay_ms", [10, 30, 100, 200])
+def test_visitor_kept_in_double_talk_after_two_seconds(delay_ms: int) -> None:
+    scene = lab.make_scene(visitor_from=3.0, ir=lab.room_ir(delay_s=delay_ms / 1000))
+    dt = lab.doubletalk_attenuation(scene, cancelled(scene))
+    assert dt.median_db <= FULL_DUPLEX_DB
+    assert dt.attenuation_db <= FULL_DUPLEX_DB
+    assert dt.within_6db >= MIN_WITHIN_6DB
 
 
-def aligned(out: np.ndarray, ref: np.ndarray, seg: slice) -> tuple[float, float]:
-    """(correlation, gain) of ``out`` against ``ref`` over ``seg``, after
-    removing the canceller's processing delay (AEC3's filter bank: found by search)."""
-    r = ref[seg]
-    lag = max(
-        range(MAX_PROCESSING_DELAY),
-        key=lambda k: abs(float(np.dot(out[seg.start + k : seg.stop + k], r))),
-    )
-    o = out[seg.start + lag : seg.stop + lag].astype(float)
-    return float(np.corrcoef(o, r)[0, 1]), float(np.dot(o, r) / np.dot(r, r))
+def test_visitor_kept_from_the_agents_first_second() -> None:
+    scene = lab.make_scene(visitor_from=2.0)
+    dt = lab.doubletalk_attenuation(scene, cancelled(scene))
+    assert dt.median_db <= EARLY_DB and dt.attenuation_db <= EARLY_DB
 
 
-def test_user_speech_passes_unchanged_in_level(scene: Scene, cancelled: np.ndarray) -> None:
-    seg = s(4.2, 5.9)  # after the agent's echo tail has died away
-    user_level = dbfs(np.round(scene.user[seg]).astype(np.int16))
-    assert abs(dbfs(cancelled[seg]) - user_level) <= USER_TOLERANCE_DB
-    corr, gain = aligned(cancelled, scene.user, seg)  # the user's waveform, not noise
-    assert corr > 0.9
-    assert abs(20 * np.log10(gain)) <= USER_TOLERANCE_DB
+def test_no_echo_path_passes_the_visitor_within_one_second() -> None:
+    scene = lab.make_scene(visitor_from=2.0, echo=False)
+    dt = lab.doubletalk_attenuation(scene, cancelled(scene))
+    assert dt.median_db <= FULL_DUPLEX_DB and dt.attenuation_db <= FULL_DUPLEX_DB
+    assert dt.within_6db >= 0.9
+    assert dt.distortion_db <= MAX_DISTORTION_DB  # the visitor's waveform, not just its level
 
 
-def test_double_talk_keeps_the_user(
-    scene: Scene, cancelled: np.ndarray
-) -> None:
-    seg = s(6.5, 7.5)
-    corr, gain = aligned(cancelled, scene.user, seg)
-    # AEC3's suppressor ducks double talk somewhat, but the user must stay clearly there.
-    assert gain > 10 ** (-DOUBLE_TALK_MAX_USER_LOSS_DB / 20)
-    assert corr > DOUBLE_TALK_MIN_CORRELATION
+def test_clock_drift_100_ppm() -> None:
+    single = single_talk(drift_ppm=100.0)
+    assert lab.erle(single, cancelled(single), 2.5, 6.0) >= MIN_ERLE_DB
+    scene = lab.make_scene(visitor_from=3.0, drift_ppm=100.0)
+    assert lab.doubletalk_attenuation(scene, cancelled(scene)).median_db <= FULL_DUPLEX_DB
 
 
-def test_disabled_passes_through(scene: Scene) -> None:
+@pytest.mark.parametrize("feed", ["late", "early"])
+def test_far_stream_late_or_queued_from_before(feed: str) -> None:
+    # Late frames make the queue run dry (the canceller moves its filter with the stream);
+    # a queue that never drains is trimmed (an echo older than its queued reference cannot
+    # be cancelled).
+    scene = single_talk()
+    ec_out = _run_feed(scene, feed)
+    assert lab.erle(scene, ec_out, 2.5, 6.0) >= MIN_ERLE_DB
+
+
+def test_a_far_queue_that_never_drains_is_trimmed_and_the_filter_follows() -> None:
+    ec = EchoCanceller(RATE)
+    silence = np.zeros(FRAME, np.int16)
+    for j in range(300):
+        ec.far(silence)
+        if j < 20:
+            ec.far(silence)  # 20 frames more than the microphone takes: 200 ms queued for good
+        ec.near(silence)
+    stats = ec.stats()
+    # checked once a second: 21 queued before the pop, trimmed to the slack of 2
+    assert stats["aec_far_trimmed"] == 19
+    assert stats["aec_far_queued"] == 1
+    assert stats["aec_delay_ms"] == 20 + 190  # the filter moved with the stream
+
+
+def test_disabled_passes_through() -> None:
+    scene = single_talk()
     ec = EchoCanceller(RATE, enabled=False)
     assert not ec.active
     ec.far(scene.far[:FRAME])
@@ -181,14 +139,13 @@ def test_disabled_passes_through(scene: Scene) -> None:
     assert np.array_equal(out, frame) and out is not frame
 
 
-def test_without_far_audio_the_user_passes(scene: Scene) -> None:
+def test_without_far_audio_the_microphone_passes() -> None:
+    scene = lab.make_scene(visitor_from=1.0, echo=False)
     ec = EchoCanceller(RATE)
-    seg = s(4.0, 6.0)
-    out = np.concatenate([ec.near(x) for x in scene.mic[seg].reshape(-1, FRAME)])
-    level = dbfs(np.round(scene.user[seg]).astype(np.int16))
-    assert abs(dbfs(out[RATE // 5 :]) - dbfs(scene.mic[seg][RATE // 5 :])) <= USER_TOLERANCE_DB
-    assert level > -40.0
-    assert ec.stats()["aec_far_missing"] == len(scene.mic[seg]) // FRAME
+    mic = scene.mic[: 4 * RATE]
+    out = np.concatenate([ec.near(x) for x in mic.reshape(-1, FRAME)])
+    assert np.array_equal(out[FRAME:], mic[:-FRAME])  # unchanged, one frame late
+    assert ec.stats()["aec_far_missing"] == len(mic) // FRAME
 
 
 def test_far_queue_is_bounded() -> None:

@@ -27,6 +27,8 @@ class Installed:
     prefix: Path
     first: subprocess.CompletedProcess[str]
     second: subprocess.CompletedProcess[str]
+    #: what a reader that opened the (carelessly 0644) token file before the second run could read after it
+    held_read: bytes
 
 
 def run_install(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -45,9 +47,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     assert first.returncode == 0, first.stdout + first.stderr
     config = prefix / "etc/kioskd/config.toml"
     config.write_text(config.read_text() + KEPT_MARKER)
-    second = run_install("--prefix", str(prefix), KIOSKD_TOKEN=TOKEN)
+    token = prefix / "etc/kioskd/token"
+    token.chmod(0o644)  # a careless edit; a local user opens it while it is readable
+    with open(token, "rb") as held:
+        second = run_install("--prefix", str(prefix), KIOSKD_TOKEN=TOKEN)
+        held_read = held.read()
     assert second.returncode == 0, second.stdout + second.stderr
-    return Installed(prefix, first, second)
+    return Installed(prefix, first, second, held_read)
 
 
 def test_first_run_installs_config_and_empty_token(installed: Installed) -> None:
@@ -68,6 +74,13 @@ def test_token_from_env_mode_0600_never_printed(installed: Installed) -> None:
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     for run in (installed.first, installed.second):
         assert TOKEN not in run.stdout + run.stderr
+
+
+def test_token_is_never_written_into_a_file_others_could_open(installed: Installed) -> None:
+    """The token goes into a new 0600 file that replaces the old one, never into the old file."""
+    assert installed.held_read == b""
+    token = installed.prefix / "etc/kioskd/token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.read_text() == TOKEN + "\n"
 
 
 def test_unit_file_installed(installed: Installed) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -840,3 +841,64 @@ async def test_legacy_switches_bring_back_the_old_behaviour() -> None:
                 assert first.audio_event.alignment is None
                 assert client.of(p.VadScore) and not client.of(p.TentativeUserTranscript)
                 assert sim.conversations[0].greeting is None
+
+
+def test_cli_secrets_come_from_env_or_files_never_argv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Arguments are visible to every local user in ps; the simulator's secrets are not arguments."""
+    from kioskd.simulator.cli import API_KEY_ENV, KIOSK_TOKEN_ENV, build_parser, config_from_args
+
+    for flag in ("--kiosk-token", "--api-key"):
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args([flag, "Zq9-secret"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "ps" in err and "Zq9-secret" not in err
+    monkeypatch.delenv(KIOSK_TOKEN_ENV, raising=False)
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    defaults = config_from_args(build_parser().parse_args([]))
+    assert defaults.kiosk_token == SimulatorConfig().kiosk_token
+    monkeypatch.setenv(KIOSK_TOKEN_ENV, "token-from-env")
+    key_file = tmp_path / "key"
+    key_file.write_text("key-from-file\n")
+    config = config_from_args(build_parser().parse_args(["--api-key-file", str(key_file)]))
+    assert (config.kiosk_token, config.api_key) == ("token-from-env", "key-from-file")
+    with pytest.raises(SystemExit):
+        config_from_args(build_parser().parse_args(["--kiosk-token-file", str(tmp_path / "missing")]))
+    assert "cannot read" in capsys.readouterr().err
+
+
+async def test_a_ping_while_the_agent_is_closing_does_not_crash_it(sim: Simulator) -> None:
+    """trio-websocket answered a ping after its own Close frame: wsproto's LocalProtocolError
+    (trio-websocket issue #184) took the whole agent server down. A raw wsproto client pings
+    right after the agent's Close (here: a refused token) and only then answers it."""
+    from urllib.parse import urlsplit
+
+    import wsproto
+    from wsproto.events import AcceptConnection, CloseConnection, Request
+
+    url = urlsplit(sim.ws_base)
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream(url.hostname or "127.0.0.1", url.port or 0)
+        client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        target = f"/v1/convai/conversation?agent_id={sim.config.agent_id}&token=not-a-token"
+        await stream.send_all(client.send(Request(host=url.netloc, target=target)))
+        closing = None
+        while closing is None:
+            client.receive_data(await stream.receive_some(65536))
+            for event in client.events():
+                if isinstance(event, CloseConnection):
+                    closing = event
+                else:
+                    assert isinstance(event, AcceptConnection)
+        assert closing.code == 1008
+        # the agent is in LOCAL_CLOSING now; a masked ping frame, by hand (wsproto would refuse to send it)
+        await stream.send_all(b"\x89\x84\x00\x00\x00\x00late")
+        await trio.sleep(0.2)
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(client.send(closing.response()))
+        await stream.aclose()
+        # the agent still serves
+        async with open_websocket_url(sim.signed_url()) as ws:
+            assert isinstance(await Client(ws).next(), p.ConversationInitiationMetadata)

@@ -104,7 +104,7 @@ MDWE_PROBE = textwrap.dedent(
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl({PR_SET_MDWE}, {PR_MDWE_REFUSE_EXEC_GAIN}, 0, 0, 0) != 0:
         sys.exit(77)
-    import numpy, samplerate, soxr, webrtcvad, msgspec, trio, httpx, pyaudio, pywebrtc_audio
+    import numpy, samplerate, soxr, webrtcvad, msgspec, trio, httpx, pyaudio
     x = numpy.sin(numpy.arange(48000, dtype=numpy.float32))
     assert len(soxr.resample(x, 48000, 16000)) == 16000
     assert abs(len(samplerate.resample(x, 1 / 3, "sinc_medium")) - 16000) <= 1

@@ -6,7 +6,7 @@ A *stream* is one open device in one direction (:class:`Stream`): ``read(frames)
 
 A *device thread* (:class:`CaptureThread`, :class:`PlaybackThread`) owns one stream for
 one open-to-failure lifetime: it opens the stream, loops over device periods, and reports
-everything to Trio as values through ``TrioToken.run_sync_soon`` (never blocking):
+everything to Trio as values through :class:`~kioskd.hardware.handoff.ToTrio` (never blocking):
 :class:`DeviceOpened` once, then data, then at most one :class:`DeviceFailed`. The engine
 reopens with backoff by starting a new thread. A thread never dies silently: any
 exception, even a bug, becomes a :class:`DeviceFailed`.
@@ -20,17 +20,20 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import trio
 
 from kioskd.audio.errors import DeviceError
+from kioskd.audio.ring import SampleRing
+from kioskd.hardware.handoff import ToTrio
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,10 @@ __all__ = [
     "DeviceInfo",
     "DeviceOpened",
     "Direction",
+    "Listening",
     "Pacer",
     "Pacing",
+    "PlaybackSource",
     "PlaybackThread",
     "PyAudioStream",
     "Stream",
@@ -127,6 +132,11 @@ class Stream(Protocol):
     def close(self) -> None:
         """Release the device; safe to call twice."""
         ...
+
+
+# Optional on a playback stream (looked up with getattr): ``get_write_available() -> int``
+# (frames writable without blocking), ``pause()`` / ``resume()`` (stop and restart the
+# device while the speaker is idle; a stream without them is simply not written then).
 
 
 # --------------------------------------------------------------------------- ALSA noise
@@ -243,6 +253,14 @@ class PyAudioStream:
         """Frames that can be written now without blocking."""
         return int(self._stream.get_write_available())
 
+    def pause(self) -> None:
+        """Stop the device once what was written has played (the speaker is idle)."""
+        self._stream.stop_stream()
+
+    def resume(self) -> None:
+        """Start the device again after :meth:`pause`."""
+        self._stream.start_stream()
+
     def close(self) -> None:
         """Stop and close the stream and terminate this PortAudio instance."""
         with _PA_LOCK:
@@ -261,7 +279,8 @@ class PyAudioStream:
 def open_stream(name: str, direction: Direction, rate: int, period_frames_ms: int) -> Stream:
     """Open device ``name`` (``wav:PATH``, ``default`` or a PortAudio name/substring).
 
-    ``rate`` 0 means the device's default rate; channels per :func:`choose_channels`. Raises :class:`DeviceError` naming the device.
+    ``rate`` 0 means the device's default rate; channels per :func:`choose_channels`.
+    Raises :class:`DeviceError` naming the device.
     """
     if name.startswith("wav:"):
         from kioskd.audio import wavio
@@ -282,9 +301,10 @@ def _open_pa(pyaudio: Any, pa: Any, name: str, direction: Direction, rate: int, 
     info = find_device(devices, name, direction)
     if info is None and name == "default":
         try:
-            default = pa.get_default_input_device_info() if direction == "input" else pa.get_default_output_device_info()
+            is_input = direction == "input"
+            default = pa.get_default_input_device_info() if is_input else pa.get_default_output_device_info()
             info = _info(default)
-        except (OSError, IOError):
+        except OSError:
             info = None
     if info is None:
         known = ", ".join(d.name for d in find_usable(devices, direction)) or "none"
@@ -349,9 +369,13 @@ class Pacer:
         self._sleep = sleep
         self._slack = DETECT_SLACK_PERIODS * period_frames / rate
         self._t0 = clock()
-        self._frames = 0
+        self._frames = 0  # since _t0 (the schedule)
+        self._detect_frames = 0  # since the start (for ``auto``)
         self._blocked = 0.0
-        self._audio = 0.0
+
+    def restart(self) -> None:
+        """Start a new schedule now (after the loop deliberately stood still)."""
+        self._t0, self._frames = self._clock(), 0
 
     @property
     def paced(self) -> bool | None:
@@ -366,9 +390,11 @@ class Pacer:
         audio = self._frames / self.rate
         if self.mode == "auto":
             self._blocked += io_seconds
-            if audio >= DETECT_SECONDS:
-                self.mode = "clock" if self._blocked < BLOCKED_FRACTION * audio else "device"
-                log.debug("audio pacing decided mode=%s blocked=%.3f audio=%.3f", self.mode, self._blocked, audio)
+            self._detect_frames += frames
+            heard = self._detect_frames / self.rate
+            if heard >= DETECT_SECONDS:
+                self.mode = "clock" if self._blocked < BLOCKED_FRACTION * heard else "device"
+                log.debug("audio pacing decided mode=%s blocked=%.3f audio=%.3f", self.mode, self._blocked, heard)
                 if self.mode == "device":
                     return
         now = self._clock()
@@ -381,22 +407,25 @@ class Pacer:
 
 # --------------------------------------------------------------------------- threads
 
+_PR_SET_NAME = 15
+"""prctl option naming the calling thread (Linux)."""
 
-class _Port:
-    """Hands values to the Trio thread without ever blocking the device thread."""
 
-    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
-        self._token = token
-        self.alive = True
-
-    def post(self, fn: Callable[..., object], *args: object) -> None:
-        """Run ``fn(*args)`` on the Trio thread soon; after Trio has exited, mark dead."""
-        if not self.alive:
-            return
+def name_os_thread(name: str) -> None:
+    """Give the calling thread ``name`` in the OS too (``top -H``, ``/proc/PID/task/*/comm``)."""
+    global _libc
+    if _libc is None:
+        path = ctypes.util.find_library("c")
         try:
-            self._token.run_sync_soon(fn, *args)
-        except trio.RunFinishedError:
-            self.alive = False
+            _libc = ctypes.CDLL(path, use_errno=True) if path else False
+        except OSError:  # pragma: no cover - no libc to load
+            _libc = False
+    prctl = getattr(_libc, "prctl", None) if _libc else None
+    if prctl is not None:  # Linux
+        prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
+_libc: Any = None
 
 
 class _DeviceThread:
@@ -419,7 +448,7 @@ class _DeviceThread:
         self.rate = rate
         self.period_ms = period_ms
         self.pacing: Pacing = pacing
-        self._port = _Port(token)
+        self._port = ToTrio(token)
         self._on_event = on_event
         self._opener = opener
         self._stop = threading.Event()
@@ -440,6 +469,7 @@ class _DeviceThread:
         return not self._thread.is_alive()
 
     def _main(self) -> None:
+        name_os_thread(self._thread.name)
         stream: Stream | None = None
         try:
             stream = self._opener(self.name, self.direction, self.rate, self.period_ms)
@@ -453,7 +483,8 @@ class _DeviceThread:
             while not self._stop.is_set() and self._port.alive:
                 t = time.monotonic()
                 moved = self._period(stream, period)
-                pacer.io_done(moved, time.monotonic() - t)
+                if moved:  # 0: the thread stood still on purpose (an idle speaker)
+                    pacer.io_done(moved, time.monotonic() - t)
         except BaseException as exc:  # every end of the thread becomes a reported value
             message = str(exc) if isinstance(exc, DeviceError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, (DeviceError, OSError)):
@@ -474,52 +505,137 @@ class _DeviceThread:
         raise NotImplementedError
 
 
-class CaptureThread(_DeviceThread):
-    """Reads device periods and posts ``on_data(samples, rate, channels)`` to Trio.
+_EPOCHS = itertools.count(1)
 
-    :attr:`block_periods` (set from any thread; read before every read) makes each read
-    that many periods long: fewer wake-ups and hand-offs while nobody needs the audio at
-    once (the engine raises it while idle).
+
+class Listening(NamedTuple):
+    """What :meth:`CaptureThread.listen` returns: the epoch of the blocks to come and the ring."""
+
+    epoch: int
+    raw: np.ndarray | None
+    """The raw pre-roll (interleaved device samples), when listening just started."""
+    rate: int
+    channels: int
+
+
+class CaptureThread(_DeviceThread):
+    """Reads device blocks; posts ``on_data(samples, rate, channels)`` to Trio while listening.
+
+    Every block also goes into a ring of the last ``preroll_ms`` of raw device samples.
+    While nobody listens (:meth:`listen` False) nothing is handed to Trio at all: the
+    ring is the pre-roll, and :meth:`listen` (True) returns it, so the audio handed over
+    from then on continues it exactly (the ring write and the listening check share one
+    lock). :attr:`block_periods` (set from any thread; read before every read) makes
+    each read that many periods long: fewer wake-ups while nobody needs the audio at once.
     """
 
     direction: Direction = "input"
 
-    def __init__(self, *args: Any, on_data: Callable[[np.ndarray, int, int], object], **kwargs: Any) -> None:
-        """Like :class:`_DeviceThread`, plus the data callback (run on the Trio thread)."""
+    def __init__(
+        self,
+        *args: Any,
+        on_data: Callable[[np.ndarray, int, int, int], object],
+        preroll_ms: int = 0,
+        listening: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Like :class:`_DeviceThread`, plus ``on_data(samples, rate, channels, epoch)`` (run
+        on the Trio thread) and the ring of ``preroll_ms``."""
         super().__init__(*args, **kwargs)
         self._on_data = on_data
         self.block_periods = 1
+        self._preroll_ms = preroll_ms
+        self._lock = threading.Lock()
+        self._listening = listening
+        self.epoch = next(_EPOCHS)
+        """Tags the blocks of one listening period (a new one at every :meth:`listen` True)."""
+        self._ring: SampleRing | None = None
+        self._format = (0, 0)
+        self.frames_read = 0
+        """Device frames read since the stream opened (written by the thread)."""
+        self.blocks_posted = 0
+        """Blocks handed to Trio (written by the thread)."""
+
+    def listen(self, on: bool) -> Listening:
+        """Hand blocks to Trio from now on (True) or stop (False).
+
+        Starting begins a new epoch and returns the ring's raw samples (interleaved; None
+        before the device is open); blocks posted from then on carry the new epoch, so
+        the receiver can tell them from blocks of an earlier period still in flight.
+        """
+        with self._lock:
+            was, self._listening = self._listening, on
+            if not on or was:
+                return Listening(self.epoch, None, *self._format)
+            self.epoch = next(_EPOCHS)
+            raw = None if self._ring is None else self._ring.snapshot()
+            return Listening(self.epoch, raw, *self._format)
+
+    def _setup(self, stream: Stream) -> None:
+        with self._lock:
+            self._ring = SampleRing(stream.rate * self._preroll_ms // 1000 * stream.channels)
+            self._format = (stream.rate, stream.channels)
 
     def _period(self, stream: Stream, frames: int) -> int:
         frames *= max(1, self.block_periods)
         data = stream.read(frames)
-        self._port.post(self._on_data, data, stream.rate, stream.channels)
+        with self._lock:
+            if self._ring is not None:
+                self._ring.write(data)
+            post, epoch = self._listening, self.epoch
+        self.frames_read += frames
+        if post:
+            self.blocks_posted += 1
+            self._port.post(self._on_data, data, stream.rate, stream.channels, epoch)
         return frames
 
 
-class PlaybackThread(_DeviceThread):
-    """Writes what ``source(frames, rate, channels)`` returns (called in this thread).
+class PlaybackSource(Protocol):
+    """Where a :class:`PlaybackThread` gets its periods (:class:`kioskd.audio.speaker.Speaker`)."""
 
-    ``source`` must be thread-safe and quick (it takes a lock for a copy, never waits on
-    Trio); it returns interleaved int16 of exactly ``frames`` frames.
+    def pull(self, frames: int, rate: int, channels: int) -> np.ndarray | None:
+        """Exactly ``frames`` interleaved frames to write, or None while idle (quick, thread-safe)."""
+        ...
+
+    def wait(self, stop: threading.Event) -> None:
+        """Block until there is audio to play or ``stop`` is set."""
+        ...
+
+    def wake(self) -> None:
+        """Make a blocked :meth:`wait` look at ``stop`` again."""
+        ...
+
+
+class PlaybackThread(_DeviceThread):
+    """Writes the periods ``source.pull(frames, rate, channels)`` returns (called in this thread).
 
     On a clocked device that reports ``get_write_available()`` the thread first waits
     (sleeping, polling) until the device has room for a whole period, and only then takes
-    the period from ``source`` and writes it, which no longer blocks. So the thread never
+    the period from the source and writes it, which no longer blocks. So the thread never
     holds audio it has taken but not yet handed to the device: what an interruption
     changes in the source is heard right after what is already in the device. A device
     that never reports room within :data:`WRITABLE_WAIT_PERIODS` gets a blocking write
     as before; clockless devices (paced by :class:`Pacer`) and streams without the method
     are written at once.
+
+    While the source is idle (``pull`` returns None) the thread pauses the stream (if it
+    can ``pause()``), sleeps in ``source.wait`` and resumes when audio arrives: an idle
+    speaker costs nothing per period.
     """
 
     direction: Direction = "output"
 
-    def __init__(self, *args: Any, source: Callable[[int, int, int], np.ndarray], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, source: PlaybackSource, **kwargs: Any) -> None:
         """Like :class:`_DeviceThread`, plus the sample source."""
         super().__init__(*args, **kwargs)
         self._source = source
         self._writable: Callable[[], int] | None = None
+        self.pauses = 0
+
+    def stop(self) -> None:
+        """Ask the thread to end, waking it if it waits for audio."""
+        super().stop()
+        self._source.wake()
 
     def _setup(self, stream: Stream) -> None:
         if stream.clocked is not False:
@@ -528,8 +644,25 @@ class PlaybackThread(_DeviceThread):
     def _period(self, stream: Stream, frames: int) -> int:
         if self._writable is not None and not (self._pacer is not None and self._pacer.mode == "clock"):
             self._wait_writable(self._writable, frames, stream.rate)
-        stream.write(self._source(frames, stream.rate, stream.channels))
+        samples = self._source.pull(frames, stream.rate, stream.channels)
+        if samples is None:
+            self._idle(stream)
+            return 0
+        stream.write(samples)
         return frames
+
+    def _idle(self, stream: Stream) -> None:
+        """Pause the device until the source has audio again (or the thread is stopped)."""
+        pause: Callable[[], None] | None = getattr(stream, "pause", None)
+        resume: Callable[[], None] | None = getattr(stream, "resume", None)
+        self.pauses += 1
+        if pause is not None:
+            pause()
+        self._source.wait(self._stop)
+        if resume is not None and not self._stop.is_set():
+            resume()
+        if self._pacer is not None:
+            self._pacer.restart()
 
     def _wait_writable(self, writable: Callable[[], int], frames: int, rate: int) -> None:
         """Sleep until ``frames`` fit in the device (or the wait is given up on)."""

@@ -111,7 +111,8 @@ def room_ir(delay_s: float = 0.030, tail_s: float = 0.060, decay_s: float = 0.01
     ir = np.zeros(delay + len(k))
     ir[delay:] = rng.standard_normal(len(k)) * np.exp(-k / (decay_s * RATE))
     ir[delay] = 1.0
-    return ir * gain / np.sqrt(np.sum(ir**2))
+    out: np.ndarray = ir * gain / np.sqrt(np.sum(ir**2))
+    return out
 
 
 def _fftconvolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -125,7 +126,8 @@ def _drift(x: np.ndarray, ppm: float) -> np.ndarray:
     if not ppm:
         return x
     t = np.arange(len(x)) * (1.0 + ppm * 1e-6)
-    return np.interp(t, np.arange(len(x)), x, right=0.0)
+    drifted: np.ndarray = np.interp(t, np.arange(len(x)), x, right=0.0)
+    return drifted
 
 
 @dataclass(frozen=True)
@@ -252,7 +254,7 @@ def doubletalk_attenuation(scene: Scene, out: np.ndarray, a: float | None = None
     total = -10 * np.log10(max(float(np.sum(g * g * ev) / np.sum(ev)), 1e-6))
     dist = 10 * np.log10(max(float(np.sum((y - v) ** 2) / np.sum(ev)), 1e-12))
     return DoubleTalk(float(total), float(np.median(att)), float(np.percentile(att, 90)),
-                      float(np.mean(att <= 6.0)), float(dist), int(len(att)))
+                      float(np.mean(att <= 6.0)), float(dist), len(att))
 
 
 def sweep(factory: Callable[[], Canceller], scenes: Iterable[tuple[str, Scene]]) -> dict[str, DoubleTalk]:

@@ -1,16 +1,21 @@
 """Bounded microphone backlog with coalescing (pure: no clocks, no I/O).
 
-The microphone produces one 10 ms frame at a time, whether or not the WebSocket can keep
-up. Frames queue here. The sender normally takes ``chunk_ms`` at a time; when it fell
-behind (a slow or stalled network) :meth:`UplinkBuffer.take` coalesces everything queued
-into one message of up to ``max_message_ms``, so the backlog drains with fewer, larger
-messages. The backlog is bounded by ``max_backlog_ms``: past it, non-speech frames are
-dropped first (oldest first), then speech frames (oldest first). Nothing ever blocks.
+The microphone produces 10 ms frames whether or not the WebSocket can keep up. Frames
+queue here. The sender normally takes ``chunk_ms`` at a time; when it fell behind (a
+slow or stalled network) :meth:`UplinkBuffer.take` coalesces everything queued into one
+message of up to ``max_message_ms``, so the backlog drains with fewer, larger messages.
+The backlog is bounded by ``max_backlog_ms``: past it, non-speech frames are dropped
+first (oldest first), then speech frames (oldest first). Nothing ever blocks.
+
+Whether a frame is speech matters only when the bound must drop something, so a frame
+pushed without a flag is classified (by the ``classify`` function given) only then, once,
+oldest first: a conversation whose link keeps up never runs a VAD at all.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -37,8 +42,13 @@ class UplinkBuffer:
         max_message_ms: int = DEFAULT_MAX_MESSAGE_MS,
         max_backlog_ms: int = DEFAULT_MAX_BACKLOG_MS,
         rate: int = DEFAULT_RATE,
+        classify: Callable[[np.ndarray], bool] | None = None,
     ) -> None:
-        """Create an empty backlog; sizes in milliseconds of audio at ``rate``."""
+        """Create an empty backlog; sizes in milliseconds of audio at ``rate``.
+
+        ``classify(frame) -> is speech`` is asked about frames pushed without a flag when
+        one may have to be dropped (without it such frames count as speech).
+        """
         if rate <= 0 or frame_ms <= 0:
             raise ValueError(f"rate and frame_ms must be positive, got {rate}, {frame_ms}")
         if not 0 < chunk_ms <= max_message_ms <= max_backlog_ms:
@@ -51,9 +61,11 @@ class UplinkBuffer:
         self.chunk_samples = rate * chunk_ms // 1000
         self.max_message_samples = rate * max_message_ms // 1000
         self.max_backlog_samples = rate * max_backlog_ms // 1000
-        self._frames: deque[tuple[np.ndarray, bool]] = deque()
+        self._classify = classify
+        self._frames: deque[np.ndarray] = deque()
+        self._speech: deque[bool | None] = deque()  # per frame: speech, silence, not asked yet
+        self._speech_head = 0  # this many frames at the head are known to be speech
         self._queued = 0
-        self._silent_frames = 0
         self._peak = 0
         self._dropped_speech = 0
         self._dropped_silence = 0
@@ -94,44 +106,67 @@ class UplinkBuffer:
             "coalesced_messages": float(self.coalesced_messages),
         }
 
-    def push(self, frame: np.ndarray, speech: bool) -> None:
-        """Queue one microphone frame; drops old frames past the bound (never blocks)."""
-        f = np.array(frame, dtype=np.int16).reshape(-1)  # a copy: callers reuse buffers
-        if len(f) == 0:
-            return
-        self._frames.append((f, bool(speech)))
-        self._queued += len(f)
-        if not speech:
-            self._silent_frames += 1
+    def push(self, frame: np.ndarray, speech: bool | None = None) -> None:
+        """Queue one microphone frame (a copy); drops old frames past the bound (never blocks)."""
+        self._append(np.array(frame, dtype=np.int16).reshape(-1), speech)  # a copy: callers reuse buffers
+        self._enforce_bound()
+
+    def push_block(self, frames: np.ndarray, speech: bool | None = None) -> None:
+        """Queue the rows of ``frames`` (shape ``(n, frame_samples)``) as frames; one copy for all."""
+        block = np.array(frames, dtype=np.int16).reshape(-1, self.frame_samples)
+        for f in block:
+            self._append(f, speech)
+        self._enforce_bound()
+
+    def _append(self, frame: np.ndarray, speech: bool | None) -> None:
+        if len(frame):
+            self._frames.append(frame)
+            self._speech.append(None if speech is None else bool(speech))
+            self._queued += len(frame)
+
+    def _enforce_bound(self) -> None:
         while self._queued > self.max_backlog_samples:
             self._drop_one()
         self._peak = max(self._peak, self._queued)
 
+    def _is_speech(self, index: int) -> bool:
+        flag = self._speech[index]
+        if flag is None:
+            flag = self._classify is None or bool(self._classify(self._frames[index]))
+            self._speech[index] = flag
+        return flag
+
     def _drop_one(self) -> None:
-        index = 0
-        if self._silent_frames:
-            index = next(i for i, (_, sp) in enumerate(self._frames) if not sp)
-        frame, speech = self._frames[index]
+        """Drop the oldest non-speech frame, else the oldest frame."""
+        index = self._speech_head
+        while index < len(self._frames) and self._is_speech(index):
+            index += 1
+        self._speech_head = index
+        speech = index == len(self._frames)
+        if speech:
+            index = 0
+            self._speech_head -= 1
+        frame = self._frames[index]
         del self._frames[index]
+        del self._speech[index]
         self._queued -= len(frame)
         if speech:
             self._dropped_speech += len(frame)
         else:
-            self._silent_frames -= 1
             self._dropped_silence += len(frame)
 
     def _pop(self, limit: int) -> np.ndarray:
         parts: list[np.ndarray] = []
         have = 0
-        while self._frames and (not parts or have + len(self._frames[0][0]) <= limit):
-            frame, speech = self._frames.popleft()
+        while self._frames and (not parts or have + len(self._frames[0]) <= limit):
+            frame = self._frames.popleft()
+            self._speech.popleft()
             parts.append(frame)
             have += len(frame)
-            if not speech:
-                self._silent_frames -= 1
+        self._speech_head = max(0, self._speech_head - len(parts))
         self._queued -= have
         self.messages += 1
-        return np.concatenate(parts)
+        return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
 
     def take(self) -> np.ndarray | None:
         """Next message: None below ``chunk_ms``, else all queued up to ``max_message_ms``."""

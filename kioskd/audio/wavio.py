@@ -9,6 +9,7 @@ sizes are rewritten after every write, so the file is a valid WAV while kioskd r
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import wave
 from typing import Literal
@@ -61,6 +62,25 @@ class WavSource:
         """Nothing to release (the file was read at open)."""
 
 
+#: A recording holds a visitor's voice: owner only (the umask may take more away).
+WAV_FILE_MODE = 0o600
+
+
+def _create_fresh(path: str) -> int:
+    """A new file at ``path`` with WAV_FILE_MODE: an old regular file there is replaced, not
+    truncated, so neither its mode nor a descriptor someone holds on it sees the new audio.
+    A FIFO or device (e.g. ``/dev/null``) is opened as it is."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = 0
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        os.unlink(path)
+    elif mode:
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, WAV_FILE_MODE)
+
+
 class WavSink:
     """Writes 16-bit WAV, keeping the header's sizes current after every write."""
 
@@ -73,7 +93,7 @@ class WavSink:
         self.channels = channels
         self._data_bytes = 0
         try:
-            self._f = open(path, "wb")  # noqa: SIM115 - held open for the stream's lifetime
+            self._f = os.fdopen(_create_fresh(path), "wb")
             self._f.write(self._header())
             self._f.flush()
         except OSError as exc:

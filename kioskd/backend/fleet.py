@@ -29,7 +29,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from kioskd.backend.server_config import BackendServerConfig, KioskEntry
 from kioskd.backend.store import Heartbeat, KioskRecord, Store
 
-__all__ = ["Fleet", "FleetKiosk", "MAX_HEARTBEAT_BYTES", "fleet_view"]
+__all__ = ["MAX_HEARTBEAT_BYTES", "Fleet", "FleetKiosk", "fleet_view"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ COOKIE = "kioskd_operator"
 COOKIE_MAX_AGE = 12 * 3600
 MAX_STATE_LEN = 64
 
-Authenticate = Callable[[str | None], Awaitable[KioskEntry | None]]
+#: The request's kiosk, or the reply refusing it (throttled, no valid token).
+Admit = Callable[[Request], Awaitable[KioskEntry | Response]]
 
 
 @dataclass(frozen=True)
@@ -160,19 +161,19 @@ class Fleet:
         self,
         config: BackendServerConfig,
         store: Store,
-        authenticate: Authenticate,
+        admit: Admit,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
         self._store = store
-        self._authenticate = authenticate
+        self._admit = admit
         self._wall_clock = wall_clock
 
     async def heartbeat(self, request: Request) -> Response:
         """``POST /heartbeat``: keep the kiosk's status; 200 also answers its health check."""
-        kiosk = await self._authenticate(request.headers.get("authorization"))
-        if kiosk is None:
-            return _error(401, "unauthorized", "missing or unknown kiosk token", {"WWW-Authenticate": "Bearer"})
+        kiosk = await self._admit(request)
+        if isinstance(kiosk, Response):
+            return kiosk
         body = await _read_capped(request, MAX_HEARTBEAT_BYTES)
         if body is None:
             return _error(413, "too_large", f"a heartbeat is at most {MAX_HEARTBEAT_BYTES} bytes")
@@ -250,7 +251,8 @@ body{font-family:system-ui,sans-serif;margin:0;padding:1rem;background:#f6f6f6;c
 h1{font-size:1.4rem;margin:0 0 .5rem}
 .summary{margin:0 0 1rem}
 ul{list-style:none;padding:0;margin:0}
-li{background:#fff;border-left:.5rem solid #2a7;border-radius:.3rem;padding:.6rem .8rem;margin:0 0 .6rem;overflow-wrap:anywhere}
+li{background:#fff;border-left:.5rem solid #2a7;border-radius:.3rem;padding:.6rem .8rem;margin:0 0 .6rem;
+  overflow-wrap:anywhere}
 li.problem{border-left-color:#c22}
 li.offline{background:#fde}
 .id{font-weight:bold;font-size:1.1rem}

@@ -29,7 +29,9 @@ EXIT_USAGE = 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kioskd backend kiosks", description="Manage the kiosks allowed to ask for signed URLs.")
+    parser = argparse.ArgumentParser(
+        prog="kioskd backend kiosks", description="Manage the kiosks allowed to ask for signed URLs."
+    )
     parser.add_argument("--config", default="/etc/kioskd/backend.toml", help="backend.toml (default: %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True)
     add = sub.add_parser("add", help="register a kiosk and print its new token (once)")
@@ -84,8 +86,8 @@ async def _command(store: Store, config: BackendServerConfig, args: argparse.Nam
         return 0
     for record in await store.kiosks():
         if args.json:
-            row = {"id": record.entry.id, "agents": record.entry.agents, "source": record.source, "revoked": record.revoked}
-            print(json.dumps(row))
+            entry, source, revoked = record.entry, record.source, record.revoked
+            print(json.dumps({"id": entry.id, "agents": entry.agents, "source": source, "revoked": revoked}))
         else:
             flag = "  REVOKED" if record.revoked else ""
             print(f"{record.entry.id}\t{record.source}\t{','.join(record.entry.agents)}{flag}")

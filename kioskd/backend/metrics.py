@@ -65,9 +65,12 @@ class Metrics:
             "kioskd_request_duration_seconds", "Request latency by route", ["route"],
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )
-        self.kiosks = Gauge("kioskd_kiosks", "Kiosks by state (offline: three heartbeats missed)", ["state"], registry=self.registry)
+        self.kiosks = Gauge(
+            "kioskd_kiosks", "Kiosks by state (offline: three heartbeats missed)", ["state"], registry=self.registry
+        )
         self.last_seen = Gauge(
-            "kioskd_kiosk_last_seen_seconds", "Unix time of each kiosk's latest heartbeat", ["kiosk"], registry=self.registry
+            "kioskd_kiosk_last_seen_seconds", "Unix time of each kiosk's latest heartbeat", ["kiosk"],
+            registry=self.registry,
         )
 
     def timed(self, route: str, handler: Handler, *, count: bool = False) -> Handler:
@@ -93,9 +96,8 @@ class Metrics:
         return wrapped
 
     async def _refresh_fleet(self) -> None:
-        rows = fleet_view(
-            await self._store.kiosks(), await self._store.heartbeats(), self._wall_clock(), self._config.heartbeat_interval
-        )
+        records, heartbeats = await self._store.kiosks(), await self._store.heartbeats()
+        rows = fleet_view(records, heartbeats, self._wall_clock(), self._config.heartbeat_interval)
         states = Tally("offline" if not row.online and row.last_seen is not None else row.state for row in rows)
         self.kiosks.clear()
         for state, n in sorted(states.items()):

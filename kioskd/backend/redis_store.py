@@ -9,9 +9,9 @@ however many replicas it talks to. Keys (all under ``kioskd:``):
 - ``kiosk:<id>`` hash ``token_sha256``, ``agents`` (JSON); ``token:<sha256>`` → id;
   ``kiosks`` set of registered ids; ``revoked`` set of revoked ids (TOML kiosks too)
 
-The client is coredis (anyio, so it runs under Trio). Every Redis error or timeout
-becomes :class:`~kioskd.backend.store.StoreUnavailable`; coredis reconnects on the
-next call, so the backend recovers by itself when Redis returns.
+The client is :mod:`kioskd.backend.resp` (RESP over Trio sockets). Every Redis error
+or timeout becomes :class:`~kioskd.backend.store.StoreUnavailable`; the next call
+connects afresh, so the backend recovers by itself when Redis returns.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import coredis
-import coredis.exceptions
-from coredis.retry import NoRetryPolicy
+import trio
 
+from kioskd.backend.resp import RedisClient, Reply, ReplyError, Script, parse_endpoint
 from kioskd.backend.server_config import SECONDS_PER_MINUTE, BackendServerConfig, KioskEntry
 from kioskd.backend.store import (
     Heartbeat,
@@ -44,8 +43,8 @@ log = logging.getLogger(__name__)
 PREFIX = "kioskd:"
 #: Seconds to connect to Redis or wait for one answer before failing closed.
 REDIS_TIMEOUT = 1.0
-#: Heartbeats are read back in batches of this many keys.
-MGET_BATCH = 500
+#: Heartbeats and registry entries are read back this many per round trip.
+BATCH = 500
 
 T = TypeVar("T")
 
@@ -123,22 +122,25 @@ def describe_url(url: str) -> str:
 
 
 class RedisStore:
-    """:class:`~kioskd.backend.store.Store` on a coredis client (see the module docstring)."""
+    """:class:`~kioskd.backend.store.Store` in Redis (see the module docstring)."""
 
-    def __init__(self, config: BackendServerConfig, client: coredis.Redis[str]) -> None:
+    def __init__(self, config: BackendServerConfig, client: RedisClient) -> None:
         self._config = config
         self._client = client
         self._where = describe_url(config.redis_url)
-        self._auth = client.register_script(_script(_AUTH))
-        self._bucket = client.register_script(_script(_BUCKET))
-        self._heartbeat = client.register_script(_script(_HEARTBEAT))
-        self._add = client.register_script(_script(_ADD))
+        self._auth = Script(client, _script(_AUTH))
+        self._bucket = Script(client, _script(_BUCKET))
+        self._heartbeat = Script(client, _script(_HEARTBEAT))
+        self._add = Script(client, _script(_ADD))
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         try:
             return await call()
-        except (coredis.exceptions.RedisError, OSError) as exc:
+        except (ReplyError, OSError, ConnectionError, trio.TooSlowError, ValueError) as exc:
             raise StoreUnavailable(f"redis at {self._where} failed ({what}: {type(exc).__name__})") from None
+
+    async def _command(self, what: str, *words: str | int) -> Reply:
+        return await self._call(what, lambda: self._client.call(*words))
 
     async def kiosk_for_token(self, token_sha256: str) -> KioskEntry | None:
         """A TOML kiosk (checked here) or a registered one (in Redis), unless revoked."""
@@ -149,14 +151,14 @@ class RedisStore:
             return None
         if toml is not None:
             return toml
-        kiosk_id, agents = reply  # type: ignore[misc]
-        return KioskEntry(id=str(kiosk_id), token_sha256=digest, agents=_agents(agents))
+        kiosk_id, agents = _strings(reply)
+        return KioskEntry(id=kiosk_id, token_sha256=digest, agents=_agents(agents))
 
     async def _charge(self, kiosk_id: str, op: str) -> float:
         rate = self._config.rate_per_minute / SECONDS_PER_MINUTE
         key = f"{PREFIX}bucket:{kiosk_id}"
         reply = await self._call(op, lambda: self._bucket(keys=[key], args=[repr(rate), self._config.burst, op]))
-        return float(reply)  # type: ignore[arg-type]
+        return float(_text(reply))
 
     async def take(self, kiosk_id: str) -> float:
         """Charge one signed URL: 0.0 if charged, else seconds until one is available."""
@@ -171,39 +173,46 @@ class RedisStore:
         keys = [f"{PREFIX}hb:{kiosk_id}", f"{PREFIX}seen"]
         body = json.dumps(status, separators=(",", ":"))
         reply = await self._call("heartbeat", lambda: self._heartbeat(keys=keys, args=[kiosk_id, body]))
-        return float(reply)  # type: ignore[arg-type]
+        return float(_text(reply))
 
     async def heartbeats(self) -> list[Heartbeat]:
         """The latest heartbeat of every kiosk that ever sent one."""
-        seen = await self._call("fleet", lambda: self._client.zrange(f"{PREFIX}seen", 0, -1, withscores=True))
+        flat = _strings(await self._command("fleet", "ZRANGE", f"{PREFIX}seen", 0, -1, "WITHSCORES"))
+        pairs = [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
         out: list[Heartbeat] = []
-        pairs = [(str(member), float(score)) for member, score in seen]  # type: ignore[misc]
-        for start in range(0, len(pairs), MGET_BATCH):
-            batch = pairs[start : start + MGET_BATCH]
-            keys = [f"{PREFIX}hb:{kiosk_id}" for kiosk_id, _ in batch]
-            bodies = await self._call("fleet", lambda keys=keys: self._client.mget(keys))  # type: ignore[misc]
+        for start in range(0, len(pairs), BATCH):
+            batch = pairs[start : start + BATCH]
+            bodies = await self._command("fleet", "MGET", *[f"{PREFIX}hb:{kiosk_id}" for kiosk_id, _ in batch])
+            assert isinstance(bodies, list)
             for (kiosk_id, last_seen), body in zip(batch, bodies, strict=True):
-                if body is not None:
+                if isinstance(body, bytes):
                     out.append(Heartbeat(kiosk_id, json.loads(body), last_seen))
         return out
 
     async def kiosks(self) -> list[KioskRecord]:
         """The TOML list, then the registry, with revocations from Redis."""
-        revoked = await self._call("registry", lambda: self._client.smembers(f"{PREFIX}revoked"))
-        ids = await self._call("registry", lambda: self._client.smembers(f"{PREFIX}kiosks"))
+        revoked = set(_strings(await self._command("registry", "SMEMBERS", f"{PREFIX}revoked")))
+        ids = sorted(_strings(await self._command("registry", "SMEMBERS", f"{PREFIX}kiosks")))
         out = [KioskRecord(e, "toml", e.id in revoked) for e in self._config.kiosk]
-        for kiosk_id in sorted(ids):
-            fields = await self._call("registry", lambda k=kiosk_id: self._client.hgetall(f"{PREFIX}kiosk:{k}"))  # type: ignore[misc]
-            entry = KioskEntry(id=kiosk_id, token_sha256=fields.get("token_sha256", ""), agents=_agents(fields.get("agents", "")))
-            out.append(KioskRecord(entry, "registry", kiosk_id in revoked))
+        for start in range(0, len(ids), BATCH):
+            batch = ids[start : start + BATCH]
+            commands = [("HMGET", f"{PREFIX}kiosk:{kiosk_id}", "token_sha256", "agents") for kiosk_id in batch]
+
+            async def fields(commands: list[tuple[str, ...]] = commands) -> list[list[str]]:
+                replies = await self._client.pipeline(commands)
+                return [[_text(v) if v is not None else "" for v in _array(r)] for r in replies]
+
+            for kiosk_id, (sha, agents) in zip(batch, await self._call("registry", fields), strict=True):
+                entry = KioskEntry(id=kiosk_id, token_sha256=sha, agents=_agents(agents))
+                out.append(KioskRecord(entry, "registry", kiosk_id in revoked))
         return out
 
     async def add_kiosk(self, entry: KioskEntry) -> None:
         """Register a kiosk in Redis. Raises ValueError if its id or token is taken."""
-        check_new_kiosk(entry, [r for r in await self.kiosks() if r.source == "toml"])
+        check_new_kiosk(entry, [KioskRecord(e, "toml") for e in self._config.kiosk])  # the registry: in the script
         digest = entry.token_sha256.lower()
         args = [entry.id, digest, json.dumps(entry.agents)]
-        reply = await self._call("registry", lambda: self._add(args=args))
+        reply = _text(await self._call("registry", lambda: self._add(args=args)))
         if reply == "id":
             raise ValueError(f"a kiosk with id {entry.id!r} already exists (registry)")
         if reply == "token":
@@ -213,8 +222,31 @@ class RedisStore:
         """Add the id to the revoked set every replica checks on each request; False if unknown."""
         if not any(r.entry.id == kiosk_id for r in await self.kiosks()):
             return False
-        await self._call("registry", lambda: self._client.sadd(f"{PREFIX}revoked", [kiosk_id]))
+        await self._command("registry", "SADD", f"{PREFIX}revoked", kiosk_id)
         return True
+
+
+def _text(reply: Reply) -> str:
+    """A bulk or status reply as text (a script's string result arrives as bulk bytes)."""
+    if isinstance(reply, bytes):
+        return reply.decode()
+    if isinstance(reply, str | int):
+        return str(reply)
+    raise ValueError(f"unexpected redis reply {type(reply).__name__}")
+
+
+def _array(reply: Reply) -> list[Reply]:
+    """An array reply (an error reply inside a pipeline is raised here)."""
+    if isinstance(reply, ReplyError):
+        raise reply
+    if not isinstance(reply, list):
+        raise ValueError(f"unexpected redis reply {type(reply).__name__}")
+    return reply
+
+
+def _strings(reply: Reply) -> list[str]:
+    """An array reply as text."""
+    return [_text(item) for item in _array(reply)]
 
 
 def _agents(text: str) -> list[str]:
@@ -228,12 +260,9 @@ def _agents(text: str) -> list[str]:
 @asynccontextmanager
 async def open_redis_store(config: BackendServerConfig) -> AsyncIterator[Store]:
     """A :class:`RedisStore` for ``config.redis_url``; Redis need not be up yet (calls fail closed until it is)."""
-    client: coredis.Redis[str] = coredis.Redis.from_url(
-        config.redis_url,
-        decode_responses=True,
-        connect_timeout=REDIS_TIMEOUT,
-        stream_timeout=REDIS_TIMEOUT,
-        retry_policy=NoRetryPolicy(),
-    )
-    async with client:
+    client = RedisClient(parse_endpoint(config.redis_url), REDIS_TIMEOUT)
+    try:
         yield RedisStore(config, client)
+    finally:
+        with trio.CancelScope(shield=True):
+            await client.aclose()

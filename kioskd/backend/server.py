@@ -57,7 +57,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from kioskd.backend import fleet, metrics
-from kioskd.ops import logs
 from kioskd.backend.server_config import (
     MAX_THROTTLED_ADDRESSES,
     AddressThrottle,
@@ -70,6 +69,7 @@ from kioskd.backend.server_config import (
 )
 from kioskd.backend.store import Store, StoreUnavailable, open_store
 from kioskd.config import ConfigError
+from kioskd.ops import logs
 
 __all__ = ["API_KEY_ENV", "build_app", "hash_token", "main", "serve", "signed_url_problem", "upstream_retry_after"]
 
@@ -268,6 +268,22 @@ class Signer:
             {"Retry-After": str(retry_after)},
         )
 
+    async def admit(self, request: Request) -> KioskEntry | JSONResponse:
+        """The request's kiosk, or the refusal: 429 while its address is throttled, 401 (charged) without a valid token.
+
+        For the endpoints besides ``/signed-url`` (heartbeats), under the same throttle.
+        """
+        address = request.client.host if request.client else "-"
+        now = self._clock()
+        wait = self._throttle.wait(address, now)
+        if wait > 0:
+            return self._throttled(address, wait)
+        kiosk = await self.authenticate(request.headers.get("authorization"))
+        if kiosk is None:
+            self._throttle.charge(address, now)
+            return _error(401, "unauthorized", "missing or unknown kiosk token", {"WWW-Authenticate": "Bearer"})
+        return kiosk
+
     async def _decide(self, kiosk: KioskEntry | None, agent_ids: list[str]) -> JSONResponse:
         if len(agent_ids) != 1 or not AGENT_ID.fullmatch(agent_ids[0]):
             return _error(400, "bad_request", "agent_id must be given once: 1-64 of A-Z a-z 0-9 _ -")
@@ -302,13 +318,14 @@ async def _healthz(request: Request) -> JSONResponse:
 
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.error("store unavailable path=%s error=%r", request.url.path, str(exc))
-    return _error(503, "unavailable", "the backend's shared state is unreachable", {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)})
+    headers = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
+    return _error(503, "unavailable", "the backend's shared state is unreachable", headers)
 
 
 def build_app(signer: Signer) -> Starlette:
     """The Starlette app: signed URLs, heartbeats, the fleet view, metrics and ``/healthz``."""
     stats = metrics.Metrics(signer.config, signer.store)
-    board = fleet.Fleet(signer.config, signer.store, signer.authenticate)
+    board = fleet.Fleet(signer.config, signer.store, signer.admit)
     return Starlette(
         routes=[
             Route("/signed-url", stats.timed("signed_url", signer.signed_url, count=True), methods=["GET"]),
@@ -364,7 +381,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", default="/etc/kioskd/backend.toml", help="backend.toml (default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=sorted(logs.LEVELS), help="default: %(default)s")
-    parser.add_argument("--listen", help="HOST:PORT instead of the config's listen (one per replica, e.g. kioskd-backend@8701)")
+    parser.add_argument(
+        "--listen", help="HOST:PORT instead of the config's listen (one per replica, e.g. kioskd-backend@8701)"
+    )
     return parser
 
 
@@ -415,7 +434,8 @@ def main(argv: list[str]) -> int:
 
     store = describe_url(config.redis_url) if config.redis_url else "in-process"
     log.info(
-        "backend starting listen=%s kiosks=%d api_base=%s store=%s", config.listen, len(config.kiosk), config.api_base, store
+        "backend starting listen=%s kiosks=%d api_base=%s store=%s",
+        config.listen, len(config.kiosk), config.api_base, store,
     )
     trio.run(lambda: serve(config, api_key, shutdown_trigger=_until_signal))
     return 0

@@ -7,16 +7,15 @@ time as an argument.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-from kioskd.config import load_as, parse_as
+from kioskd.backend.resp import parse_endpoint
+from kioskd.config import https_or_loopback, is_loopback, load_as, parse_as
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -54,18 +53,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"must be HOST:PORT such as {DEFAULT_LISTEN!r}, got {listen!r}")
     return host, int(port)
-
-
-def is_loopback(host: str | None) -> bool:
-    """True for ``localhost`` and addresses in 127.0.0.0/8 or ``::1``."""
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -113,13 +100,7 @@ class BackendServerConfig:
             parse_listen(self.listen)
         except ValueError as exc:
             out.append(("listen", str(exc)))
-        try:
-            base = urlsplit(self.api_base)
-            host = base.hostname
-        except ValueError:
-            base, host = None, None
-        secure = base is not None and host and (base.scheme == "https" or (base.scheme == "http" and is_loopback(host)))
-        if not secure:
+        if not https_or_loopback(self.api_base):
             out.append(("api_base", f"must be an https:// URL (http:// only on loopback), got {self.api_base!r}"))
         if not self.rate_per_minute > 0:
             out.append(("rate_per_minute", "must be positive"))
@@ -131,8 +112,11 @@ class BackendServerConfig:
             out.append(("unauthenticated_burst", "must be at least 1"))
         if not self.upstream_timeout > 0:
             out.append(("upstream_timeout", "must be positive"))
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            out.append(("redis_url", f"must be a redis://, rediss:// or unix:// URL, got {self.redis_url!r}"))
+        if self.redis_url:
+            try:
+                parse_endpoint(self.redis_url)
+            except ValueError as exc:
+                out.append(("redis_url", str(exc)))
         for key in ("operator_token_sha256", "metrics_token_sha256"):
             value = getattr(self, key)
             if value and not _SHA256_HEX.fullmatch(value):

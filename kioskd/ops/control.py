@@ -32,6 +32,7 @@ from typing import Any
 import msgspec
 import trio
 
+from kioskd.ops.logs import redact
 from kioskd.state import Command
 
 __all__ = [
@@ -296,7 +297,8 @@ class ControlServer:
 
     @staticmethod
     async def _reply(stream: trio.SocketStream, reply: dict[str, Any]) -> None:
-        await stream.send_all(json.dumps(reply, default=str).encode() + b"\n")
+        # redacted like a log line: a secret that reached the status never leaves the socket
+        await stream.send_all(redact(json.dumps(reply, default=str)).encode() + b"\n")
 
     def _handler_for(self, line: bytes) -> tuple[Handler, Request] | None:
         try:

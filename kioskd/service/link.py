@@ -21,9 +21,12 @@ from dataclasses import dataclass
 import trio
 import trio_websocket
 
+from kioskd import websocket_fix
+
 __all__ = ["CONGESTED_BYTES", "SEND_BUFFER", "Link", "describe_exc", "congested", "open_link"]
 
 log = logging.getLogger(__name__)
+websocket_fix.install()  # no pong after our own Close (trio-websocket #184)
 
 #: Messages trio-websocket may queue before its reader stops (it then stops answering pings).
 MESSAGE_QUEUE = 256

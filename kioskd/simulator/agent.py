@@ -39,6 +39,7 @@ import webrtcvad
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from kioskd import protocol as p
+from kioskd import websocket_fix
 from kioskd.audio.formats import AudioFormat, decode, encode
 from kioskd.simulator.faults import MALFORMED_KINDS, AgentFaults, MalformedKind
 from kioskd.simulator.records import ChangeSignal, Conversation, PongRecord, TurnRecord
@@ -50,6 +51,7 @@ from kioskd.simulator.turns import FRAME_MS, FrameSplitter, TurnDetector, VadSco
 __all__ = ["AgentServer", "CONVERSATION_PATH"]
 
 log = logging.getLogger(__name__)
+websocket_fix.install()  # no pong after our own Close (trio-websocket #184)
 
 CONVERSATION_PATH: Final = "/v1/convai/conversation"
 VAD_RATE: Final = 16000

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -12,7 +15,11 @@ from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
 from kioskd.simulator.settings import LEGACY
 from kioskd.audio.formats import PCM_RATES, ULAW_RATES
 
-__all__ = ["build_parser", "describe", "main"]
+__all__ = ["API_KEY_ENV", "KIOSK_TOKEN_ENV", "build_parser", "config_from_args", "describe", "main"]
+
+#: The simulator's secrets come from the environment or a file, never the command line (ps shows it).
+KIOSK_TOKEN_ENV = "KIOSKD_SIM_KIOSK_TOKEN"
+API_KEY_ENV = "KIOSKD_SIM_API_KEY"
 
 #: Every format string the service documents.
 SUPPORTED_FORMATS = tuple(f"pcm_{r}" for r in PCM_RATES) + tuple(f"ulaw_{r}" for r in ULAW_RATES)
@@ -28,8 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-format", choices=SUPPORTED_FORMATS, default=defaults.input_format)
     parser.add_argument("--output-format", choices=SUPPORTED_FORMATS, default=defaults.output_format)
     parser.add_argument("--agent-id", default=defaults.agent_id)
-    parser.add_argument("--kiosk-token", default=defaults.kiosk_token, help="bearer token the backend accepts")
-    parser.add_argument("--api-key", default=defaults.api_key, help="xi-api-key the upstream endpoint accepts")
+    parser.add_argument("--kiosk-token-file", help=f"file whose first line is the bearer token the backend accepts "
+                        f"(else ${KIOSK_TOKEN_ENV}, else the demo token)")
+    parser.add_argument("--api-key-file", help=f"file whose first line is the xi-api-key the upstream endpoint accepts "
+                        f"(else ${API_KEY_ENV}, else the demo key)")
+    for flag in ("--kiosk-token", "--api-key"):
+        parser.add_argument(flag, action=_RefuseSecretArgument, help=argparse.SUPPRESS)
     parser.add_argument("--public", action="store_true", help="accept conversations without a signed-URL token")
     parser.add_argument("--reply-seconds", type=float, default=defaults.reply_seconds)
     parser.add_argument("--silence-timeout", type=float, default=defaults.silence_timeout)
@@ -39,6 +50,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--legacy", action="store_true",
                         help="the pre-issue-12 behaviour: every event type, an id per audio chunk, no greeting")
     return parser
+
+
+class _RefuseSecretArgument(argparse.Action):
+    """A secret given as an argument: refused without echoing it (every local user can read argv)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        env = KIOSK_TOKEN_ENV if option_string == "--kiosk-token" else API_KEY_ENV
+        parser.error(f"{option_string} would be visible to every local user in ps; "
+                     f"use ${env} or {option_string}-file PATH instead")
+
+
+def _secret(file: str | None, env: str, default: str) -> str:
+    if file is not None:
+        try:
+            lines = Path(file).read_text().splitlines()
+        except OSError as exc:
+            print(f"kioskd simulator: cannot read {file}: {exc.strerror}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if not lines or not lines[0].strip():
+            print(f"kioskd simulator: {file}: the first line is empty", file=sys.stderr)
+            raise SystemExit(2)
+        return lines[0].strip()
+    return os.environ.get(env, "").strip() or default
+
+
+def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
+    """The simulator's settings from parsed arguments, its secrets from files or the environment."""
+    defaults = SimulatorConfig()
+    return SimulatorConfig(
+        **(LEGACY if args.legacy else {"first_message": args.first_message}),
+        host=args.host,
+        port=args.port,
+        backend_port=args.backend_port,
+        agent_id=args.agent_id,
+        kiosk_token=_secret(args.kiosk_token_file, KIOSK_TOKEN_ENV, defaults.kiosk_token),
+        api_key=_secret(args.api_key_file, API_KEY_ENV, defaults.api_key),
+        require_token=not args.public,
+        input_format=args.input_format,
+        output_format=args.output_format,
+        reply_seconds=args.reply_seconds,
+        silence_timeout=args.silence_timeout,
+        tool_call=None if args.no_tool_call else defaults.tool_call,
+    )
 
 
 def describe(sim: Simulator) -> str:
@@ -73,22 +128,7 @@ async def _serve(config: SimulatorConfig) -> None:
 
 def main(argv: list[str]) -> int:
     """Run until Ctrl-C; exit 2 on bad arguments or a port in use."""
-    args = build_parser().parse_args(argv)
-    config = SimulatorConfig(
-        **(LEGACY if args.legacy else {"first_message": args.first_message}),
-        host=args.host,
-        port=args.port,
-        backend_port=args.backend_port,
-        agent_id=args.agent_id,
-        kiosk_token=args.kiosk_token,
-        api_key=args.api_key,
-        require_token=not args.public,
-        input_format=args.input_format,
-        output_format=args.output_format,
-        reply_seconds=args.reply_seconds,
-        silence_timeout=args.silence_timeout,
-        tool_call=None if args.no_tool_call else SimulatorConfig().tool_call,
-    )
+    config = config_from_args(build_parser().parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     status = 0
     try:

@@ -146,6 +146,8 @@ class Speaker:
     end: int = field(init=False, default=0)  # index just past the last written sample
     writes: int = field(init=False, default=0)
     late_writes: int = field(init=False, default=0)  # the device ran dry before this write (an underrun)
+    pauses: int = field(init=False, default=0)  # stopped on purpose (an idle speaker): not an underrun
+    _resumed: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.timeline = np.zeros(int(self.seconds * self.rate) + self.rate, dtype=np.int16)
@@ -171,15 +173,26 @@ class Speaker:
         now = self.now_index()
         with self.lock:
             if self.end < now:
-                if self.writes:
+                if self.writes and not self._resumed:
                     self.late_writes += 1
                 self.end = now
+            self._resumed = False
             a = self.end
             b = min(a + len(s), len(self.timeline))
             if a < len(self.timeline):
                 self.timeline[a:b] = s[: b - a]
             self.end = a + len(s)
             self.writes += 1
+
+    def pause(self) -> None:
+        """Stop once what was written has played (PortAudio's stop_stream)."""
+        with self.lock:
+            self.pauses += 1
+
+    def resume(self) -> None:
+        """Start again (PortAudio's start_stream): the next write begins at once, not late."""
+        with self.lock:
+            self._resumed = True
 
     def read(self, frames: int) -> np.ndarray:
         raise OSError("bench speaker is an output")

@@ -1,13 +1,18 @@
 """Figure 9: cost. ``kioskd run`` as a subprocess (wav: microphone with the visitor speaking
-0.8 s every 1.8 s, wav: speaker, manual trigger) against the in-process simulator:
+0.8 s every 1.8 s, wav: speaker) against the in-process simulator:
 
 * start-up: spawn → ``READY=1`` on a real ``$NOTIFY_SOCKET`` datagram socket;
-* idle CPU (% of one core, psutil user+system time over wall time) before any conversation;
+* idle CPU (% of one core) before any conversation, once per trigger mode: ``manual``
+  (the process that then holds the conversation), ``button`` (gpiozero's mock pin
+  factory: no GPIO here) and ``vad`` (voice wake listening; the room is quiet);
 * conversation CPU and peak RSS (sampled every 0.25 s) over a full-duplex conversation
-  started with ``kioskd ctl start``; the simulator answers every turn with 3 s of audio.
+  started with ``kioskd ctl start``; the simulator answers every turn with 3 s of audio;
+* where it goes: CPU per thread (the Trio thread, ``kioskd-input``, ``kioskd-output``, …).
 
-The official client runs the same conversation in its own process (bench devices
-modelled in that process; see official.py).
+CPU time is read from ``/proc/PID/task/*/schedstat`` (nanoseconds, summed over threads;
+psutil's clock ticks are 10 ms, too coarse for an idle process over a few seconds), else
+from psutil. The official client runs the same conversation in its own process (bench
+devices modelled in that process; see official.py), measured the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +37,11 @@ from .conversation import PATTERN, sim_config
 from .ours import tmpdir
 
 PY = sys.executable
+SETTLE_S = 1.0
+"""Seconds after READY=1 before idle is measured (start-up work done)."""
 
 
-def _toml(sim: Any, tmp: Path) -> str:
+def _toml(sim: Any, tmp: Path, trigger: str = "manual") -> str:
     (tmp / "token").write_text(sim.config.kiosk_token)
     return f"""
 [kiosk]
@@ -50,7 +59,7 @@ echo = "off"
 [conversation]
 idle_timeout = 600.0
 [trigger]
-mode = "manual"
+mode = "{trigger}"
 [control]
 socket = "{tmp / 'control.sock'}"
 [log]
@@ -58,57 +67,105 @@ level = "warning"
 """
 
 
-async def _measure(proc: Any, seconds: float) -> tuple[float, float]:
-    """(% of one core, peak RSS MB) of ``proc`` over ``seconds``."""
-    c0 = proc.cpu_times()
+def _thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Seconds on a CPU so far per live thread of ``pid`` (with its name), from schedstat."""
+    out: dict[int, tuple[str, float]] = {}
+    task = Path(f"/proc/{pid}/task")
+    for tid in os.listdir(task):
+        try:
+            ns = int((task / tid / "schedstat").read_text().split()[0])
+            name = (task / tid / "comm").read_text().strip()
+        except (OSError, ValueError, IndexError):
+            continue
+        out[int(tid)] = ("main" if int(tid) == pid else name, ns / 1e9)
+    return out
+
+
+def _cpu_seconds(proc: Any) -> float:
+    """The process's CPU time so far: schedstat (ns) where readable, else psutil."""
+    threads = _thread_cpu(proc.pid) if Path(f"/proc/{proc.pid}/task").is_dir() else {}
+    if threads:
+        return sum(sec for _, sec in threads.values())
+    t = proc.cpu_times()
+    return float(t.user + t.system)
+
+
+async def _measure(proc: Any, seconds: float, by_thread: bool = False) -> dict[str, Any]:
+    """CPU (% of one core), peak RSS (MB) and, if asked, CPU per thread of ``proc`` over ``seconds``."""
+    threads0 = _thread_cpu(proc.pid) if by_thread else {}
+    c0 = _cpu_seconds(proc)
     t0 = time.monotonic()
     peak = proc.memory_info().rss
     while time.monotonic() - t0 < seconds:
         await trio.sleep(0.25)
         peak = max(peak, proc.memory_info().rss)
-    c1 = proc.cpu_times()
+    c1 = _cpu_seconds(proc)
     wall = time.monotonic() - t0
-    cpu = (c1.user - c0.user) + (c1.system - c0.system)
-    return 100 * cpu / wall, peak / 2**20
+    out: dict[str, Any] = {"cpu_pct": 100 * (c1 - c0) / wall, "peak_rss_mb": peak / 2**20}
+    if by_thread:
+        per: dict[str, float] = {}
+        for tid, (name, sec) in _thread_cpu(proc.pid).items():
+            used = sec - threads0.get(tid, (name, 0.0))[1]
+            per[name] = per.get(name, 0.0) + 100 * used / wall
+        out["threads_cpu_pct"] = dict(sorted(per.items(), key=lambda kv: -kv[1]))
+    return out
+
+
+@asynccontextmanager
+async def _kioskd(sim: Any, tmp: Path, trigger: str) -> AsyncIterator[tuple[Any, float | None]]:
+    """``kioskd run`` with trigger ``trigger``; yields (psutil process, seconds to READY=1)."""
+    import psutil
+
+    (tmp / "kioskd.toml").write_text(_toml(sim, tmp, trigger))
+    notify = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    (tmp / "notify.sock").unlink(missing_ok=True)
+    await notify.bind(str(tmp / "notify.sock"))
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp / "notify.sock"), PYTHONPATH=str(REPO),
+               GPIOZERO_PIN_FACTORY="mock")
+    t0 = time.monotonic()
+    popen = subprocess.Popen([PY, "-m", "kioskd", "run", "--config", str(tmp / "kioskd.toml")], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ready = None
+        with trio.move_on_after(30):
+            while ready is None:
+                data = await notify.recv(4096)
+                if b"READY=1" in data.split(b"\n"):
+                    ready = time.monotonic() - t0
+        yield psutil.Process(popen.pid), ready
+    finally:
+        popen.terminate()
+        try:
+            popen.wait(5)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+        notify.close()
 
 
 async def ours(conv_s: float, idle_s: float) -> dict[str, Any]:
-    import psutil
-
     async with open_simulator(sim_config(ping_interval=2.0)) as sim, tmpdir() as tmp:
         write_wav(tmp / "mic.wav", script(conv_s + idle_s + 30, [("silence", idle_s + 3)] + PATTERN * 200, seed=9))
-        (tmp / "kioskd.toml").write_text(_toml(sim, tmp))
-        notify = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        await notify.bind(str(tmp / "notify.sock"))
-        env = dict(os.environ, NOTIFY_SOCKET=str(tmp / "notify.sock"), PYTHONPATH=str(REPO))
-        t0 = time.monotonic()
-        popen = subprocess.Popen([PY, "-m", "kioskd", "run", "--config", str(tmp / "kioskd.toml")], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            ready = None
-            with trio.move_on_after(30):
-                while ready is None:
-                    data = await notify.recv(4096)
-                    if b"READY=1" in data.split(b"\n"):
-                        ready = time.monotonic() - t0
-            proc = psutil.Process(popen.pid)
-            await trio.sleep(1.0)
-            idle_cpu, idle_rss = await _measure(proc, idle_s)
+        idle: dict[str, Any] = {}
+        for trigger in ("button", "vad"):
+            async with _kioskd(sim, tmp, trigger) as (proc, _):
+                await trio.sleep(SETTLE_S)
+                idle[trigger] = await _measure(proc, idle_s, by_thread=True)
+        async with _kioskd(sim, tmp, "manual") as (proc, ready):
+            await trio.sleep(SETTLE_S)
+            idle["manual"] = await _measure(proc, idle_s, by_thread=True)
             await trio.to_thread.run_sync(request, str(tmp / "control.sock"), "start")
             await sim.wait_for_conversation(0)
-            conv_cpu, peak = await _measure(proc, conv_s)
-            conv = sim.conversations[0]
-            return {"ready_s": ready, "idle_cpu_pct": idle_cpu, "idle_rss_mb": idle_rss,
-                    "conversation_cpu_pct": conv_cpu, "peak_rss_mb": max(peak, idle_rss),
-                    "conversation_s": conv_s, "idle_s": idle_s, "agent_turns": len(conv.turns),
-                    "audio_chunks": conv.audio_chunks}
-        finally:
-            popen.terminate()
-            try:
-                popen.wait(5)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-            notify.close()
+            conv = await _measure(proc, conv_s, by_thread=True)
+            c = sim.conversations[0]
+            return {"ready_s": ready, "idle_cpu_pct": idle["manual"]["cpu_pct"],
+                    "idle_rss_mb": idle["manual"]["peak_rss_mb"],
+                    "idle_cpu_pct_by_trigger": {k: v["cpu_pct"] for k, v in idle.items()},
+                    "idle_threads_cpu_pct_by_trigger": {k: v["threads_cpu_pct"] for k, v in idle.items()},
+                    "conversation_cpu_pct": conv["cpu_pct"],
+                    "conversation_threads_cpu_pct": conv["threads_cpu_pct"],
+                    "peak_rss_mb": max(conv["peak_rss_mb"], idle["manual"]["peak_rss_mb"]),
+                    "conversation_s": conv_s, "idle_s": idle_s, "agent_turns": len(c.turns),
+                    "audio_chunks": c.audio_chunks}
 
 
 async def official_cost(conv_s: float) -> dict[str, Any]:
@@ -123,8 +180,10 @@ async def official_cost(conv_s: float) -> dict[str, Any]:
             proc = psutil.Process(popen.pid)
             await sim.wait_for_conversation(0)
             await trio.sleep(0.5)
-            cpu, peak = await _measure(proc, conv_s)
-            return {"conversation_cpu_pct": cpu, "peak_rss_mb": peak, "agent_turns": len(sim.conversations[0].turns),
+            m = await _measure(proc, conv_s, by_thread=True)
+            return {"conversation_cpu_pct": m["cpu_pct"], "peak_rss_mb": m["peak_rss_mb"],
+                    "conversation_threads_cpu_pct": m["threads_cpu_pct"],
+                    "agent_turns": len(sim.conversations[0].turns),
                     "note": "includes the modelled devices (threads in the same process)"}
         finally:
             popen.terminate()
@@ -135,8 +194,14 @@ async def official_cost(conv_s: float) -> dict[str, Any]:
 
 
 async def run(quick: bool, with_official: bool) -> dict[str, Any]:
-    conv_s, idle_s = (6.0, 3.0) if quick else (60.0, 20.0)
+    conv_s, idle_s = (10.0, 6.0) if quick else (60.0, 20.0)
     out: dict[str, Any] = {"ours": await ours(conv_s, idle_s)}
     if with_official:
         out["official"] = await official_cost(conv_s)
+        o, t = out["ours"], out["official"]["conversation_cpu_pct"]
+        if t > 0:
+            idle = o["idle_cpu_pct_by_trigger"]
+            out["ratios"] = {"conversation_cpu_vs_official": o["conversation_cpu_pct"] / t,
+                             "idle_cpu_vs_official_conversation": {k: v / t for k, v in idle.items()},
+                             "peak_rss_vs_official": o["peak_rss_mb"] / out["official"]["peak_rss_mb"]}
     return out
