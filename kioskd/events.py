@@ -3,8 +3,9 @@
 One :class:`EventBus` per kiosk. Publishers (supervisor, daemon, controls) call
 :meth:`EventBus.publish` on the Trio thread; it never blocks. Each subscriber
 (``kioskd ctl watch``, the ``[hooks]`` runner, a screen) has its own bounded queue:
-a slow subscriber loses its oldest-undelivered events (and is told how many with a
-``dropped`` event), never slows the kiosk or the other subscribers.
+a slow subscriber loses the events published while its queue is full (and is told how
+many, with a ``dropped`` event where they were lost), never slows the kiosk or the
+other subscribers.
 
 An event is a dict: ``{"type": …, "time": <unix seconds>, "seq": n, …fields}``.
 """
@@ -49,17 +50,26 @@ class Subscription:
 
     def _offer(self, event: Event) -> None:
         try:
+            if self.dropped:  # the loss is reported where it happened, before newer events
+                self._send.send_nowait({"type": "dropped", "time": event["time"], "count": self.dropped})
+                self.dropped = 0
             self._send.send_nowait(event)
         except trio.WouldBlock:
             self.dropped += 1
         except trio.BrokenResourceError:
             pass
 
+    def _dropped_notice(self, when: float) -> Event:
+        count, self.dropped = self.dropped, 0
+        return {"type": "dropped", "time": when, "count": count}
+
     async def receive(self) -> Event:
-        """The next event; a ``dropped`` event first if some were lost since the last one."""
-        if self.dropped:
-            count, self.dropped = self.dropped, 0
-            return {"type": "dropped", "time": time.time(), "count": count}
+        """The next event (a ``dropped`` one says how many were lost while the queue was full)."""
+        try:
+            return self._receive.receive_nowait()
+        except trio.WouldBlock:
+            if self.dropped:
+                return self._dropped_notice(round(time.time(), 3))
         return await self._receive.receive()
 
     def __aiter__(self) -> AsyncIterator[Event]:

@@ -81,7 +81,10 @@ class StatusBoard:
 
     def update(self, **changes: Any) -> None:
         """Change some fields; listeners are called only if something really changed."""
-        new = dataclasses.replace(self.status, **changes)
+        status = self.status
+        if all(getattr(status, key) == value for key, value in changes.items()):
+            return  # the common case (e.g. mic_live before every chunk): no new Status built
+        new = dataclasses.replace(status, **changes)
         if new == self.status:
             return
         self.status = new

@@ -13,7 +13,11 @@ Installs kioskd from this repository:
   - a virtualenv at /opt/kioskd/venv with kioskd installed into it
   - /etc/kioskd/config.toml from the repository's config.toml, only if absent (never overwritten)
   - /etc/kioskd/token (mode 0600, owned by kioskd): empty, or $KIOSKD_TOKEN when set
+  - /usr/local/bin/kioskd: a symlink to the virtualenv's kioskd (so `kioskd ctl status` works)
+  - the invoking sudo user ($SUDO_USER) joins group "kioskd": `kioskd ctl` without sudo
   - /etc/systemd/system/kioskd.service, then daemon-reload, enable, and restart if running
+  - /etc/systemd/system/kioskd-backend.service and kioskd-backend@.service (the signing
+    backend, for the machine that runs it: installed, not enabled)
 
 options:
   --prefix DIR  install under DIR (DIR/opt/kioskd, DIR/etc/…) without touching the system:
@@ -33,6 +37,8 @@ APT_PACKAGES=(python3-venv python3-dev build-essential portaudio19-dev libasound
 APT_OPTIONAL=(python3-lgpio)
 PYTHON=${PYTHON:-python3}
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$SRC/scripts/platform.sh"
+kioskd_refuse_32bit install.sh
 
 PREFIX=""
 DO_APT=1
@@ -57,6 +63,7 @@ OPT_DIR=$PREFIX/opt/kioskd
 VENV=$OPT_DIR/venv
 ETC_DIR=$PREFIX/etc/kioskd
 UNIT_DIR=$PREFIX/etc/systemd/system
+BIN_DIR=$PREFIX/usr/local/bin
 IS_ROOT=0
 [[ $(id -u) -eq 0 ]] && IS_ROOT=1
 
@@ -111,17 +118,26 @@ else
             skip "group $group (does not exist here)"
         fi
     done
+    # The control socket is for root and the kioskd group (mode 0660): let the operator in.
+    if [[ -n ${SUDO_USER:-} && $SUDO_USER != root ]]; then
+        usermod -a -G "$SERVICE_USER" "$SUDO_USER"
+        say "added $SUDO_USER to group $SERVICE_USER: log in again, then \`kioskd ctl status\` works without sudo"
+    fi
 fi
 
 # ------------------------------------------------------------------ virtualenv
 install -d -m 0755 "$OPT_DIR" "$ETC_DIR" "$UNIT_DIR"
 if [[ ! -x $VENV/bin/python ]]; then
     say "creating virtualenv $VENV"
-    # System site-packages: Raspberry Pi OS ships lgpio (gpiozero's pin factory) as python3-lgpio.
+    # System site-packages: Raspberry Pi OS ships lgpio (gpiozero's pin factory) as python3-lgpio
+    # (PyPI's aarch64 lgpio is a placeholder); kioskd_venv_gpio below says whether it works.
     "$PYTHON" -m venv --system-site-packages "$VENV"
 fi
 say "installing kioskd from $SRC into $VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade "$SRC"
+install -d -m 0755 "$BIN_DIR"
+ln -sfn "$VENV/bin/kioskd" "$BIN_DIR/kioskd"
+say "linked $BIN_DIR/kioskd -> $VENV/bin/kioskd"
 
 # ------------------------------------------------------------------ config and token
 if [[ -e $ETC_DIR/config.toml ]]; then
@@ -161,6 +177,10 @@ fi
 # ------------------------------------------------------------------ systemd
 install -m 0644 "$SRC/systemd/kioskd.service" "$UNIT_DIR/kioskd.service"
 say "installed $UNIT_DIR/kioskd.service"
+for unit in kioskd-backend.service kioskd-backend@.service; do
+    install -m 0644 "$SRC/systemd/$unit" "$UNIT_DIR/$unit"
+done
+say "installed $UNIT_DIR/kioskd-backend.service (not enabled; for the signing backend's machine: systemctl enable --now kioskd-backend)"
 if [[ -n $PREFIX ]]; then
     skip "systemctl daemon-reload / enable / try-restart (--prefix)"
 else
@@ -169,4 +189,7 @@ else
     systemctl try-restart kioskd.service
     say "enabled kioskd.service; start it with: systemctl start kioskd"
 fi
+kioskd_venv_gpio "$VENV" install.sh
+say "operators: sudo usermod -aG $SERVICE_USER USER lets USER run \`kioskd ctl\` (the socket is for root and group $SERVICE_USER)"
+say "next: edit $ETC_DIR/config.toml, then \`kioskd check-config --online --config $ETC_DIR/config.toml\`"
 say "done: $("$VENV/bin/kioskd" --version)"

@@ -329,7 +329,7 @@ async def test_idle_capture_keeps_the_preroll_in_the_thread_and_hands_it_over_ex
     """While nothing needs frames, no block reaches Trio; an uplink gets the thread's
     pre-roll and the live audio after it without a gap or a repeat, in chunk-long
     reads; closing it stops the hand-off again, and a second uplink continues exactly."""
-    from kioskd.audio.engine import IDLE_CAPTURE_PERIODS
+    from kioskd.audio.engine import IDLE_CAPTURE_PERIODS, QUIET_CAPTURE_PERIODS
 
     rng = np.random.default_rng(5)
     signal = rng.integers(-20000, 20000, size=16000 * 4).astype(np.int16)  # unique stretches
@@ -341,19 +341,19 @@ async def test_idle_capture_keeps_the_preroll_in_the_thread_and_hands_it_over_ex
             cap = engine._capture
             assert cap is not None
             await wait_for(lambda: cap.frames_read >= 16 * (preroll + 300))
-            assert cap.block_periods == IDLE_CAPTURE_PERIODS and cap.blocks_posted == 0
+            assert cap.block_periods == QUIET_CAPTURE_PERIODS and cap.blocks_posted == 0
             for _ in range(2):
                 read_before = cap.frames_read
                 uplink = engine.open_uplink(pcm)
                 assert cap.block_periods == engine.config.chunk_ms // 10
                 got = decode(await collect(uplink, 2 * 16 * (preroll + 200)), pcm)
                 uplink.close()
+                assert cap.block_periods == QUIET_CAPTURE_PERIODS
                 k = locate(got, signal)
                 # the pre-roll: the last preroll_ms before the uplink opened (the thread may
                 # have finished one more block meanwhile)
-                block = 160 * IDLE_CAPTURE_PERIODS
+                block = 160 * QUIET_CAPTURE_PERIODS
                 assert read_before - 16 * preroll <= k <= read_before + block - 16 * preroll
-                assert cap.block_periods == IDLE_CAPTURE_PERIODS
                 posted = cap.blocks_posted
                 until = read_before + 16 * (2 * preroll + 400)
                 await wait_for(lambda: cap.frames_read >= until)  # noqa: B023 - awaited here
@@ -366,3 +366,25 @@ async def test_idle_capture_keeps_the_preroll_in_the_thread_and_hands_it_over_ex
             engine.remove_frame_listener(listener)
     first_block = heard[:IDLE_CAPTURE_PERIODS]
     assert np.allclose(np.diff(first_block), 0.01)  # frames of one block, 10 ms apart
+
+
+async def test_a_gated_listener_gets_the_loud_blocks_only_and_nothing_from_a_quiet_room(alsa: AlsaFiles) -> None:
+    """A listener that ignores frames under -45 dBFS (the voice wake): the capture thread
+    hands over only the blocks with a loud frame in them, every loud frame included."""
+    from kioskd.audio.engine import QUIET_CAPTURE_PERIODS
+
+    rng = np.random.default_rng(3)
+    quiet = lambda seconds: rng.integers(-20, 21, size=int(16000 * seconds)).astype(np.int16)  # noqa: E731
+    tone = (3000 * np.sin(2 * np.pi * 440 * np.arange(4800) / 16000)).astype(np.int16)  # 0.3 s, about -20 dBFS
+    alsa.write_input("kiosk_mic", np.concatenate([quiet(1.0), tone, quiet(1.0)]))
+    got: list[np.ndarray] = []
+    with trio.fail_after(LIMIT):
+        async with running(cfg(input_rate=16000, preroll_ms=500)) as engine:
+            engine.add_frame_listener(lambda f, t: got.append(f.copy()), min_dbfs=-45.0)
+            cap = engine._capture
+            assert cap is not None
+            await wait_for(lambda: cap.frames_read >= 16000 * 2.3)
+            assert cap.block_periods == QUIET_CAPTURE_PERIODS and cap.gate_dbfs == -45.0
+            posted = cap.blocks_posted
+    assert len(got) == 30 and all(np.array_equal(f, tone[i * 160 : (i + 1) * 160]) for i, f in enumerate(got))
+    assert posted == 30 // QUIET_CAPTURE_PERIODS  # the quiet second on either side: no hand-off at all

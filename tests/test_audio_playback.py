@@ -22,7 +22,7 @@ import numpy as np
 import trio
 
 from kioskd.audio.devices import Direction, Stream
-from kioskd.audio.engine import IDLE_CAPTURE_PERIODS, AudioEngine
+from kioskd.audio.engine import QUIET_CAPTURE_PERIODS, AudioEngine
 from kioskd.audio.formats import AudioFormat, encode
 from kioskd.config import AudioConfig
 
@@ -179,8 +179,8 @@ async def test_uplink_messages_are_steady_20ms_in_ulaw_8000() -> None:
     chunk = fmt.rate * config.chunk_ms // 1000 * fmt.bytes_per_sample
     frame = fmt.rate * 10 // 1000 * fmt.bytes_per_sample  # 10 ms
     # the first message is short by the filter's delay only; it may hold the whole idle
-    # capture block (IDLE_CAPTURE_PERIODS frames) that was being read when the uplink opened
-    first = max(chunk, IDLE_CAPTURE_PERIODS * frame)
+    # capture block (QUIET_CAPTURE_PERIODS frames) that was being read when the uplink opened
+    first = max(chunk, QUIET_CAPTURE_PERIODS * frame)
     assert chunk - 6 * fmt.rate // 1000 <= sizes[0] < first, sizes
     # whole 10 ms frames in, the same audio out: a late consumer may get 2 frames coalesced, never a burst
     assert all(n % frame == 0 for n in sizes[1:]), sizes

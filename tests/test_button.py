@@ -238,5 +238,7 @@ async def test_no_gpio_logs_once_and_keeps_running(caplog: pytest.LogCaptureFixt
             nursery.cancel_scope.cancel()
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1
-    assert lines == [f"button unavailable pin={PIN}: Unable to load any default pin factory!"]
-    assert trigger.unavailable_reason == "Unable to load any default pin factory!"
+    reason = trigger.unavailable_reason or ""
+    assert reason.startswith("no working GPIO pin factory: Unable to load any default pin factory. "), reason
+    assert "python3-lgpio" in reason
+    assert lines == [f"button unavailable pin={PIN}: {reason}"]

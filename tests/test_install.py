@@ -88,6 +88,16 @@ def test_unit_file_installed(installed: Installed) -> None:
     assert unit.read_text() == (ROOT / "systemd/kioskd.service").read_text()
 
 
+def test_kioskd_is_on_path_and_the_backend_units_are_installed(installed: Installed) -> None:
+    link = installed.prefix / "usr/local/bin/kioskd"
+    assert link.is_symlink() and os.readlink(link) == str(installed.prefix / "opt/kioskd/venv/bin/kioskd")
+    result = subprocess.run([str(link), "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("kioskd "), result.stderr
+    for unit in ("kioskd-backend.service", "kioskd-backend@.service"):
+        assert (installed.prefix / "etc/systemd/system" / unit).read_text() == (ROOT / "systemd" / unit).read_text()
+    assert "sudo usermod -aG kioskd USER lets USER run `kioskd ctl`" in installed.second.stdout
+
+
 def test_system_steps_are_skipped_and_said(installed: Installed) -> None:
     for run in (installed.first, installed.second):
         for step in ("apt packages", "useradd", "systemctl"):

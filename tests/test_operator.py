@@ -244,3 +244,61 @@ def test_portaudio_jack_probe_is_silent() -> None:
     result = subprocess.run([sys.executable, "-m", "kioskd", "devices"], capture_output=True, text=True, timeout=60)
     assert "Cannot connect to server" not in result.stdout + result.stderr
     assert "jack server" not in result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def test_hash_token_help_shows_help_and_makes_no_token() -> None:
+    result = subprocess.run([sys.executable, "-m", "kioskd", "backend", "hash-token", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: kioskd backend hash-token")
+    assert "token_sha256 =" not in result.stdout
+
+
+def test_version() -> None:
+    result = subprocess.run([sys.executable, "-m", "kioskd", "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("kioskd ")
+
+
+def test_devices_explains_an_empty_list(tmp_path: Path) -> None:
+    from kioskd.hardware.checks import why_no_devices
+
+    cards = tmp_path / "cards"
+    cards.write_text("--- no soundcards ---\n")
+    assert why_no_devices(str(cards), str(tmp_path)).startswith("no sound card found")
+    cards.write_text(" 0 [Device         ]: USB-Audio - USB PnP Sound Device\n")
+    snd = tmp_path / "snd"
+    snd.mkdir()
+    node = snd / "pcmC0D0c"
+    node.write_text("")
+    node.chmod(0)
+    if os.geteuid() != 0:  # root may open anything: the permission case only exists for others
+        assert "add it to the audio group" in why_no_devices(str(cards), str(snd))
+    node.chmod(0o666)
+    assert why_no_devices(str(cards), str(snd)).startswith("a sound card exists but ALSA offers no device")
+
+
+def test_devices_lists_default_and_the_file_pcms(alsa: AlsaFiles) -> None:
+    result = subprocess.run([sys.executable, "-m", "kioskd", "devices"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "kiosk_mic" in out and "kiosk_spk" in out
+    assert "(none" not in out
+    assert 'as audio.input / audio.output, "default", or "wav:/path.wav"' in out
+
+
+def test_test_speaker_uses_the_config(tmp_path: Path) -> None:
+    from kiosk_harness import read_wav
+
+    out = tmp_path / "tone.wav"
+    config = write_toml(tmp_path / "c.toml", {
+        "agent": {"agent_id": "a"}, "audio": {"output": f"wav:{out}", "output_rate": 16000, "volume": 0.5}})
+    result = subprocess.run([sys.executable, "-m", "kioskd", "test-speaker", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"on 'wav:{out}' at 16000 Hz" in result.stdout
+    samples, rate = read_wav(out)
+    assert rate == 16000 and 0.14 * 32767 < np.abs(samples).max() <= 0.15 * 32767 + 1  # 0.3 peak at volume 0.5

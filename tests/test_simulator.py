@@ -20,6 +20,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from kioskd import protocol as p
+from kioskd.simulator.settings import DEFAULT_KIOSK_TOKEN
 from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
 from kioskd.audio.formats import AudioFormat, decode, encode
 from kioskd.simulator.faults import BackendFaults
@@ -607,7 +608,20 @@ async def test_cli_description_names_the_urls_and_kiosk_config(sim: Simulator) -
     text = describe(sim)
     assert f'server = "{sim.ws_base}"' in text
     assert f'url = "{sim.backend_url}"' in text
-    assert sim.config.kiosk_token not in text
+    if sim.config.kiosk_token == DEFAULT_KIOSK_TOKEN:  # the demo token is named: it is the one to use
+        assert f"kiosk token:        {DEFAULT_KIOSK_TOKEN}   (the demo default and the only one accepted" in text
+
+
+def test_cli_description_never_echoes_a_chosen_token() -> None:
+    from types import SimpleNamespace
+
+    from kioskd.simulator.cli import describe
+
+    sim = SimpleNamespace(config=SimulatorConfig(kiosk_token="my-own-secret"), ws_base="ws://h:1", backend_url="http://h:2/s",
+                          api_base="http://h:2")
+    text = describe(sim)  # type: ignore[arg-type]
+    assert "my-own-secret" not in text
+    assert "kiosk token:        the one in $KIOSKD_SIM_KIOSK_TOKEN or --kiosk-token-file (the only one accepted)" in text
 
 
 def test_cli_rejects_unknown_format_and_reports_a_busy_port(capsys: pytest.CaptureFixture[str]) -> None:

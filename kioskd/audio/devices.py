@@ -51,6 +51,7 @@ __all__ = [
     "PlaybackThread",
     "PyAudioStream",
     "Stream",
+    "default_devices",
     "list_devices",
     "open_stream",
     "quiet_alsa",
@@ -203,6 +204,24 @@ def list_devices() -> list[DeviceInfo]:
             return [_info(pa.get_device_info_by_index(i)) for i in range(pa.get_device_count())]
         finally:
             pa.terminate()
+
+
+def default_devices() -> dict[Direction, str | None]:
+    """The device PortAudio opens for ``default`` in each direction (None: there is none)."""
+    pyaudio = _pyaudio()
+    out: dict[Direction, str | None] = {}
+    with _PA_LOCK:
+        pa = pyaudio.PyAudio()
+        try:
+            for direction, get in (("input", pa.get_default_input_device_info),
+                                   ("output", pa.get_default_output_device_info)):
+                try:
+                    out[direction] = str(get()["name"])
+                except (OSError, IOError):
+                    out[direction] = None
+        finally:
+            pa.terminate()
+    return out
 
 
 def _info(d: dict[str, Any]) -> DeviceInfo:
@@ -506,6 +525,20 @@ class _DeviceThread:
 
 
 _EPOCHS = itertools.count(1)
+GATE_MARGIN_DB = 6.0
+"""The level gate opens this much below the threshold asked for (see :class:`CaptureThread`)."""
+_FULL_SCALE = 32768.0
+
+
+def _loud(data: np.ndarray, period_samples: int, dbfs: float) -> bool:
+    """Whether some period of ``period_samples`` samples has an RMS of at least ``dbfs`` − margin."""
+    periods = len(data) // max(1, period_samples)
+    if periods == 0:
+        return False
+    x = data[: periods * period_samples].reshape(periods, period_samples).astype(np.float32)
+    power = np.einsum("ij,ij->i", x, x) / period_samples
+    threshold = (_FULL_SCALE * 10 ** ((dbfs - GATE_MARGIN_DB) / 20)) ** 2
+    return bool(power.max() >= threshold)
 
 
 class Listening(NamedTuple):
@@ -527,6 +560,12 @@ class CaptureThread(_DeviceThread):
     from then on continues it exactly (the ring write and the listening check share one
     lock). :attr:`block_periods` (set from any thread; read before every read) makes
     each read that many periods long: fewer wake-ups while nobody needs the audio at once.
+
+    **Level gate.** While not listening, if :attr:`gate_dbfs` is set, a block in which
+    some 10 ms period is at least that loud (less :data:`GATE_MARGIN_DB`, so no frame the
+    listener would take is missed after downmix and resampling) is posted to
+    ``on_loud(samples, rate, channels, start)`` (``start``: the block's first frame
+    since the device opened). A quiet room costs one level check per block.
     """
 
     direction: Direction = "input"
@@ -537,12 +576,16 @@ class CaptureThread(_DeviceThread):
         on_data: Callable[[np.ndarray, int, int, int], object],
         preroll_ms: int = 0,
         listening: bool = True,
+        on_loud: Callable[[np.ndarray, int, int, int], object] | None = None,
         **kwargs: Any,
     ) -> None:
         """Like :class:`_DeviceThread`, plus ``on_data(samples, rate, channels, epoch)`` (run
-        on the Trio thread) and the ring of ``preroll_ms``."""
+        on the Trio thread), the ring of ``preroll_ms`` and the level gate's ``on_loud``."""
         super().__init__(*args, **kwargs)
         self._on_data = on_data
+        self._on_loud = on_loud
+        self.gate_dbfs: float | None = None
+        """Post loud blocks to ``on_loud`` while not listening (set from any thread)."""
         self.block_periods = 1
         self._preroll_ms = preroll_ms
         self._lock = threading.Lock()
@@ -577,16 +620,21 @@ class CaptureThread(_DeviceThread):
             self._format = (stream.rate, stream.channels)
 
     def _period(self, stream: Stream, frames: int) -> int:
+        period_samples = frames * stream.channels
         frames *= max(1, self.block_periods)
         data = stream.read(frames)
         with self._lock:
             if self._ring is not None:
                 self._ring.write(data)
             post, epoch = self._listening, self.epoch
+        start = self.frames_read
         self.frames_read += frames
         if post:
             self.blocks_posted += 1
             self._port.post(self._on_data, data, stream.rate, stream.channels, epoch)
+        elif self._on_loud is not None and (gate := self.gate_dbfs) is not None and _loud(data, period_samples, gate):
+            self.blocks_posted += 1
+            self._port.post(self._on_loud, data, stream.rate, stream.channels, start)
         return frames
 
 

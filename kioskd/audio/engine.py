@@ -71,11 +71,15 @@ STABLE_SECONDS = 5.0
 HALF_DUPLEX_TAIL_S = 0.3
 """In half-duplex mode the mic stays muted this long after the speaker falls silent."""
 IDLE_CAPTURE_PERIODS = 5
-"""Microphone reads are this many 10 ms periods long while no uplink is open: the frames
-feed only the pre-roll (kept in the capture thread) or frame listeners such as the voice
-wake, which a few tens of milliseconds do not hurt. An open uplink reads ``chunk_ms``
-blocks instead, one uplink message each (no latency added: a message waits for its last
-sample either way)."""
+"""Microphone reads are this many 10 ms periods long while no uplink is open but frames
+go to listeners such as the voice wake (a few tens of milliseconds do not hurt it). An
+open uplink reads ``chunk_ms`` blocks instead, one uplink message each (no latency added:
+a message waits for its last sample either way)."""
+QUIET_CAPTURE_PERIODS = 10
+"""Reads while no frames flow (nothing listens, or only gated listeners): the blocks feed
+the thread's pre-roll ring and the level gate (an uplink opening meanwhile gets the rest
+of the block read in progress when it ends; a voice wake hears a loud block 100 ms late
+at most, well inside the pre-roll)."""
 
 
 @dataclass
@@ -113,6 +117,9 @@ class AudioEngine:
         self._devices: dict[Direction, _Device] = {"input": _Device(config.input), "output": _Device(config.output)}
         self._last_error: str | None = None
         self._listeners: list[FrameListener] = []
+        self._gated: dict[FrameListener, float] = {}  # listener → min_dbfs (see add_frame_listener)
+        self._gate_frames = _Framer()
+        self._gate_next = -1  # the first frame of the block that would continue the last loud one
         self._uplinks: set[Uplink] = set()
         self._preroll = SampleRing(config.preroll_ms // FRAME_MS * FRAME_SAMPLES)
         self._echo: Any = None
@@ -154,15 +161,25 @@ class AudioEngine:
         self._mic_enabled = on
         self._update_mode()
 
-    def add_frame_listener(self, fn: FrameListener) -> None:
-        """Call ``fn(frame, t)`` on the Trio thread for every 10 ms microphone frame."""
-        self._listeners.append(fn)
+    def add_frame_listener(self, fn: FrameListener, *, min_dbfs: float | None = None) -> None:
+        """Call ``fn(frame, t)`` on the Trio thread for every 10 ms microphone frame.
+
+        ``min_dbfs``: ``fn`` ignores frames quieter than this (RMS), so they need not be
+        delivered. While nothing else needs frames the capture thread then hands over only
+        blocks with a frame about that loud (a quiet room costs no hand-off at all); frames
+        flow whole while the speaker is or was just audible, so ``fn`` sees it stop.
+        """
+        if min_dbfs is None:
+            self._listeners.append(fn)
+        else:
+            self._gated[fn] = min_dbfs
         self._update_mode()
 
     def remove_frame_listener(self, fn: FrameListener) -> None:
         """Stop calling ``fn`` (no error if it was not added)."""
         if fn in self._listeners:
             self._listeners.remove(fn)
+        self._gated.pop(fn, None)
         self._update_mode()
 
     def open_uplink(self, fmt: AudioFormat = DEFAULT_FORMAT) -> Uplink:
@@ -270,16 +287,19 @@ class AudioEngine:
         if self._uplinks or self._listeners or not self._mic_enabled:
             return True
         # echo handling must see the microphone while the speaker is (recently) audible,
-        # so that the pre-roll never holds unhandled echo
-        return self.config.echo != "off" and self._speaker.audible_within(self._echo_quiet_s)
+        # so that the pre-roll never holds unhandled echo; gated listeners see it stop
+        return (self.config.echo != "off" or bool(self._gated)) and self._speaker.audible_within(self._echo_quiet_s)
 
     def _update_mode(self) -> None:
         self._set_hot(self._frames_needed())
         if self._capture is not None:
             self._capture.block_periods = self._block_periods()
+            self._capture.gate_dbfs = min(self._gated.values()) if self._gated else None
 
     def _block_periods(self) -> int:
-        return max(1, self.config.chunk_ms // FRAME_MS) if self._uplinks else IDLE_CAPTURE_PERIODS
+        if self._uplinks:
+            return max(1, self.config.chunk_ms // FRAME_MS)
+        return IDLE_CAPTURE_PERIODS if self._hot else QUIET_CAPTURE_PERIODS
 
     def _set_hot(self, hot: bool) -> None:
         """Start or stop the hand-off of microphone blocks; starting brings the raw pre-roll over."""
@@ -366,9 +386,11 @@ class AudioEngine:
         if direction == "input":
             capture = CaptureThread(
                 c.input, c.input_rate, FRAME_MS, self._trio_token, on_event,
-                on_data=self._on_capture, preroll_ms=c.preroll_ms, listening=self._hot, **common,
+                on_data=self._on_capture, on_loud=self._on_loud, preroll_ms=c.preroll_ms, listening=self._hot,
+                **common,
             )  # fmt: skip
             capture.block_periods = self._block_periods()
+            capture.gate_dbfs = min(self._gated.values()) if self._gated else None
             self._capture = capture
             self._epoch = capture.epoch if self._hot else None
             self._cap_frames.reset()
@@ -420,14 +442,23 @@ class AudioEngine:
         self._preroll.write(frames)
         for uplink in list(self._uplinks):
             uplink.push_block(frames)
-        if self._listeners:
-            last = len(frames) - 1
-            for fn in list(self._listeners):
-                try:
-                    for i, frame in enumerate(frames):
-                        fn(frame, now - (last - i) * FRAME_MS / 1000)
-                except Exception:
-                    log.exception("audio frame listener failed listener=%r", fn)
+        if self._listeners or self._gated:
+            _deliver([*self._listeners, *self._gated], frames, now)
+
+    def _on_loud(self, data: np.ndarray, rate: int, channels: int, start: int) -> None:
+        """A loud block while no frames flow (the level gate): to the gated listeners only."""
+        if self._hot or not self._gated:
+            return  # frames flow: every listener gets them from _on_capture
+        try:
+            if start != self._gate_next:
+                self._gate_frames.reset()  # not the block after the last loud one
+            self._gate_next = start + len(data) // channels
+            mono = to_mono(data, channels) if channels > 1 else data
+            frames = self._gate_frames.feed(mono, rate)
+            if len(frames):
+                _deliver(list(self._gated), frames, trio.current_time())
+        except Exception:
+            log.exception("audio capture processing failed")
 
     def _cancel_echo(self, frames: np.ndarray) -> np.ndarray:
         """Far-end periods written since the last block first, then the microphone frames."""
@@ -439,6 +470,17 @@ class AudioEngine:
         for i, frame in enumerate(frames):
             out[i] = self._echo.near(frame)
         return out
+
+
+def _deliver(listeners: list[FrameListener], frames: np.ndarray, now: float) -> None:
+    """Each listener gets each frame with its time (the block's last frame at ``now``, 10 ms apart)."""
+    last = len(frames) - 1
+    for fn in listeners:
+        try:
+            for i, frame in enumerate(frames):
+                fn(frame, now - (last - i) * FRAME_MS / 1000)
+        except Exception:
+            log.exception("audio frame listener failed listener=%r", fn)
 
 
 class _Framer:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Final, Literal, cast
 
 import numpy as np
 import samplerate
@@ -24,7 +24,7 @@ PCM_RATES: tuple[int, ...] = (8000, 16000, 22050, 24000, 44100, 48000)
 ULAW_RATES: tuple[int, ...] = (8000,)
 """Rates the service accepts for ``ulaw_<rate>``."""
 
-RESAMPLE_CONVERTER = "sinc_medium"
+RESAMPLE_CONVERTER: Final = "sinc_medium"
 """libsamplerate converter. Streaming, it returns output proportional to every input
 chunk (10 ms in → 10 ms out, after a first call short by the filter's half-length: 3–6 ms
 of latency), with a linear-phase windowed-sinc anti-aliasing filter (90 % pass band,
@@ -166,7 +166,8 @@ def to_mono(samples: np.ndarray, channels: int) -> np.ndarray:
         return s.copy()
     frames = len(s) // channels
     wide = s[: frames * channels].reshape(frames, channels).astype(np.int32)
-    return np.round(wide.mean(axis=1)).astype(np.int16)
+    mono: np.ndarray = np.round(wide.mean(axis=1)).astype(np.int16)
+    return mono
 
 
 def dbfs(samples: np.ndarray) -> float:

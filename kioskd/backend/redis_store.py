@@ -198,7 +198,7 @@ class RedisStore:
             batch = ids[start : start + BATCH]
             commands = [("HMGET", f"{PREFIX}kiosk:{kiosk_id}", "token_sha256", "agents") for kiosk_id in batch]
 
-            async def fields(commands: list[tuple[str, ...]] = commands) -> list[list[str]]:
+            async def fields(commands: list[tuple[str, str, str, str]] = commands) -> list[list[str]]:
                 replies = await self._client.pipeline(commands)
                 return [[_text(v) if v is not None else "" for v in _array(r)] for r in replies]
 

@@ -387,7 +387,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _hash_token_main() -> int:
+def _hash_token_main(argv: list[str]) -> int:
+    argparse.ArgumentParser(
+        prog="kioskd backend hash-token",
+        description="Print a new random kiosk token and its SHA-256: the token goes on the kiosk "
+        "(/etc/kioskd/token), the hash into the backend's config ([[kiosk]] token_sha256).",
+    ).parse_args(argv)
     token = secrets.token_urlsafe(TOKEN_BYTES)
     print(f"token = {token}")
     print(f"token_sha256 = {hash_token(token)}")
@@ -405,7 +410,7 @@ async def _until_signal() -> None:
 def main(argv: list[str]) -> int:
     """``kioskd backend [--config PATH]`` or ``kioskd backend hash-token``."""
     if argv[:1] == ["hash-token"]:
-        return _hash_token_main()
+        return _hash_token_main(argv[1:])
     if argv[:1] == ["kiosks"]:
         from kioskd.backend.kiosks import main as kiosks_main
 

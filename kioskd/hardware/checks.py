@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from kioskd.audio.devices import DeviceError, list_devices, open_stream
+from kioskd.audio.devices import DeviceError, default_devices, list_devices, open_stream
 from kioskd.audio.formats import dbfs
 from kioskd.config import DEFAULT_CONFIG, ConfigError, LedConfig, load_config
 from kioskd.hardware.leds import EXAMPLE_STATUS, UPDATE_HZ, LedDriver, LightState
@@ -38,22 +38,43 @@ SECONDS_PER_PATTERN = 3.0
 
 
 def devices_main(argv: list[str]) -> int:
-    """Print input and output devices with their channels and default rates."""
+    """Print input and output devices with their channels and default rates; explain an empty list."""
     argparse.ArgumentParser(prog="kioskd devices", description="list audio devices").parse_args(argv)
     try:
         found = list_devices()
+        defaults = default_devices()
     except Exception as exc:  # PortAudio missing or broken: say so, do not trace back
         print(f"kioskd devices: cannot list devices: {exc}", file=sys.stderr)
         return 1
     for title, key in (("input", "max_input_channels"), ("output", "max_output_channels")):
         print(f"{title} devices:")
+        default = defaults.get(title)  # type: ignore[call-overload]
+        if default is not None:
+            print(f"  {'':>3}  {'default':<40} (the system's default: {default!r})")
         rows = [d for d in found if getattr(d, key) > 0]
         for d in rows:
             print(f"  {d.index:>3}  {d.name:<40} channels={getattr(d, key):<4} rate={d.default_rate}")
-        if not rows:
-            print("  (none)")
-    print('use a name (or a unique part of it) as audio.input / audio.output, or "wav:/path.wav"')
+        if not rows and default is None:
+            print(f"  (none: {why_no_devices()})")
+    print('use a name (or a unique part of it) as audio.input / audio.output, "default", or "wav:/path.wav"')
     return 0
+
+
+def why_no_devices(cards: str = "/proc/asound/cards", snd: str = "/dev/snd") -> str:
+    """Why PortAudio lists no device: no sound card, or no permission to use it."""
+    try:
+        listed = open(cards).read().strip()
+    except OSError:
+        listed = ""
+    if not listed or listed.startswith("---") or "no soundcards" in listed:
+        return f"no sound card found ({cards} lists none): check the USB audio device or the HAT's dtoverlay"
+    try:
+        nodes = [os.path.join(snd, name) for name in os.listdir(snd) if name.startswith(("pcmC", "controlC"))]
+    except OSError:
+        nodes = []
+    if nodes and not any(os.access(node, os.R_OK | os.W_OK) for node in nodes):
+        return f"this user may not open {snd}: add it to the audio group (sudo usermod -aG audio $USER, then log in again)"
+    return "a sound card exists but ALSA offers no device for it: check ~/.asoundrc or /etc/asound.conf"
 
 
 def meter_line(level: float) -> str:
@@ -120,11 +141,23 @@ def tone(rate: int) -> np.ndarray:
 
 
 def test_speaker_main(argv: list[str]) -> int:
-    """Play a 1 s 440 Hz tone on the speaker (device default rate)."""
+    """Play a 1 s 440 Hz tone on the speaker: the config's ``audio.output`` (or ``--device``)."""
     parser = argparse.ArgumentParser(prog="kioskd test-speaker", description="play a short tone")
-    parser.add_argument("--device", default="default", help="output device name (default: default)")
-    parser.add_argument("--rate", type=int, default=0, help="sample rate (default: the device's)")
+    parser.add_argument("--config", help="config.toml (its [audio] output, output_rate and volume)")
+    parser.add_argument("--device", help="output device name (overrides the config; default: default)")
+    parser.add_argument("--rate", type=int, help="sample rate (default: the config's, else the device's)")
     args = parser.parse_args(argv)
+    volume = 1.0
+    device, rate = "default", 0
+    if args.config:
+        try:
+            audio = load_config(args.config).audio
+        except ConfigError as exc:
+            print(f"kioskd test-speaker: {exc}", file=sys.stderr)
+            return 2
+        device, rate, volume = audio.output, audio.output_rate, audio.volume
+    args.device = args.device or device
+    args.rate = rate if args.rate is None else args.rate
     try:
         stream = open_stream(args.device, "output", args.rate, 10)
     except DeviceError as exc:
@@ -132,7 +165,7 @@ def test_speaker_main(argv: list[str]) -> int:
         return 1
     try:
         print(f"playing {TONE_HZ:.0f} Hz on {stream.name!r} at {stream.rate} Hz x{stream.channels}")
-        samples = tone(stream.rate)
+        samples = np.round(tone(stream.rate) * volume).astype(np.int16)
         period = stream.rate // 100
         silence = np.zeros(period * 10, dtype=np.int16)  # let the device drain the tone
         for block in (samples, silence):

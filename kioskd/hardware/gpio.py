@@ -24,14 +24,30 @@ def open_device(kind: str, *pins: int, pin_factory: Any = None, **options: Any) 
     """
     try:
         import gpiozero
-        from gpiozero.exc import GPIOZeroError
+        from gpiozero.exc import BadPinFactory, GPIOZeroError
     except ImportError as exc:
         raise GpioUnavailable(f"gpiozero cannot be imported: {exc}") from exc
     if pin_factory is not None:
         options["pin_factory"] = pin_factory
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PinFactoryFallback chatter on a PC
+    with warnings.catch_warnings(record=True) as caught:  # PinFactoryFallback: kept for the message
+        warnings.simplefilter("always")
+        try:
             return getattr(gpiozero, kind)(*pins, **options)
-    except (GPIOZeroError, ImportError, OSError, RuntimeError) as exc:
-        raise GpioUnavailable(str(exc) or type(exc).__name__) from exc
+        except BadPinFactory as exc:
+            raise GpioUnavailable(_no_pin_factory(caught, exc)) from exc
+        except (GPIOZeroError, ImportError, OSError, RuntimeError) as exc:
+            raise GpioUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+def _no_pin_factory(caught: list[warnings.WarningMessage], exc: Exception) -> str:
+    """Why each of gpiozero's pin factories failed, from its fallback warnings, in one sentence."""
+    from gpiozero.exc import PinFactoryFallback
+
+    fallbacks = [w for w in caught if issubclass(w.category, PinFactoryFallback)]
+    tried = "; ".join(str(w.message).removeprefix("Falling back from ") for w in fallbacks)
+    tried = tried or str(exc).rstrip("!.")
+    return (
+        f"no working GPIO pin factory: {tried}. On Raspberry Pi OS install python3-lgpio"
+        " (PyPI's lgpio for aarch64 is a placeholder) in a venv with system site-packages,"
+        " as scripts/setup and scripts/install.sh make"
+    )

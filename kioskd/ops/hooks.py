@@ -2,8 +2,8 @@
 
 Each command runs in its own task with its own time limit (``hooks.timeout``: killed
 after it), output discarded except for a short excerpt logged on failure. At most
-:data:`MAX_RUNNING` run at once; events arriving beyond that are skipped with a log
-line. The runner reads the event bus through its own bounded subscription, so a slow
+:data:`MAX_RUNNING` of one hook run at once (a stuck hook cannot starve the others);
+events arriving beyond that are skipped with a log line. The runner reads the event bus through its own bounded subscription, so a slow
 hook can never hold up the kiosk.
 """
 
@@ -22,8 +22,8 @@ __all__ = ["HookRunner"]
 
 log = logging.getLogger(__name__)
 
-#: Hook processes running at once, at most.
-MAX_RUNNING = 4
+#: Processes of one hook (one ``hooks.on`` key) running at once, at most.
+MAX_RUNNING = 2
 #: Bytes of a failing hook's stderr kept for its log line.
 STDERR_EXCERPT = 300
 
@@ -34,7 +34,7 @@ class HookRunner:
     def __init__(self, config: HooksConfig, events: EventBus) -> None:
         self.config = config
         self._events = events
-        self._running = 0
+        self._running: dict[str, int] = {}  # hook key → processes running
         self.skipped = 0
         self.finished: list[tuple[str, int | None]] = []  # (event type, exit code or None: timed out), for status/tests
 
@@ -48,19 +48,19 @@ class HookRunner:
             async with trio.open_nursery() as nursery:
                 async for event in events:
                     for key in (event["type"], "any"):
-                        argv = self.config.on.get(key)
-                        if argv is not None:
-                            self._launch(nursery, argv, event)
+                        if key in self.config.on:
+                            self._launch(nursery, key, event)
 
-    def _launch(self, nursery: trio.Nursery, argv: list[str], event: Event) -> None:
-        if self._running >= MAX_RUNNING:
+    def _launch(self, nursery: trio.Nursery, key: str, event: Event) -> None:
+        argv = self.config.on[key]
+        if self._running.get(key, 0) >= MAX_RUNNING:
             self.skipped += 1
-            log.warning("hook skipped: %d hooks still running event=%s command=%s", MAX_RUNNING, event["type"], argv[0])
+            log.warning("hook skipped: %d still running hook=%s event=%s", MAX_RUNNING, key, event["type"])
             return
-        self._running += 1
-        nursery.start_soon(self._one, argv, event)
+        self._running[key] = self._running.get(key, 0) + 1
+        nursery.start_soon(self._one, key, argv, event)
 
-    async def _one(self, argv: list[str], event: Event) -> None:
+    async def _one(self, key: str, argv: list[str], event: Event) -> None:
         data = (json.dumps(event) + "\n").encode()
         code: int | None = None
         try:
@@ -78,6 +78,6 @@ class HookRunner:
             code = -1
             log.warning("hook cannot run event=%s command=%s error=%s", event["type"], argv[0], exc.strerror or exc)
         finally:
-            self._running -= 1
+            self._running[key] -= 1
             self.finished.append((event["type"], code))
             del self.finished[:-64]

@@ -254,7 +254,8 @@ class Kiosk:
                 wake = VadWakeTrigger(
                     config.vad, self.supervisor.command, self.board, speaking=lambda: self.audio.speaking
                 )
-                self.audio.add_frame_listener(wake.on_frame)
+                # frames under the energy floor never count as speech: a quiet room hands nothing over
+                self.audio.add_frame_listener(wake.on_frame, min_dbfs=config.vad.energy_floor_dbfs)
                 self.wake = wake
             await nursery.start(self.problems.run)
             await nursery.start(systemd.watchdog_task, self.supervisor.healthy)

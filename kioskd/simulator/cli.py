@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
-from kioskd.simulator.settings import LEGACY
+from kioskd.simulator.settings import DEFAULT_KIOSK_TOKEN, LEGACY
 from kioskd.audio.formats import PCM_RATES, ULAW_RATES
 
 __all__ = ["API_KEY_ENV", "KIOSK_TOKEN_ENV", "build_parser", "config_from_args", "describe", "main"]
@@ -50,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--legacy", action="store_true",
                         help="the pre-issue-12 behaviour: every event type, an id per audio chunk, no greeting")
     return parser
+
+
+def _token_hint(cfg: SimulatorConfig) -> str:
+    """Which kiosk token the simulator accepts: the demo default is named, one set by the operator is not."""
+    if not cfg.require_token:
+        return "none needed (--public)"
+    if cfg.kiosk_token == DEFAULT_KIOSK_TOKEN:
+        return (f"{DEFAULT_KIOSK_TOKEN}   (the demo default and the only one accepted; "
+                f"${KIOSK_TOKEN_ENV} or --kiosk-token-file changes it)")
+    return f"the one in ${KIOSK_TOKEN_ENV} or --kiosk-token-file (the only one accepted)"
 
 
 class _RefuseSecretArgument(argparse.Action):
@@ -113,7 +123,9 @@ def describe(sim: Simulator) -> str:
             f'  server = "{sim.ws_base}"' + ("   # public agent: no backend needed" if not cfg.require_token else ""),
             "  [backend]",
             f'  url = "{sim.backend_url}"',
-            '  token_file = "…"   # containing the kiosk token',
+            '  token_file = "…"   # a file containing the kiosk token below',
+            "",
+            f"kiosk token:        {_token_hint(cfg)}",
             "",
             "Ctrl-C to stop.",
         ]
