@@ -22,7 +22,7 @@ class Backoff:
 
     def ceiling(self) -> float:
         """The largest wait the next call to :meth:`next_delay` may return."""
-        return min(self.cap, self.base * (2 ** min(self.attempt, 62)))
+        return min(self.cap, self.base * 2.0 ** min(self.attempt, 62))
 
     def next_delay(self) -> float:
         """The wait before the next try; each call raises the ceiling until it reaches ``cap``."""

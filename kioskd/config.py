@@ -1,27 +1,26 @@
 """``config.toml`` → typed, validated settings.
 
 Every section is a frozen dataclass; :func:`load_config` converts the TOML tree
-into them and collects *every* problem at once, each naming its dotted key
-(``audio.input: expected a string``). Unknown keys are errors: a typo must not
-pass silently. ``config.toml`` at the repository root documents every key.
+into them with :mod:`kioskd.schema`, which collects *every* problem at once, each
+naming its dotted key (``audio.input: expected a string``). ``config.toml`` at the
+repository root documents every key.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 import re
-import tomllib
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
+from kioskd.hardware.config import ButtonConfig, LedConfig
+from kioskd.ops.config import CuesConfig, HooksConfig, HoursConfig, PrivacyConfig, StateConfig
+from kioskd.schema import ConfigError, load_as, parse_as
+
 __all__ = [
-    "https_or_loopback",
-    "is_loopback",
     "DEFAULT_CONFIG",
     "AgentConfig",
     "AudioConfig",
@@ -43,28 +42,16 @@ __all__ = [
     "ToolsConfig",
     "TriggerConfig",
     "VadWakeConfig",
-    "convert",
-    "load_as",
+    "https_or_loopback",
+    "is_loopback",
     "load_config",
-    "parse_as",
     "parse_config",
 ]
 
 #: Where ``kioskd run`` and the other commands look for the config file by default.
 DEFAULT_CONFIG = "/etc/kioskd/config.toml"
 
-SCALAR = Union[str, int, float, bool]
-T = TypeVar("T")
-#: The header's GPIO pins in BCM numbering (the 40-pin header of every Raspberry Pi since the B+).
-BCM_PINS = range(0, 28)
-
-
-class ConfigError(Exception):
-    """A config that cannot be used; ``problems`` holds one ``"key: message"`` line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
+SCALAR = str | int | float | bool
 
 
 # --------------------------------------------------------------------------- URLs
@@ -161,7 +148,8 @@ class BackendConfig:
         if not https_or_loopback(self.url):
             out.append(("url", f"must be an https:// URL (http:// only on loopback), got {self.url!r}"))
         if self.heartbeat_url and not https_or_loopback(self.heartbeat_url):
-            out.append(("heartbeat_url", f"must be an https:// URL (http:// only on loopback) or empty, got {self.heartbeat_url!r}"))
+            problem = f"must be an https:// URL (http:// only on loopback) or empty, got {self.heartbeat_url!r}"
+            out.append(("heartbeat_url", problem))
         if self.heartbeat_interval < 0:
             out.append(("heartbeat_interval", "must be 0 (off) or positive"))
         if self.timeout <= 0:
@@ -285,36 +273,6 @@ class TriggerConfig:
         return []
 
 
-ButtonMode = Literal["toggle", "hold"]
-
-
-@dataclass(frozen=True)
-class ButtonConfig:
-    """The GPIO button (BCM pin numbering)."""
-
-    pin: int = 17
-    pull_up: bool = True
-    mode: ButtonMode = "toggle"
-    long_press: float = 3.0
-    bounce_ms: int = 50
-    #: Optional feedback buttons (BCM pins; -1 = none): a press rates the agent's latest answer.
-    like_pin: int = -1
-    dislike_pin: int = -1
-
-    def problems(self) -> list[tuple[str, str]]:
-        out = []
-        if self.pin not in BCM_PINS:
-            out.append(("pin", f"must be a GPIO of the header, BCM {BCM_PINS[0]}–{BCM_PINS[-1]}"))
-        for key in ("like_pin", "dislike_pin"):
-            if getattr(self, key) != -1 and getattr(self, key) not in BCM_PINS:
-                out.append((key, f"must be a GPIO of the header, BCM {BCM_PINS[0]}–{BCM_PINS[-1]}, or -1 for none"))
-        if self.long_press <= 0:
-            out.append(("long_press", "must be positive"))
-        if not 0 <= self.bounce_ms <= 1000:
-            out.append(("bounce_ms", "must be between 0 and 1000"))
-        return out
-
-
 @dataclass(frozen=True)
 class VadWakeConfig:
     """Voice-activity wake: how much speech, how loud, starts a conversation."""
@@ -335,34 +293,6 @@ class VadWakeConfig:
             out.append(("energy_floor_dbfs", "must be between -90 and 0"))
         if not 0 <= self.playback_tail_ms <= 5000:
             out.append(("playback_tail_ms", "must be between 0 and 5000"))
-        return out
-
-
-LedKind = Literal["none", "pwm", "rgb"]
-
-
-@dataclass(frozen=True)
-class LedConfig:
-    """Status light: one PWM LED (``pin``) or an RGB LED (``red``/``green``/``blue``)."""
-
-    kind: LedKind = "none"
-    pin: int = 18
-    red: int = 5
-    green: int = 6
-    blue: int = 13
-    active_high: bool = True
-    brightness: float = 1.0
-
-    def problems(self) -> list[tuple[str, str]]:
-        out = []
-        pins = {"pwm": ("pin",), "rgb": ("red", "green", "blue")}.get(self.kind, ())
-        for key in pins:
-            if getattr(self, key) not in BCM_PINS:
-                out.append((key, f"must be a GPIO of the header, BCM {BCM_PINS[0]}–{BCM_PINS[-1]}"))
-        if self.kind == "rgb" and len({self.red, self.green, self.blue}) != 3:
-            out.append(("red", "red, green and blue must be three different pins"))
-        if not 0.0 < self.brightness <= 1.0:
-            out.append(("brightness", "must be in (0, 1]"))
         return out
 
 
@@ -403,132 +333,6 @@ class LogConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         return []
-
-
-# --------------------------------------------------------------------------- operator sections (issue 15)
-
-#: Cue names (see kioskd.audio.cues) and what ``[cues]`` values mean.
-CUE_NAMES = ("listening", "end", "error", "reconnecting")
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-
-def _sound_problem(value: str) -> str | None:
-    """``"default"``, ``""`` (off) or ``"wav:PATH"``/a path: a message when the value cannot be one."""
-    if value in ("", "default") or value.removeprefix("wav:").strip():
-        return None
-    return "must be 'default', '' (off) or the path of a WAV file"
-
-
-@dataclass(frozen=True)
-class CuesConfig:
-    """Short sounds the kiosk plays by itself: ``"default"`` (shipped), ``""`` (off) or a WAV file's path."""
-
-    listening: str = "default"
-    end: str = "default"
-    error: str = "default"
-    reconnecting: str = "default"
-    volume: float = 0.5
-
-    def problems(self) -> list[tuple[str, str]]:
-        out = [(name, msg) for name in CUE_NAMES if (msg := _sound_problem(getattr(self, name)))]
-        if not 0.0 <= self.volume <= 1.0:
-            out.append(("volume", "must be between 0.0 and 1.0"))
-        return out
-
-
-@dataclass(frozen=True)
-class PrivacyConfig:
-    """What the kiosk tells a visitor before the first turn (why the microphone listens)."""
-
-    notice: str = ""
-    notice_text: str = ""
-
-    def problems(self) -> list[tuple[str, str]]:
-        msg = _sound_problem(self.notice) if self.notice != "default" else "has no shipped default; give a WAV file"
-        return [("notice", msg)] if msg else []
-
-
-def parse_hours(spec: str) -> list[tuple[int, int]]:
-    """``"09:00-12:30, 13:30-17:00"`` → minute ranges ``[(540, 750), (810, 1020)]``; ValueError naming the part."""
-    out = []
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        try:
-            start, end = (_minutes(t) for t in part.split("-"))
-        except ValueError:
-            raise ValueError(f"{part!r} is not HH:MM-HH:MM") from None
-        if start == end:
-            raise ValueError(f"{part!r} is empty")
-        out.append((start, end))
-    return out
-
-
-def _minutes(text: str) -> int:
-    hours, minutes = text.strip().split(":")
-    h, m = int(hours), int(minutes)
-    if not (0 <= h <= 24 and 0 <= m < 60 and h * 60 + m <= 1440):
-        raise ValueError(text)
-    return h * 60 + m
-
-
-@dataclass(frozen=True)
-class HoursConfig:
-    """Opening hours: outside them the kiosk is closed (triggers ignored, the light says closed).
-
-    ``daily`` applies to every day without its own key; ``""`` means always open. A range
-    may pass midnight (``"22:00-02:00"``). Times are the kiosk's local time.
-    """
-
-    daily: str = ""
-    mon: str | None = None
-    tue: str | None = None
-    wed: str | None = None
-    thu: str | None = None
-    fri: str | None = None
-    sat: str | None = None
-    sun: str | None = None
-
-    def problems(self) -> list[tuple[str, str]]:
-        out = []
-        for key in ("daily", *WEEKDAYS):
-            value = getattr(self, key)
-            if value is None:
-                continue
-            try:
-                parse_hours(value)
-            except ValueError as exc:
-                out.append((key, f"{exc}; expected e.g. \"09:00-17:00\" or \"09:00-12:00, 13:00-17:00\""))
-        return out
-
-
-@dataclass(frozen=True)
-class HooksConfig:
-    """Commands run on events (the event as one JSON line on stdin), each killed after ``timeout`` s."""
-
-    timeout: float = 10.0
-    on: dict[str, list[str]] = field(default_factory=dict)
-
-    def problems(self) -> list[tuple[str, str]]:
-        from kioskd.events import EVENT_TYPES  # late import: events imports nothing from here
-
-        out = []
-        if not 0 < self.timeout <= 300:
-            out.append(("timeout", "must be in (0, 300] seconds"))
-        for name, argv in self.on.items():
-            if name != "any" and name not in EVENT_TYPES:
-                out.append((f"on.{name}", f"unknown event; known: any, {', '.join(EVENT_TYPES)}"))
-            elif not argv or not argv[0].startswith("/"):
-                out.append((f"on.{name}", "must be a command as a list, starting with an absolute path"))
-        return out
-
-
-@dataclass(frozen=True)
-class StateConfig:
-    """Where live settings (volume, mute, closed) are kept across restarts."""
-
-    file: str = "/var/lib/kioskd/state.json"
-
-    def problems(self) -> list[tuple[str, str]]:
-        return [] if self.file.strip() else [("file", "must be a path")]
 
 
 def pin_problems(config: Config) -> list[tuple[str, str]]:
@@ -613,118 +417,15 @@ def _checked_token(line: str, where: str) -> str:
         raise ConfigError([f"{where}the first line is empty (the token goes on line 1)"])
     if not _TOKEN_CHARS.fullmatch(token):
         bad = next(i for i, ch in enumerate(token) if not _TOKEN_CHARS.fullmatch(ch))
-        kind = "a space" if token[bad].isspace() else "a control character" if not token[bad].isprintable() else "a non-ASCII character"
-        raise ConfigError([f"{where}the token has {kind} at position {bad + 1}; it must be printable ASCII without spaces"])
+        problem = f"the token has {_kind(token[bad])} at position {bad + 1}"
+        raise ConfigError([f"{where}{problem}; it must be printable ASCII without spaces"])
     return token
 
 
-# --------------------------------------------------------------------------- conversion
-
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
-
-
-def _describe(tp: Any) -> str:
-    if tp in _TYPE_NAMES:
-        return _TYPE_NAMES[tp]
-    origin = get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in get_args(tp) if a is not type(None))
-    if origin is list:
-        return "a list"
-    if origin is dict or dataclasses.is_dataclass(tp):
-        return "a table"
-    return str(tp)
-
-
-def convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
-    """Convert ``value`` (parsed TOML) to ``tp``; on failure, append ``"path: message"`` and return None.
-
-    ``tp`` is a dataclass with a ``problems()`` method, a scalar, ``Literal``, ``Optional``,
-    ``list[...]`` or ``dict[str, ...]``. Any config file of kioskd (the kiosk's, the
-    backend's) is validated with it, so every error names its dotted key the same way.
-    """
-    origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            errors.append(f"{path}: expected a table, got {type(value).__name__}")
-            return None
-        hints = get_type_hints(tp)
-        names = {f.name for f in dataclasses.fields(tp)}
-        for key in value:
-            if key not in names:
-                errors.append(f"{_join(path, key)}: unknown key (known: {', '.join(sorted(names))})")
-        kwargs = {}
-        before = len(errors)
-        for f in dataclasses.fields(tp):
-            if f.name in value:
-                kwargs[f.name] = convert(hints[f.name], value[f.name], _join(path, f.name), errors)
-        if len(errors) > before:
-            return None
-        obj = tp(**kwargs)
-        for key, message in obj.problems():
-            errors.append(f"{_join(path, key)}: {message}")
-        return obj
-    if origin is Literal:
-        if value in get_args(tp) and type(value) is type(get_args(tp)[0]):
-            return value
-        errors.append(f"{path}: expected {_describe(tp)}, got {value!r}")
-        return None
-    if origin in (Union, types.UnionType):
-        options = [a for a in get_args(tp) if a is not type(None)]
-        if len(options) == 1:
-            return convert(options[0], value, path, errors)
-        for option in options:
-            trial: list[str] = []
-            result = convert(option, value, path, trial)
-            if not trial:
-                return result
-        errors.append(f"{path}: expected {_describe(tp)}, got {type(value).__name__}")
-        return None
-    if origin is list:
-        if not isinstance(value, list):
-            errors.append(f"{path}: expected a list, got {type(value).__name__}")
-            return None
-        (item,) = get_args(tp)
-        return [convert(item, v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            errors.append(f"{path}: expected a table, got {type(value).__name__}")
-            return None
-        _, item = get_args(tp)
-        return {k: convert(item, v, _join(path, k), errors) for k, v in value.items()}
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (str, int, bool, float) and type(value) is tp:
-        return value
-    errors.append(f"{path}: expected {_describe(tp)}, got {type(value).__name__} {value!r}")
-    return None
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def parse_as(tp: type[T], data: dict[str, Any]) -> T:
-    """Validate a parsed TOML tree as ``tp``. Raises :class:`ConfigError` listing every problem."""
-    errors: list[str] = []
-    result = convert(tp, data, "", errors)
-    if errors:
-        raise ConfigError(errors)
-    return result
-
-
-def load_as(tp: type[T], path: str | os.PathLike[str]) -> T:
-    """Read the TOML file ``path`` and validate it as ``tp``. Raises :class:`ConfigError`."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
-    return parse_as(tp, data)
+def _kind(char: str) -> str:
+    if char.isspace():
+        return "a space"
+    return "a non-ASCII character" if char.isprintable() else "a control character"
 
 
 def parse_config(data: dict[str, Any]) -> Config:

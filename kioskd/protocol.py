@@ -19,7 +19,7 @@ skip it (the service adds types over time).
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal, Union
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -325,29 +325,29 @@ class UnknownEvent(msgspec.Struct, frozen=True):
     raw: dict[str, Any]
 
 
-ServerEvent = Union[
-    ConversationInitiationMetadata,
-    UserTranscript,
-    TentativeUserTranscript,
-    AgentResponse,
-    AgentResponseCorrection,
-    AgentChatResponsePart,
-    AudioEvent,
-    Interruption,
-    Ping,
-    ClientToolCall,
-    AgentToolRequest,
-    AgentToolResponse,
-    AgentToolResponseFullPayload,
-    McpToolCall,
-    ContextualUpdate,
-    VadScore,
-    InternalTentativeAgentResponse,
-    ErrorEvent,
-]
+ServerEvent = (
+    ConversationInitiationMetadata
+    | UserTranscript
+    | TentativeUserTranscript
+    | AgentResponse
+    | AgentResponseCorrection
+    | AgentChatResponsePart
+    | AudioEvent
+    | Interruption
+    | Ping
+    | ClientToolCall
+    | AgentToolRequest
+    | AgentToolResponse
+    | AgentToolResponseFullPayload
+    | McpToolCall
+    | ContextualUpdate
+    | VadScore
+    | InternalTentativeAgentResponse
+    | ErrorEvent
+)
 
 SERVER_EVENT_TYPES: Final[frozenset[str]] = frozenset(
-    cls.__struct_config__.tag for cls in ServerEvent.__args__  # type: ignore[attr-defined]
+    cls.__struct_config__.tag for cls in ServerEvent.__args__
 )
 
 # --------------------------------------------------------------------------- client → server
@@ -401,7 +401,7 @@ class SourceInfo(msgspec.Struct, omit_defaults=True):
     version: str | None = None
 
 
-DynamicValue = Union[str, bool, int, float]
+DynamicValue = str | bool | int | float
 
 
 class ConversationInitiationClientData(_Msg, tag="conversation_initiation_client_data"):
@@ -435,26 +435,26 @@ class Feedback(_Msg, tag="feedback"):
     score: Literal["like", "dislike"] | None
 
 
-ClientMessage = Union[
-    UserAudioChunk,
-    Pong,
-    ConversationInitiationClientData,
-    ClientToolResult,
-    ContextualUpdate,
-    UserMessage,
-    UserActivity,
-    Feedback,
-]
+ClientMessage = (
+    UserAudioChunk
+    | Pong
+    | ConversationInitiationClientData
+    | ClientToolResult
+    | ContextualUpdate
+    | UserMessage
+    | UserActivity
+    | Feedback
+)
 
-_TaggedClientMessage = Union[
-    Pong,
-    ConversationInitiationClientData,
-    ClientToolResult,
-    ContextualUpdate,
-    UserMessage,
-    UserActivity,
-    Feedback,
-]
+_TaggedClientMessage = (
+    Pong
+    | ConversationInitiationClientData
+    | ClientToolResult
+    | ContextualUpdate
+    | UserMessage
+    | UserActivity
+    | Feedback
+)
 
 # --------------------------------------------------------------------------- codec
 

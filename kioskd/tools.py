@@ -45,6 +45,13 @@ def _end_conversation(_: Config) -> Handler:
     return handler
 
 
+def _fixed_text(text: str) -> Handler:
+    def handler(_: Mapping[str, Any]) -> str:
+        return text
+
+    return handler
+
+
 #: built-in tool name → factory taking the config
 BUILTIN_TOOLS: dict[BuiltinTool, Callable[[Config], Handler]] = {
     "kiosk_info": _kiosk_info,
@@ -65,7 +72,7 @@ class ToolRegistry:
     def from_config(cls, config: Config) -> ToolRegistry:
         handlers: dict[str, Handler] = {name: BUILTIN_TOOLS[name](config) for name in config.tools.builtin}
         for name, text in config.tools.static.items():
-            handlers[name] = lambda _params, _text=text: _text
+            handlers[name] = _fixed_text(text)
         return cls(handlers)
 
     def __contains__(self, name: str) -> bool:

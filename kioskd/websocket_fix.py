@@ -23,7 +23,7 @@ _original = trio_websocket.WebSocketConnection._handle_ping_event
 
 async def _handle_ping_event(self: trio_websocket.WebSocketConnection, event: Ping) -> None:
     """Answer a ping only while the connection is open (else it is closing: say nothing)."""
-    wsproto: Any = self._wsproto  # noqa: SLF001 - the state the original forgets to check
+    wsproto: Any = self._wsproto  # the state the original forgets to check
     if wsproto.state is not ConnectionState.OPEN:
         return
     await _original(self, event)

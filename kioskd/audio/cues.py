@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kioskd.audio.formats import INTERNAL_RATE, Resampler, to_mono
-from kioskd.config import CUE_NAMES, CuesConfig
+from kioskd.ops.config import CUE_NAMES, CuesConfig
 
 __all__ = ["DATA_DIR", "TONES", "default_path", "load_cues", "read_sound", "synthesise"]
 

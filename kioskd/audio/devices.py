@@ -213,11 +213,14 @@ def default_devices() -> dict[Direction, str | None]:
     with _PA_LOCK:
         pa = pyaudio.PyAudio()
         try:
-            for direction, get in (("input", pa.get_default_input_device_info),
-                                   ("output", pa.get_default_output_device_info)):
+            lookups: tuple[tuple[Direction, Callable[[], dict[str, Any]]], ...] = (
+                ("input", pa.get_default_input_device_info),
+                ("output", pa.get_default_output_device_info),
+            )
+            for direction, get in lookups:
                 try:
                     out[direction] = str(get()["name"])
-                except (OSError, IOError):
+                except OSError:
                     out[direction] = None
         finally:
             pa.terminate()

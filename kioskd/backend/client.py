@@ -144,7 +144,9 @@ async def fetch_signed_url(
         raise SignedUrlError("timeout", f"no answer from the backend within {limit:g} s") from None
     except httpx.LocalProtocolError:
         # its text quotes the offending header, i.e. the token: never pass it on
-        raise SignedUrlError("network", "the request could not be sent: a header is not valid (check the kiosk token)") from None
+        raise SignedUrlError(
+            "network", "the request could not be sent: a header is not valid (check the kiosk token)"
+        ) from None
     except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError, ValueError) as exc:
         raise SignedUrlError("network", f"cannot reach the backend: {_describe_failure(exc)}") from None
     return parse_reply(response.status_code, response.content, response.headers)

@@ -43,7 +43,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -122,7 +122,7 @@ def upstream_retry_after(value: str | None) -> int:
         seconds = int(value.strip())
     elif value is not None:
         try:
-            seconds = (email.utils.parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+            seconds = (email.utils.parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
         except (TypeError, ValueError):
             pass
     return int(min(MAX_RETRY_AFTER, max(1, math.ceil(seconds))))

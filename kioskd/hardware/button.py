@@ -33,14 +33,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from kioskd.config import ButtonConfig, ButtonMode
+from kioskd.hardware.config import ButtonConfig, ButtonMode
 from kioskd.hardware.gpio import GpioUnavailable, open_device
 from kioskd.hardware.handoff import ToTrio
 from kioskd.state import Command
+
+if TYPE_CHECKING:
+    from gpiozero import Button
 
 __all__ = ["ButtonLogic", "ButtonTrigger", "FeedbackButtons"]
 
@@ -169,7 +172,7 @@ class ButtonTrigger:
         )
         self.available = False  # True once the button is open
         self.unavailable_reason = ""  # why not, when the GPIO could not be opened
-        self._button: Any = None  # strong reference: gpiozero must not lose its callbacks
+        self._button: Button | None = None  # strong reference: gpiozero must not lose its callbacks
         self._to_trio: ToTrio | None = None
         self._settle_wakeup = trio.Event()
 
@@ -195,7 +198,7 @@ class ButtonTrigger:
             button.when_pressed = button.when_released = button.when_held = None
             button.close()
 
-    def _open(self) -> Any:
+    def _open(self) -> Button:
         button = open_device(
             "Button",
             self.config.pin,

@@ -63,7 +63,8 @@ def devices_main(argv: list[str]) -> int:
 def why_no_devices(cards: str = "/proc/asound/cards", snd: str = "/dev/snd") -> str:
     """Why PortAudio lists no device: no sound card, or no permission to use it."""
     try:
-        listed = open(cards).read().strip()
+        with open(cards) as f:
+            listed = f.read().strip()
     except OSError:
         listed = ""
     if not listed or listed.startswith("---") or "no soundcards" in listed:
@@ -73,13 +74,15 @@ def why_no_devices(cards: str = "/proc/asound/cards", snd: str = "/dev/snd") -> 
     except OSError:
         nodes = []
     if nodes and not any(os.access(node, os.R_OK | os.W_OK) for node in nodes):
-        return f"this user may not open {snd}: add it to the audio group (sudo usermod -aG audio $USER, then log in again)"
+        return (
+            f"this user may not open {snd}: add it to the audio group (sudo usermod -aG audio $USER, then log in again)"
+        )
     return "a sound card exists but ALSA offers no device for it: check ~/.asoundrc or /etc/asound.conf"
 
 
 def meter_line(level: float) -> str:
     """One redraw of the meter: a bar and the level in dBFS."""
-    fill = int(round(METER_WIDTH * (max(level, METER_FLOOR_DBFS) - METER_FLOOR_DBFS) / -METER_FLOOR_DBFS))
+    fill = round(METER_WIDTH * (max(level, METER_FLOOR_DBFS) - METER_FLOOR_DBFS) / -METER_FLOOR_DBFS)
     return f"\r[{'#' * fill}{' ' * (METER_WIDTH - fill)}] {level:6.1f} dBFS"
 
 
@@ -195,7 +198,8 @@ async def _step_through(config: LedConfig, seconds: float, out: Any) -> int:
         for state in LightState:
             print(f"{state}: {_describe(state)}", file=out, flush=True)
             status = EXAMPLE_STATUS[state]
-            board.update(**{f: getattr(status, f) for f in ("state", "agent_speaking", "mic_live", "problems")}, vad_score=0.0)
+            shown = ("state", "agent_speaking", "mic_live", "problems")
+            board.update(**{f: getattr(status, f) for f in shown}, vad_score=0.0)
             end = trio.current_time() + seconds
             while (now := trio.current_time()) < end:
                 if state == LightState.LISTENING:  # sweep the VAD score so the level is visible

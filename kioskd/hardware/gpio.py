@@ -8,7 +8,10 @@ without their hardware and say so once.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+if TYPE_CHECKING:
+    from gpiozero import PWMLED, RGBLED, Button
 
 __all__ = ["GpioUnavailable", "open_device"]
 
@@ -17,6 +20,12 @@ class GpioUnavailable(Exception):
     """No usable GPIO for this device; the message says why."""
 
 
+@overload
+def open_device(kind: Literal["Button"], *pins: int, pin_factory: Any = ..., **options: Any) -> Button: ...
+@overload
+def open_device(kind: Literal["PWMLED"], *pins: int, pin_factory: Any = ..., **options: Any) -> PWMLED: ...
+@overload
+def open_device(kind: Literal["RGBLED"], *pins: int, pin_factory: Any = ..., **options: Any) -> RGBLED: ...
 def open_device(kind: str, *pins: int, pin_factory: Any = None, **options: Any) -> Any:
     """``gpiozero.<kind>(*pins, **options)`` (e.g. ``"Button"``, ``"PWMLED"``, ``"RGBLED"``).
 

@@ -26,7 +26,7 @@ class ToTrio:
         #: False once Trio has exited: later posts are dropped
         self.alive = True
 
-    def post(self, fn: Callable[[Unpack[Ts]], object], *args: Unpack[Ts]) -> None:
+    def post(self, fn: Callable[[Unpack[Ts]], object], *args: *Ts) -> None:
         """Queue ``fn(*args)`` for the Trio thread; after Trio has exited, drop it (and every later post)."""
         if not self.alive:
             return

@@ -48,8 +48,8 @@ __all__ = [
     "EXAMPLE_STATUS",
     "PRIVACY_MIN_BRIGHTNESS",
     "RGB",
-    "LedValue",
     "LedDriver",
+    "LedValue",
     "LightState",
     "VadSmoother",
     "brightness",
@@ -304,5 +304,6 @@ class LedDriver:
     def _open(self) -> Any:
         c = self.config
         if c.kind == "rgb":
-            return open_device("RGBLED", c.red, c.green, c.blue, pin_factory=self.pin_factory, active_high=c.active_high)
+            pins = (c.red, c.green, c.blue)
+            return open_device("RGBLED", *pins, pin_factory=self.pin_factory, active_high=c.active_high)
         return open_device("PWMLED", c.pin, pin_factory=self.pin_factory, active_high=c.active_high)

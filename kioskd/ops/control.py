@@ -111,7 +111,7 @@ def socket_owner(path: str | os.PathLike[str]) -> int | None:
         except (BlockingIOError, PermissionError):
             return 0  # listening with a full backlog, or not ours to open: alive either way
         pid, _uid, _gid = _UCRED.unpack(probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-        return pid
+        return int(pid)
 
 
 def check_socket_free(path: str) -> None:
@@ -349,7 +349,8 @@ def request(path: str, cmd: str, timeout: float = 5.0, **fields: Any) -> dict[st
             if not chunk:
                 break
             data += chunk
-    return json.loads(data)
+    reply: dict[str, Any] = json.loads(data)
+    return reply
 
 
 def watch(path: str) -> Iterator[dict[str, Any]]:
@@ -417,7 +418,9 @@ def main(argv: list[str]) -> int:
 
     commands = "\n".join(f"  {name:<8} {help_}" for name, help_ in CTL_COMMANDS.items())
     parser = argparse.ArgumentParser(
-        prog="kioskd ctl", description="Control a running kioskd.", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="kioskd ctl",
+        description="Control a running kioskd.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"commands:\n{commands}\n\nThe socket is writable by root and the kioskd group "
                "(sudo usermod -aG kioskd $USER, then log in again).",
     )

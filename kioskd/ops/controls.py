@@ -20,8 +20,8 @@ from typing import Any
 
 import trio
 
-from kioskd.config import WEEKDAYS, HoursConfig, parse_hours
 from kioskd.events import EventBus
+from kioskd.ops.config import WEEKDAYS, HoursConfig, parse_hours
 
 __all__ = ["LiveControls", "Settings", "is_open"]
 

@@ -20,9 +20,16 @@ import trio
 
 from kioskd.config import parse_config
 from kioskd.ops.control import request
-from kioskd.service.daemon import Kiosk
 from kioskd.ops.logs import setup_logging
-from kioskd.protocol import AgentResponse, ConversationInitiationMetadata, Ping, ServerEvent, UnknownEvent, UserTranscript
+from kioskd.protocol import (
+    AgentResponse,
+    ConversationInitiationMetadata,
+    Ping,
+    ServerEvent,
+    UnknownEvent,
+    UserTranscript,
+)
+from kioskd.service.daemon import Kiosk
 from kioskd.simulator import SimulatorConfig, open_simulator
 from kioskd.state import KioskState, Status
 

@@ -3,8 +3,8 @@
 Each command runs in its own task with its own time limit (``hooks.timeout``: killed
 after it), output discarded except for a short excerpt logged on failure. At most
 :data:`MAX_RUNNING` of one hook run at once (a stuck hook cannot starve the others);
-events arriving beyond that are skipped with a log line. The runner reads the event bus through its own bounded subscription, so a slow
-hook can never hold up the kiosk.
+events arriving beyond that are skipped with a log line. The runner reads the event bus
+through its own bounded subscription, so a slow hook can never hold up the kiosk.
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ class HookRunner:
                 code = result.returncode
                 if code != 0:
                     excerpt = result.stderr[-STDERR_EXCERPT:].decode(errors="replace").strip()
-                    log.warning("hook failed event=%s command=%s exit=%d stderr=%r", event["type"], argv[0], code, excerpt)
+                    log.warning(
+                        "hook failed event=%s command=%s exit=%d stderr=%r", event["type"], argv[0], code, excerpt
+                    )
             if code is None:
                 log.warning("hook killed after %.0f s event=%s command=%s", self.config.timeout, event["type"], argv[0])
         except OSError as exc:

@@ -164,7 +164,10 @@ class KeyValueFormatter(logging.Formatter):
         """Format one record as one redacted line (plus indented traceback lines)."""
         message = record.getMessage()
         match = _FIRST_KV.search(message)
-        head, tail = (message[: match.start()], _escape_control(message[match.start() :].strip())) if match else (message, "")
+        if match:
+            head, tail = message[: match.start()], _escape_control(message[match.start() :].strip())
+        else:
+            head, tail = message, ""
         parts = [f"level={record.levelname.lower()}", f"logger={_quote(record.name)}", f"msg={_quote(head.strip())}"]
         if tail:
             parts.append(tail)

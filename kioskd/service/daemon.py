@@ -18,20 +18,28 @@ from typing import Any
 
 import trio
 
-from kioskd.ops import systemd
 from kioskd.audio.cues import load_cues, read_sound
 from kioskd.audio.engine import AudioEngine
 from kioskd.backend.client import PublicAgentUrl, SignedUrlProvider, UrlSource
 from kioskd.backend.heartbeat import HeartbeatSender
 from kioskd.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from kioskd.events import EventBus
-from kioskd.ops.control import START_TIMEOUT, ControlServer, ControlSocketInUse, Handler, Reply, Request, check_socket_free
+from kioskd.ops import systemd
+from kioskd.ops.control import (
+    START_TIMEOUT,
+    ControlServer,
+    ControlSocketInUse,
+    Handler,
+    Reply,
+    Request,
+    check_socket_free,
+)
 from kioskd.ops.controls import LiveControls, Settings
 from kioskd.ops.hooks import HookRunner
 from kioskd.ops.logs import register_secret, setup_logging
 from kioskd.ops.problems import ProblemWatch, live_problems, readiness_problems
-from kioskd.state import Command, KioskState, Status, StatusBoard
 from kioskd.service.supervisor import VISITOR_MESSAGES, Supervisor
+from kioskd.state import Command, KioskState, Status, StatusBoard
 from kioskd.tools import ToolRegistry
 
 __all__ = ["Kiosk", "main"]
@@ -221,9 +229,9 @@ class Kiosk:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every part until cancelled; ``started()`` once the audio devices are open."""
-        from kioskd.hardware.leds import LedDriver
-        from kioskd.hardware.button import ButtonTrigger, FeedbackButtons
         from kioskd.audio.vad_wake import VadWakeTrigger
+        from kioskd.hardware.button import ButtonTrigger, FeedbackButtons
+        from kioskd.hardware.leds import LedDriver
 
         config = self.config
         self.board.listen(self._announce)
@@ -295,8 +303,10 @@ async def _serve(config: Config, config_path: str) -> int:
             systemd.ready()
             problems = kiosk.board.status.problems
             if problems:
-                log.warning("kioskd running with problems kiosk=%s trigger=%s problems=%d (kioskd ctl status lists them)",
-                            kiosk.config.kiosk.id, kiosk.config.trigger.mode, len(problems))
+                log.warning(
+                    "kioskd running with problems kiosk=%s trigger=%s problems=%d (kioskd ctl status lists them)",
+                    kiosk.config.kiosk.id, kiosk.config.trigger.mode, len(problems),
+                )
             else:
                 log.info("kioskd ready kiosk=%s trigger=%s", kiosk.config.kiosk.id, kiosk.config.trigger.mode)
             async for signum in signals:

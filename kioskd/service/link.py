@@ -23,7 +23,7 @@ import trio_websocket
 
 from kioskd import websocket_fix
 
-__all__ = ["CONGESTED_BYTES", "SEND_BUFFER", "Link", "describe_exc", "congested", "open_link"]
+__all__ = ["CONGESTED_BYTES", "SEND_BUFFER", "Link", "congested", "describe_exc", "open_link"]
 
 log = logging.getLogger(__name__)
 websocket_fix.install()  # no pong after our own Close (trio-websocket #184)

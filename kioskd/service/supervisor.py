@@ -8,20 +8,20 @@ far. It is the only writer of ``StatusBoard.state``.
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
-import enum
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
+from kioskd.actions import SessionOutcome
 from kioskd.backend.client import REJECTED_KINDS, SignedUrlError, UrlSource
 from kioskd.backoff import Backoff
 from kioskd.config import Config
 from kioskd.events import EventBus
 from kioskd.protocol import AgentResponse, ConversationInitiationMetadata, ServerEvent, UnknownEvent, UserTranscript
-from kioskd.actions import SessionOutcome
 from kioskd.conversation import NotNow
 from kioskd.service.ports import MicPort, SupervisedAudio
 from kioskd.service.race import Race

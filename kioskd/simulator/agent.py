@@ -48,7 +48,7 @@ from kioskd.simulator.speech import synth_speech
 from kioskd.simulator.tokens import TokenStore
 from kioskd.simulator.turns import FRAME_MS, FrameSplitter, TurnDetector, VadScoreWindow
 
-__all__ = ["AgentServer", "CONVERSATION_PATH"]
+__all__ = ["CONVERSATION_PATH", "AgentServer"]
 
 log = logging.getLogger(__name__)
 websocket_fix.install()  # no pong after our own Close (trio-websocket #184)
@@ -459,7 +459,7 @@ class _Session:
             sent = self._ping_sent.pop(message.event_id, None)
             rtt = None if sent is None else now - sent
             if rtt is not None:
-                self._last_rtt_ms = int(round(rtt * 1000))
+                self._last_rtt_ms = round(rtt * 1000)
             rec.pongs.append(PongRecord(message.event_id, now, rtt))
         elif isinstance(message, p.ConversationInitiationClientData):
             rec.client_data = message
@@ -607,8 +607,14 @@ class _Session:
                 name, params = self.config.tool_call
                 call_id = f"toolu_sim_{next(self._tool_calls)}"
                 self.record.tool_calls.append(call_id)
-                self._send(p.ClientToolCall(client_tool_call=p.ClientToolCallBody(
-                    tool_name=name, tool_call_id=call_id, parameters=dict(params), event_id=reply.event_id)))
+                self._send(
+                    p.ClientToolCall(
+                        client_tool_call=p.ClientToolCallBody(
+                            tool_name=name, tool_call_id=call_id, parameters=dict(params), event_id=reply.event_id
+                        )
+                    )
+                )
+
 
     def _send_text_parts(self, reply: _Reply) -> None:
         """A text-only reply streams as agent_chat_response_part start, deltas, stop."""
@@ -743,5 +749,5 @@ def _malformed(kind: str, event_id: int) -> str:
     if kind == "type":
         return '{"type":"audio","audio_event":{"audio_base_64":"AAAA","event_id":"seven"}}'
     if kind == "base64":
-        return '{"type":"audio","audio_event":{"audio_base_64":"%%not*base64%%","event_id":%d}}' % event_id
-    return '{"type":"sim_unknown_event","sim_unknown_event":{"event_id":%d}}' % event_id
+        return '{"type":"audio","audio_event":{"audio_base_64":"%not*base64%","event_id":' + f"{event_id}}}}}"
+    return '{"type":"sim_unknown_event","sim_unknown_event":{"event_id":' + f"{event_id}}}}}"

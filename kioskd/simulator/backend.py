@@ -26,7 +26,7 @@ from kioskd.simulator.records import ChangeSignal
 from kioskd.simulator.settings import SimulatorConfig
 from kioskd.simulator.tokens import TokenStore
 
-__all__ = ["BackendRequest", "SignedUrlBackend", "KIOSK_PATH", "UPSTREAM_PATHS"]
+__all__ = ["KIOSK_PATH", "UPSTREAM_PATHS", "BackendRequest", "SignedUrlBackend"]
 
 KIOSK_PATH: Final = "/signed-url"
 UPSTREAM_PATHS: Final = ("/v1/convai/conversation/get_signed_url", "/v1/convai/conversation/get-signed-url")

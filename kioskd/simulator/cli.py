@@ -11,9 +11,9 @@ from typing import Any
 
 import trio
 
+from kioskd.audio.formats import PCM_RATES, ULAW_RATES
 from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
 from kioskd.simulator.settings import DEFAULT_KIOSK_TOKEN, LEGACY
-from kioskd.audio.formats import PCM_RATES, ULAW_RATES
 
 __all__ = ["API_KEY_ENV", "KIOSK_TOKEN_ENV", "build_parser", "config_from_args", "describe", "main"]
 
@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = SimulatorConfig()
     parser.add_argument("--host", default=defaults.host, help="address to listen on (default %(default)s)")
     parser.add_argument("--port", type=int, default=8765, help="agent WebSocket port, 0 = any (default %(default)s)")
-    parser.add_argument("--backend-port", type=int, default=8766, help="signing backend port, 0 = any (default %(default)s)")
+    parser.add_argument(
+        "--backend-port", type=int, default=8766, help="signing backend port, 0 = any (default %(default)s)"
+    )
     parser.add_argument("--input-format", choices=SUPPORTED_FORMATS, default=defaults.input_format)
     parser.add_argument("--output-format", choices=SUPPORTED_FORMATS, default=defaults.output_format)
     parser.add_argument("--agent-id", default=defaults.agent_id)
@@ -107,7 +109,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
 
 
 def describe(sim: Simulator) -> str:
-    """What to tell the user: where things listen and how to point a kiosk at them (no secrets beyond the demo token)."""
+    """What to tell the user: where things listen, how to point a kiosk at them (no secrets but the demo token)."""
     cfg = sim.config
     return "\n".join(
         [

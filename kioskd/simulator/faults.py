@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
-__all__ = ["AgentFaults", "BackendFaults", "BACKEND_FAULT_MODES", "MALFORMED_KINDS", "MalformedKind"]
+__all__ = ["BACKEND_FAULT_MODES", "MALFORMED_KINDS", "AgentFaults", "BackendFaults", "MalformedKind"]
 
 MalformedKind = Literal["json", "type", "base64", "unknown", "mixed"]
 MALFORMED_KINDS: Final[tuple[str, ...]] = ("json", "type", "base64", "unknown")

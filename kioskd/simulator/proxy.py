@@ -213,7 +213,7 @@ class FaultProxy:
                     while queue.bytes >= (limit := self._limit()):
                         await queue.drained.park()
                     want = THROTTLED_RCVBUF if self.bandwidth is not None else rcvbuf and UNTHROTTLED_RCVBUF
-                    if want != rcvbuf:
+                    if want is not None and want != rcvbuf:
                         rcvbuf = _set_rcvbuf(src, want)
                     data = await src.receive_some(max(1, min(READ_SIZE, limit - queue.bytes)))
                     if not data:

@@ -31,7 +31,7 @@ def synth_speech(
     Harmonics of a wandering fundamental, shaped by three formant bumps, under an
     envelope of 120–280 ms syllables separated by 30–80 ms dips.
     """
-    n = max(0, int(round(seconds * rate)))
+    n = max(0, round(seconds * rate))
     if n == 0:
         return np.zeros(0, dtype=np.int16)
     rng = np.random.default_rng(seed)
@@ -64,4 +64,4 @@ def _syllable_envelope(n: int, rate: int, rng: np.random.Generator) -> np.ndarra
 
 def silence(seconds: float, rate: int = 16000) -> np.ndarray:
     """``seconds`` of digital silence as int16."""
-    return np.zeros(max(0, int(round(seconds * rate))), dtype=np.int16)
+    return np.zeros(max(0, round(seconds * rate)), dtype=np.int16)

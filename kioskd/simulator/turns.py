@@ -11,7 +11,7 @@ from typing import Final
 
 import numpy as np
 
-__all__ = ["EndOfSpeech", "FRAME_MS", "TurnDetector", "VadScoreWindow", "FrameSplitter"]
+__all__ = ["FRAME_MS", "EndOfSpeech", "FrameSplitter", "TurnDetector", "VadScoreWindow"]
 
 FRAME_MS: Final = 10
 #: Shorter bursts of speech than this are noise, not an utterance.
