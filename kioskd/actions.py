@@ -1,7 +1,7 @@
 """What a :class:`~kioskd.conversation.Conversation` asks its driver to do, and how it ended.
 
 Plain frozen values: :class:`Send`, :class:`OpenAudio`, :class:`Play`,
-:class:`Interrupt`, :class:`Show` and :class:`End` (the :data:`Action` union), the
+:class:`Interrupt`, :class:`Show`, :class:`StopMic` and :class:`End` (the :data:`Action` union), the
 :class:`SessionOutcome` an end carries, and the :class:`SessionStats` counters.
 """
 
@@ -24,6 +24,7 @@ __all__ = [
     "SessionOutcome",
     "SessionStats",
     "Show",
+    "StopMic",
 ]
 
 #: Longest wait for our close handshake before the socket is simply dropped.
@@ -48,12 +49,14 @@ class SessionStats:
     """Counters for ``kioskd ctl status`` and the benchmarks."""
 
     pings: int = 0
-    last_ping_ms: int | None = None
+    last_ping_ms: float | None = None
     audio_events: int = 0
     chunks_sent: int = 0
     interruptions: int = 0
     malformed: int = 0
     unknown: int = 0
+    #: unknown (or not decoded) server event types, and how many of each
+    unknown_types: dict[str, int] = field(default_factory=dict)
     tool_calls: int = 0
     congested_waits: int = 0
 
@@ -83,7 +86,7 @@ class Play:
 
 @dataclass(frozen=True)
 class Interrupt:
-    """The visitor barged in: silence agent audio up to ``event_id``."""
+    """The visitor barged in: silence agent audio older than ``event_id`` (that id and newer play)."""
 
     event_id: int
 
@@ -96,6 +99,11 @@ class Show:
 
 
 @dataclass(frozen=True)
+class StopMic:
+    """Stop sending the microphone (the agent is ending the call; its goodbye still plays)."""
+
+
+@dataclass(frozen=True)
 class End:
     """Stop the conversation: close the link with ``close_code``, waiting at most ``close_timeout``."""
 
@@ -104,4 +112,4 @@ class End:
     close_timeout: float = CLOSE_TIMEOUT
 
 
-Action = Send | OpenAudio | Play | Interrupt | Show | End
+Action = Send | OpenAudio | Play | Interrupt | Show | StopMic | End

@@ -108,11 +108,22 @@ class AgentConfig:
     prompt: str = ""
     voice_id: str = ""
     dynamic_variables: dict[str, SCALAR] = field(default_factory=dict)
+    #: Server events to ask for (the ``conversation.client_events`` override); empty: the
+    #: agent's own. The agent's security settings must allow the override.
+    client_events: list[str] = field(default_factory=list)
 
     def problems(self) -> list[tuple[str, str]]:
+        from kioskd.protocol import SCHEMA_EVENT_TYPES  # late: keep config importable on its own
+
         out = []
         if not self.agent_id.strip():
             out.append(("agent_id", "must be set to your agent's id"))
+        unknown = [name for name in self.client_events if name not in SCHEMA_EVENT_TYPES - {"error"}]
+        if unknown:
+            out.append(("client_events", f"unknown event types {', '.join(map(repr, unknown))} (see the AsyncAPI's "
+                                         "ClientEvent list, e.g. audio, interruption, vad_score, agent_tool_response)"))
+        elif self.client_events and "audio" not in self.client_events:
+            out.append(("client_events", "must include 'audio' (without it the kiosk hears nothing)"))
         if not self.server.startswith(("ws://", "wss://")):
             out.append(("server", f"must start with wss:// (or ws:// for a local simulator), got {self.server!r}"))
         return out
@@ -356,6 +367,7 @@ def pin_problems(config: Config) -> list[tuple[str, str]]:
     pins: list[tuple[str, int]] = []
     if config.trigger.mode in ("button", "both"):
         pins.append(("button.pin", config.button.pin))
+    pins += [(f"button.{key}", pin) for key in ("like_pin", "dislike_pin") if (pin := getattr(config.button, key)) != -1]
     if config.leds.kind == "pwm":
         pins.append(("leds.pin", config.leds.pin))
     elif config.leds.kind == "rgb":  # three different pins: LedConfig checks that

@@ -13,6 +13,20 @@ client tool calls (and what ``end_conversation`` does), and the watchdogs as dea
 values: a stalled link (nothing heard for ``network.stall_timeout``), an idle
 conversation (``conversation.idle_timeout``) and the maximum length
 (``conversation.max_duration``). :attr:`Conversation.deadline` says when to tick next.
+
+Facts from the service's AsyncAPI and the official clients it relies on (../shared/NOTES.md,
+"The real service today"): by default the service sends no ``vad_score``, so the visitor
+counts as active on the kiosk's own microphone VAD (``tick(visitor_at=…)``), on
+``tentative_user_transcript`` and ``user_transcript``, and on a loud ``vad_score`` when an
+agent sends one; the light follows ``vad_score`` when it comes, the local VAD level
+otherwise. ``agent_tool_response`` (or its full-payload twin) with ``tool_name == "end_call"``
+ends the call, as the JS client does, but only after the goodbye has played: the
+microphone stops at once (:class:`StopMic`), the end comes once no audio has arrived for
+:data:`GOODBYE_QUIET` and nothing plays. ``error`` events need only ``code``; they and the
+close reason are kept and put into the outcome in words (an ``override_error`` says which
+override to allow or remove). The visitor's own messages (feedback on the latest agent
+event id, as ``BaseConversation.sendFeedback`` does; text; context; activity) come in
+through :meth:`Conversation.visitor_message`.
 """
 
 from __future__ import annotations
@@ -21,8 +35,9 @@ import enum
 import logging
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
+from kioskd import __version__
 from kioskd.actions import (
     CLOSE_TIMEOUT,
     Action,
@@ -34,15 +49,20 @@ from kioskd.actions import (
     SessionOutcome,
     SessionStats,
     Show,
+    StopMic,
 )
 from kioskd.audio.formats import AudioFormat
 from kioskd.close_codes import REJECTED, describe_close
 from kioskd.config import Config
 from kioskd.protocol import (
+    AgentChatResponsePart,
     AgentOverride,
     AgentPromptOverride,
     AgentResponse,
     AgentResponseCorrection,
+    AgentToolRequest,
+    AgentToolResponse,
+    AgentToolResponseFullPayload,
     AudioEvent,
     ClientToolCall,
     ClientToolResult,
@@ -50,23 +70,32 @@ from kioskd.protocol import (
     ConversationConfigOverride,
     ConversationInitiationClientData,
     ConversationInitiationMetadata,
+    ConversationOverride,
     DynamicValue,
+    ErrorBody,
     ErrorEvent,
+    Feedback,
     InternalTentativeAgentResponse,
     Interruption,
+    McpToolCall,
     Ping,
     Pong,
     ProtocolError,
     ServerEvent,
+    SourceInfo,
+    TentativeUserTranscript,
     TtsOverride,
     UnknownEvent,
+    UserActivity,
+    UserMessage,
     UserTranscript,
     VadScore,
+    tool_result_text,
 )
 from kioskd.state import KioskState
 from kioskd.tools import END_CONVERSATION, ToolRegistry
 
-__all__ = ["Conversation", "Phase", "client_data", "closed_outcome"]
+__all__ = ["Conversation", "NotNow", "Phase", "VisitorMessage", "client_data", "closed_outcome"]
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +107,26 @@ STALLED_CLOSE_CODE = 1001
 VAD_ACTIVITY = 0.5
 #: How long the agent's last words may keep playing after it ended the conversation.
 DRAIN_LIMIT = 15.0
-#: After the end_conversation tool, how long to wait for the agent's goodbye to start arriving.
-GOODBYE_START = 0.05
+#: After the agent ends the call (end_call, end_conversation): the end comes once nothing
+#: plays and no agent audio has arrived for this long (counted from the end at the latest,
+#: so a goodbye that follows its end_call still plays). Well within the 1 s the close may
+#: take after the last audio.
+GOODBYE_QUIET = 0.5
+#: The agent's system tool that ends the call (agent_tool_response.tool_name).
+END_CALL = "end_call"
+#: What the kiosk tells the service it is (the official clients send their own name).
+SOURCE = "kioskd"
+#: How many distinct unknown event types ``ctl status`` counts (a hostile server cannot grow it).
+UNKNOWN_TYPES_KEPT = 32
 #: The format assumed when the agent names one we do not know.
 FALLBACK_FORMAT = "pcm_16000"
+
+
+class NotNow(Exception):
+    """A visitor message that cannot be sent now; the text says why (for ``kioskd ctl``)."""
+
+
+VisitorMessage = Literal["feedback", "say", "context", "activity"]
 
 
 class Phase(enum.Enum):
@@ -105,13 +150,30 @@ def client_data(config: Config) -> ConversationInitiationClientData:
     override = ConversationConfigOverride(
         agent=agent_override if agent_override != AgentOverride() else None,
         tts=TtsOverride(voice_id=agent.voice_id) if agent.voice_id else None,
+        # only when set: an override the agent's security settings do not allow is refused
+        conversation=ConversationOverride(client_events=list(agent.client_events)) if agent.client_events else None,
     )
     variables: dict[str, DynamicValue] = {"kiosk_id": config.kiosk.id, "kiosk_location": config.kiosk.location}
     variables.update(agent.dynamic_variables)
     return ConversationInitiationClientData(
         conversation_config_override=override if override != ConversationConfigOverride() else None,
         dynamic_variables=variables,
+        user_id=config.kiosk.id,
+        source_info=SourceInfo(source=SOURCE, version=__version__),
     )
+
+
+def override_fields(data: ConversationInitiationClientData) -> list[str]:
+    """Dotted names of the overrides ``data`` asks for ("agent.first_message", "conversation.client_events", …)."""
+    override = data.conversation_config_override
+    if override is None:
+        return []
+    out = []
+    for section in ("agent", "tts", "conversation"):
+        value = getattr(override, section)
+        if value is not None:
+            out += [f"{section}.{name}" for name in value.__struct_fields__ if getattr(value, name) is not None]
+    return out
 
 
 def closed_outcome(code: int | None) -> SessionOutcome:
@@ -130,11 +192,12 @@ def _parse_format(name: str, direction: str) -> AudioFormat:
 
 @dataclass(frozen=True)
 class _Drain:
-    """A pending end: wait until ``not_before``, then until nothing plays (at most until ``until``)."""
+    """A pending end: once nothing plays and no audio came for ``quiet`` since ``since`` (at most until ``until``)."""
 
     outcome: SessionOutcome
-    not_before: float
+    since: float
     until: float
+    quiet: float = 0.0
 
 
 class Conversation:
@@ -157,6 +220,15 @@ class Conversation:
         self._link_closed = False
         self._drain: _Drain | None = None
         self._opened_at = self._last_heard = self._last_activity = 0.0
+        #: when agent audio last arrived; the agent event id feedback rates (as the JS client's currentEventId)
+        self._last_audio = 0.0
+        self._agent_event_id = 0
+        #: the agent sends vad_score (then the light follows it, not the local VAD level)
+        self._server_vad = False
+        self._shown_level: float | None = None
+        #: the latest error event (its words go into the outcome)
+        self._error: ErrorBody | None = None
+        self._overrides = override_fields(self._client_data)
 
     # ------------------------------------------------------------------ what the driver asks
 
@@ -172,7 +244,7 @@ class Conversation:
         if not self._link_closed:
             times.append(self._last_heard + self._stall)
         if self._drain is not None:
-            times.append(self._drain.not_before)
+            times.append(max(self._drain.since, self._last_audio) + self._drain.quiet)
         return min(times)
 
     def result(self) -> SessionOutcome:
@@ -213,27 +285,44 @@ class Conversation:
         """Something arrived on the link (a pong): it is alive."""
         self._last_heard = max(self._last_heard, now)
 
-    def closed(self, code: int | None, now: float) -> list[Action]:
-        """The agent closed the link (``code`` None: dropped without a close frame).
+    def closed(self, code: int | None, now: float, reason: str | None = None) -> list[Action]:
+        """The agent closed the link (``code`` None: dropped without a close frame; ``reason`` its text).
 
         A normal close (1000) of an open conversation lets the agent's last words play
-        out first (the driver ticks on); anything else ends it at once.
+        out first (the driver ticks on); anything else ends it at once. The outcome says
+        it in words: the code's meaning, the close reason and the latest error event.
         """
         self._link_closed = True
-        outcome = closed_outcome(code)
-        log.info("conversation closed id=%s code=%s reason=%r", self.conversation_id, code, outcome.reason)
+        outcome = self._closed_in_words(closed_outcome(code), reason)
+        level = logging.INFO if code in (1000, None) and self._error is None else logging.WARNING
+        log.log(level, "conversation closed id=%s code=%s reason=%r", self.conversation_id, code, outcome.reason)
+        if self._drain is not None and code == 1000:
+            return []  # already ending on the agent's word: the goodbye plays on
         if code == 1000 and self._audio_open and self.phase is not Phase.ENDED:
-            self._drain = _Drain(outcome, not_before=now, until=now + DRAIN_LIMIT)
+            self._drain = _Drain(outcome, since=now, until=now + DRAIN_LIMIT)
             self.phase = Phase.DRAINING
             return []
         return self.finish(outcome)
 
-    def tick(self, now: float, *, speaking: bool = False) -> list[Action]:
-        """Time passed; ``speaking``: agent audio is audible now (that is activity too)."""
+    def tick(
+        self, now: float, *, speaking: bool = False, visitor_at: float | None = None, voice_level: float | None = None
+    ) -> list[Action]:
+        """Time passed. ``speaking``: agent audio is audible now; ``visitor_at``: when the kiosk's
+        microphone VAD last heard the visitor; ``voice_level``: its level now (0–1, for the light)."""
         if self.phase in (Phase.CONNECTING, Phase.ENDED):
             return []
         if speaking:
             self._last_activity = now
+        if visitor_at is not None:
+            self._last_activity = max(self._last_activity, visitor_at)
+        shown: list[Action] = []
+        if voice_level is not None and not self._server_vad and voice_level != self._shown_level:
+            self._shown_level = voice_level
+            shown = [Show({"vad_score": voice_level})]
+        return shown + self._due(now, speaking)
+
+    def _due(self, now: float, speaking: bool) -> list[Action]:
+        """The watchdog or pending end that is due at ``now``, if any."""
         if not self._link_closed and now >= self._last_heard + self._stall:
             log.warning("link stalled id=%s silent_for=%.1fs", self.conversation_id, now - self._last_heard)
             return self.finish(
@@ -246,9 +335,36 @@ class Conversation:
         if now >= self._opened_at + self._limits.max_duration:
             return self.finish(SessionOutcome(f"maximum length of {self._limits.max_duration:g} s reached"))
         drain = self._drain
-        if drain is not None and now >= drain.not_before and (not speaking or now >= drain.until):
+        if drain is not None and (
+            now >= drain.until or (not speaking and now >= max(drain.since, self._last_audio) + drain.quiet)
+        ):
             return self.finish(drain.outcome)
         return []
+
+    def visitor_message(self, kind: VisitorMessage, text: str = "") -> list[Action]:
+        """What the visitor (a touch screen, a second button, a script) sends the agent.
+
+        ``feedback`` (``text`` like/dislike) rates the latest agent event; ``say`` is a text
+        message the agent answers; ``context`` a non-interrupting contextual update;
+        ``activity`` holds the agent's turn back (the visitor is busy). Raises NotNow
+        (with the reason) while the conversation is not open, or with nothing to rate.
+        """
+        if self.phase is not Phase.OPEN:
+            raise NotNow(f"no conversation is open (it is {self.phase.value})")
+        if kind == "feedback":
+            if text not in ("like", "dislike"):
+                raise NotNow(f"feedback must be like or dislike, not {text[:20]!r}")
+            if not self._agent_event_id:
+                raise NotNow("the agent has not said anything to rate yet")
+            return [Send(Feedback(event_id=self._agent_event_id, score="like" if text == "like" else "dislike"))]
+        if kind == "activity":
+            return [Send(UserActivity())]
+        if not text.strip():
+            raise NotNow(f"{kind} needs some text")
+        if kind == "say":
+            self._transcript.append(f"Visitor: {text}")
+            return [Send(UserMessage(text=text))]
+        return [Send(ContextualUpdate(text=text))]
 
     def end(self, reason: str = "ended by request") -> list[Action]:
         """Finish cleanly (close 1000). Safe at any time, more than once: the first end wins."""
@@ -271,13 +387,15 @@ class Conversation:
         match event:
             case AudioEvent(audio_event=body):
                 self.stats.audio_events += 1
-                self._last_activity = now
+                self._last_activity = self._last_audio = now
+                self._agent_event_id = body.event_id
                 return [Play(body.event_id, body.audio_base_64)] if self._audio_open else []
             case Ping(ping_event=body):
                 self.stats.pings += 1
-                self.stats.last_ping_ms = body.ping_ms
+                self.stats.last_ping_ms = body.rtt_ms()
                 return [Send(Pong(event_id=body.event_id))]
             case VadScore(vad_score_event=body):
+                self._server_vad = True
                 if body.vad_score >= VAD_ACTIVITY:
                     self._last_activity = now
                 return [Show({"vad_score": body.vad_score})]
@@ -289,7 +407,11 @@ class Conversation:
                 self._last_activity = now
                 self._transcript.append(f"Visitor: {body.user_transcript}")
                 self._log_words("visitor said", cid, body.user_transcript)
+            case TentativeUserTranscript(tentative_user_transcription_event=body):
+                self._last_activity = now  # the visitor is talking
+                self._log_words("visitor saying", cid, body.user_transcript, logging.DEBUG)
             case AgentResponse(agent_response_event=body):
+                self._agent_event_id = body.event_id or self._agent_event_id
                 self._transcript.append(f"Agent: {body.agent_response}")
                 self._log_words("agent said", cid, body.agent_response)
             case AgentResponseCorrection(agent_response_correction_event=body):
@@ -297,23 +419,76 @@ class Conversation:
                 self._log_words("agent corrected", cid, body.corrected_agent_response)
             case ClientToolCall(client_tool_call=body):
                 return self._tool_call(body.tool_name, body.tool_call_id, body.parameters, now)
+            case AgentChatResponsePart(text_response_part=part):
+                self._log_words(f"agent typing part={part.type}", cid, part.text, logging.DEBUG)
+            case AgentToolRequest(agent_tool_request=req):
+                log.info("agent runs a tool id=%s tool=%s type=%s", cid, req.tool_name, req.tool_type)
+            case AgentToolResponse(agent_tool_response=res) | AgentToolResponseFullPayload(
+                agent_tool_response_full_payload=res
+            ):
+                log.info("agent tool done id=%s tool=%s type=%s is_error=%s", cid, res.tool_name, res.tool_type,
+                         res.is_error)
+                if res.tool_name == END_CALL:
+                    return self._agent_ends(SessionOutcome("the agent ended the call (end_call)"), now)
+            case McpToolCall(mcp_tool_call=call):
+                log.info("agent MCP tool id=%s tool=%s state=%s", cid, call.tool_name, call.state)
             case ContextualUpdate(text=text):
                 self._log_words("agent context update", cid, text[:200])
             case InternalTentativeAgentResponse(tentative_agent_response_internal_event=body):
                 self._log_words("agent drafting", cid, body.tentative_agent_response, logging.DEBUG)
             case ErrorEvent(error_event=body):
-                log.warning(
-                    "agent reported an error id=%s code=%s type=%s message=%r",
-                    cid, body.code, body.error_type, body.message,
-                )
+                self._error = body
+                log.warning("agent reported an error id=%s error=%r", cid, body.describe())
+                if self._refused_override(body, None):
+                    log.warning("%s", self._refusal_words(body, None))
             case ConversationInitiationMetadata(conversation_initiation_metadata_event=meta):
                 return self._metadata(
                     meta.conversation_id, meta.user_input_audio_format, meta.agent_output_audio_format
                 )
             case UnknownEvent(type=kind):
                 self.stats.unknown += 1
-                log.warning("unknown server event skipped id=%s type=%s", cid, kind[:80])
+                kind = kind[:80]
+                if kind in self.stats.unknown_types or len(self.stats.unknown_types) < UNKNOWN_TYPES_KEPT:
+                    self.stats.unknown_types[kind] = self.stats.unknown_types.get(kind, 0) + 1
+                log.debug("server event not used skipped id=%s type=%s", cid, kind)
         return []
+
+    def _agent_ends(self, outcome: SessionOutcome, now: float) -> list[Action]:
+        """The agent ends the call: the microphone stops now, the end comes after the goodbye."""
+        if self._drain is not None:
+            return []
+        self._drain = _Drain(outcome, since=now, until=now + DRAIN_LIMIT, quiet=GOODBYE_QUIET)
+        self.phase = Phase.DRAINING
+        return [StopMic()]
+
+    # ------------------------------------------------------------------ errors in words
+
+    def _closed_in_words(self, outcome: SessionOutcome, reason: str | None) -> SessionOutcome:
+        """``outcome`` with the close reason and the latest error event in words."""
+        words = outcome.reason
+        if reason:
+            words += f" (close reason: {reason[:200]!r})"
+        error = self._error
+        if self._refused_override(error, reason):
+            words = self._refusal_words(error, reason)
+        elif error is not None:
+            words += f"; the agent's error: {error.describe()}"
+        return replace(outcome, reason=words)
+
+    def _refused_override(self, error: ErrorBody | None, reason: str | None) -> bool:
+        text = " ".join(t for t in (reason, error and error.error_type, error and error.message) if t).lower()
+        return bool(self._overrides) and ("override" in text)
+
+    def _refusal_words(self, error: ErrorBody | None, reason: str | None) -> str:
+        """Which override the agent refused, and what to do about it."""
+        said = " ".join(t for t in (reason, *(() if error is None else (
+            error.message, error.reason, error.debug_message))) if t)
+        named = [f for f in self._overrides if f.rsplit(".", 1)[-1] in said] or self._overrides
+        what = error.describe() if error is not None else f"close reason {reason!r}"
+        return (
+            f"the agent refused this kiosk's override of {', '.join(named)} ({what}): allow it in the agent's "
+            f"security settings (overrides) or remove it from [agent] in config.toml"
+        )
 
     def _log_words(self, what: str, cid: str | None, text: str, level: int = logging.INFO) -> None:
         """Visitors' and the agent's words reach the log only with ``[log] transcripts = true`` (privacy)."""
@@ -329,16 +504,14 @@ class Conversation:
                 return
 
     def _tool_call(self, name: str, call_id: str, parameters: Any, now: float) -> list[Action]:
-        """Answer at once from the registry; ``end_conversation`` ends it once the goodbye has played."""
+        """Answer at once from the registry (always a string); ``end_conversation`` ends it after the goodbye."""
         self.stats.tool_calls += 1
-        result, is_error = self._tools.call(name, parameters)
+        result, is_error = self._tools.call(name, parameters if isinstance(parameters, dict) else {})
         log.info("tool call id=%s tool=%s is_error=%s", self.conversation_id, name, is_error)
-        if name == END_CONVERSATION and not is_error and self._drain is None:
-            start = now + GOODBYE_START
-            outcome = SessionOutcome("the agent ended the conversation (end_conversation tool)")
-            self._drain = _Drain(outcome, not_before=start, until=start + DRAIN_LIMIT)
-            self.phase = Phase.DRAINING
-        return [Send(ClientToolResult(call_id, result, is_error))]
+        actions: list[Action] = [Send(ClientToolResult(call_id, tool_result_text(result), is_error))]
+        if name == END_CONVERSATION and not is_error:
+            actions += self._agent_ends(SessionOutcome("the agent ended the conversation (end_conversation tool)"), now)
+        return actions
 
     def _metadata(self, conversation_id: str, input_format: str, output_format: str) -> list[Action]:
         if self.conversation_id is not None:

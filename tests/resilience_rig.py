@@ -34,6 +34,9 @@ class FakeUplink:
         self._pcm = speech.tobytes() if speak else b""
         self.closed = False
 
+    speech_at: float | None = None  # the kiosk's VAD never hears this fake: no local activity
+    voice_level = 0.0
+
     def set_format(self, fmt: AudioFormat) -> None:
         assert fmt.name == "pcm_16000"
 

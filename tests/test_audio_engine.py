@@ -187,7 +187,7 @@ async def test_interrupt_silences_at_once_and_drops_late_audio(alsa: AlsaFiles) 
             playback = engine.open_playback(fmt)
             playback.push(3, encode(chirp(16000, 2.0), fmt))
             await trio.sleep(0.2)
-            playback.interrupt(3)
+            playback.interrupt(4)  # the interrupting turn's id: 3 is dead
             playback.push(3, encode(chirp(16000, 1.0), fmt))  # late audio of a dead event
             await wait_for(lambda: not playback.speaking)
             played = engine.status()["jitter"]["played_ms"]

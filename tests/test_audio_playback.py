@@ -132,7 +132,7 @@ async def interrupt_rounds(kind: type[FakeDevice]) -> tuple[list[int], FakeDevic
                     await trio.sleep(0.001)  # it is playing
                 await trio.sleep(round_ * PERIOD_MS / ROUNDS / 1000)  # a different phase each round
                 t = time.monotonic()
-                playback.interrupt(event)
+                playback.interrupt(event + 1)  # the interrupting turn's id (the next reply shares it)
                 playback.push(event, encode(np.full(RATE // 10, OLD_LEVEL, np.int16), FMT))  # late: dropped
                 playback.push(event + 1, encode(np.full(RATE // 10, NEW_LEVEL, np.int16), FMT))  # the next reply
                 while playback.speaking:

@@ -51,13 +51,19 @@ def sha(token: str) -> str:
 
 @dataclass
 class FakeElevenLabs:
-    """Test double of ``GET /v1/convai/conversation/get_signed_url`` (not the real service)."""
+    """Test double of ``GET /v1/convai/conversation/get-signed-url`` (not the real service).
+
+    ``spellings``: which spellings of the endpoint it serves (others are 404, like any unknown route).
+    """
 
     mode: str = "ok"  # ok | slow | error500 | bad_json | no_url
+    spellings: tuple[str, ...] = ("get-signed-url",)
     seen_keys: list[str] = field(default_factory=list)
     seen_agents: list[str] = field(default_factory=list)
+    seen_paths: list[str] = field(default_factory=list)
 
     async def endpoint(self, request: Request) -> Response:
+        self.seen_paths.append(request.url.path)
         self.seen_keys.append(request.headers.get("xi-api-key", ""))
         self.seen_agents.append(request.query_params.get("agent_id", ""))
         if request.headers.get("xi-api-key") != API_KEY:
@@ -74,7 +80,7 @@ class FakeElevenLabs:
         return JSONResponse({"signed_url": SIGNED_URL.replace("agent_1", agent)})
 
     def app(self) -> Starlette:
-        return Starlette(routes=[Route("/v1/convai/conversation/get_signed_url", self.endpoint)])
+        return Starlette(routes=[Route(f"/v1/convai/conversation/{name}", self.endpoint) for name in self.spellings])
 
 
 @asynccontextmanager
@@ -156,6 +162,29 @@ async def test_good_token_gets_signed_url_and_nothing_secret_is_logged(log_outpu
     assert "kiosk=lobby agent=agent_2 status=200" in text and "kiosk=cafe agent=agent_3 status=200" in text
     for secret in (API_KEY, TOKEN_A, TOKEN_B, URL_SIGNATURE):
         assert secret not in text
+
+
+@pytest.mark.parametrize(("spellings", "asked"), [
+    (("get-signed-url", "get_signed_url"), ["get-signed-url"]),
+    (("get_signed_url",), ["get_signed_url"]),  # an older API: 404 for the new spelling, then the seed's
+])
+async def test_upstream_is_asked_as_get_signed_url_with_a_fallback_on_404(
+    spellings: tuple[str, ...], asked: list[str]
+) -> None:
+    upstream = FakeElevenLabs(spellings=spellings)
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving_app(upstream.app()) as api_base, serving_backend(backend_config(api_base)) as client:
+            r = await client.get("/signed-url", params={"agent_id": "agent_2"}, headers=bearer(TOKEN_A))
+    assert r.status_code == 200 and r.json() == {"signed_url": SIGNED_URL.replace("agent_1", "agent_2")}
+    assert upstream.seen_paths == [f"/v1/convai/conversation/{name}" for name in asked]
+
+
+async def test_neither_spelling_served_is_a_502_naming_the_404() -> None:
+    upstream = FakeElevenLabs(spellings=())
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving_app(upstream.app()) as api_base, serving_backend(backend_config(api_base)) as client:
+            r = await client.get("/signed-url", params={"agent_id": "agent_2"}, headers=bearer(TOKEN_A))
+    assert r.status_code == 502 and "404" in r.json()["detail"]
 
 
 @pytest.mark.parametrize(

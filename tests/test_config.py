@@ -52,8 +52,8 @@ def test_unknown_keys_are_errors() -> None:
     assert problems({"agent": {"agent_id": "a", "sever": "x"}, "audoi": {}}) == [
         "audoi: unknown key (known: agent, audio, backend, button, control, conversation, cues, hooks, hours, kiosk,"
         " leds, log, network, privacy, screen, state, tools, trigger, vad)",
-        "agent.sever: unknown key (known: agent_id, dynamic_variables, first_message, language, prompt, server,"
-        " voice_id)",
+        "agent.sever: unknown key (known: agent_id, client_events, dynamic_variables, first_message, language, prompt,"
+        " server, voice_id)",
     ]
 
 
@@ -133,6 +133,20 @@ def test_check_config_command_line(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == "leds.red: red, green and blue must be three different pins"
+
+
+def test_feedback_button_pins_are_checked() -> None:
+    assert problems({"agent": {"agent_id": "a"}, "button": {"like_pin": 40}}) == [
+        "button.like_pin: must be a GPIO of the header, BCM 0–27, or -1 for none",
+    ]
+    assert problems({"agent": {"agent_id": "a"}, "button": {"dislike_pin": 17}}) == [
+        "button.dislike_pin: GPIO 17 is already used by button.pin",
+    ]
+    assert problems({"agent": {"agent_id": "a"}, "button": {"like_pin": 22, "dislike_pin": 22}}) == [
+        "button.dislike_pin: GPIO 22 is already used by button.like_pin",
+    ]
+    config = parse_config({"agent": {"agent_id": "a"}, "button": {"like_pin": 22, "dislike_pin": 23}})
+    assert (config.button.like_pin, config.button.dislike_pin) == (22, 23)
 
 
 def test_check_config_refuses_the_shipped_placeholders(capsys: pytest.CaptureFixture[str],

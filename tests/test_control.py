@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -326,6 +325,34 @@ def test_emfile_is_one_line_not_a_traceback_flood_and_accepting_resumes(tmp_path
     lines = [line for line in err.splitlines() if "file descriptors" in line or "accepting again" in line]
     assert len(lines) == 2, err[-3000:]  # one when it starts, one when accepting works again
     assert "accepting again" in lines[1]
+
+
+# --------------------------------------------------------------------------- visitor messages
+
+
+def test_ctl_visitor_commands_need_their_text(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, words in ((["say"], "say needs some text"), (["feedback"], "feedback needs like or dislike"),
+                        (["activity", "now"], "no other command takes one"), (["volume", "loud"], "volume needs")):
+        with pytest.raises(SystemExit) as exc:
+            control.main(["--socket", "/nonexistent.sock", *argv])
+        assert exc.value.code == 2 and words in capsys.readouterr().err
+
+
+async def test_ctl_say_sends_the_words_as_text(tmp_path: Path) -> None:
+    path = short_path(tmp_path)
+    got: list[control.Request] = []
+
+    async def say(req: control.Request, reply: control.Reply) -> None:
+        got.append(req)
+        await reply({"ok": True, "cmd": req.cmd})
+
+    server = ControlServer(path, [].append, lambda: {}, {"say": say})
+    with trio.fail_after(IO_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            code = await trio.to_thread.run_sync(control.main, ["--socket", path, "say", "Where", "is", "the", "exit?"])
+            nursery.cancel_scope.cancel()
+    assert code == 0 and [(r.cmd, r.text) for r in got] == [("say", "Where is the exit?")]
 
 
 async def test_replies_are_redacted_like_log_lines(tmp_path: Path) -> None:

@@ -86,12 +86,14 @@ async def test_malformed_and_unknown_server_messages_are_survived(tmp_path: Path
                 await sim.wait_for(lambda: conv.turns)  # the conversation goes on
                 session_stats = (await k.ctl("status"))["session"]
                 assert session_stats["malformed"] + session_stats["unknown"] == 4
+                assert session_stats["unknown_types"] == {"sim_unknown_event": 1}  # counted per type
                 assert conv.open
                 await k.ctl("end")
                 await sim.wait_for(lambda: not conv.open)
     lines = k.log.getvalue()
     assert "malformed server message skipped" in lines
-    assert "unknown server event skipped" in lines
+    skipped = [line for line in lines.splitlines() if "server event not used skipped" in line]
+    assert skipped and all(line.startswith("level=debug") for line in skipped), "an unused event is no warning"
 
 
 async def test_no_token_in_any_log_line(tmp_path: Path) -> None:

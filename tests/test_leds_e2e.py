@@ -25,6 +25,7 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 from kioskd.service.daemon import Kiosk
 from kioskd.hardware.leds import COLOURS, LEVELS, LISTEN_SPAN, PRIVACY_MIN_BRIGHTNESS, UPDATE_HZ, VAD_TAU, LightState, light_state
 from kioskd.protocol import UserAudioChunk
+from kioskd.simulator.settings import AGENT_CLIENT_EVENTS
 from kioskd.simulator import SimulatorConfig, open_simulator
 from kioskd.state import KioskState, Status
 
@@ -131,7 +132,8 @@ async def test_light_over_a_whole_conversation(tmp_path: Path) -> None:
         board.append((-math.inf, kiosk.board.status))
         kiosk.board.listen(lambda status: board.append((trio.current_time(), status)))
 
-    async with open_simulator(SimulatorConfig(vad_score_ms=50)) as sim:
+    # an agent configured to send vad_score (the service's default events have none)
+    async with open_simulator(SimulatorConfig(vad_score_ms=50, client_events=(*AGENT_CLIENT_EVENTS, "vad_score"))) as sim:
         config = kiosk_config(
             sim,
             tmp_path,

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from kioskd.simulator import SimulatorConfig
-from kioskd.protocol import AgentResponse
+from kioskd.protocol import AgentResponse, UserTranscript
 from kioskd.state import Command, KioskState
 from kioskd.service.supervisor import RESUME_INTERVAL
 
@@ -35,7 +35,15 @@ def virtual_clock() -> trio.testing.MockClock:
 async def _converse(rig: Rig) -> None:
     """Start, and wait until the visitor has spoken and the agent answered."""
     answered = trio.Event()
-    rig.supervisor.observers.append(lambda event: isinstance(event, AgentResponse) and answered.set())
+    heard: list[bool] = []
+
+    def observe(event: object) -> None:  # the agent's answer to the visitor (its greeting comes first)
+        if isinstance(event, UserTranscript):
+            heard.append(True)
+        elif isinstance(event, AgentResponse) and heard:
+            answered.set()
+
+    rig.supervisor.observers.append(observe)
     rig.supervisor.command(Command.START)
     await rig.wait_state(KioskState.CONVERSATION)
     await answered.wait()
@@ -58,6 +66,7 @@ async def test_drop_mid_conversation_resumes_with_the_transcript(
     assert not first.open
     update = second.contextual_updates[0]
     assert f"Visitor: {TRANSCRIPT}" in update and "Agent: Hello!" in update
+    assert update.index("Agent: Hi, welcome!") < update.index("Visitor:"), "the greeting, then the exchange"
     assert second.client_data is not None  # a whole new conversation, introduced properly
     assert rig.supervisor.counters["resumed"] == 1
     assert [name for _, name in rig.audio.cues] == ["listening", "reconnecting"]  # no second "listening"

@@ -24,13 +24,15 @@ from kioskd.simulator.settings import DEFAULT_KIOSK_TOKEN
 from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
 from kioskd.audio.formats import AudioFormat, decode, encode
 from kioskd.simulator.faults import BackendFaults
+from kioskd.simulator.settings import AGENT_CLIENT_EVENTS, LEGACY
 from kioskd.simulator.speech import silence, synth_speech
 from kioskd.simulator.turns import EndOfSpeech, FrameSplitter, TurnDetector, VadScoreWindow
 
 TIMEOUT = 10
 E = TypeVar("E")
 
-FAST = dict(ping_interval=30.0, client_data_wait=0.2, reply_seconds=1.0, reply_speedup=10.0)
+#: Quick, and an agent without a first message (the greeting has tests of its own).
+FAST = dict(ping_interval=30.0, client_data_wait=0.2, reply_seconds=1.0, reply_speedup=10.0, first_message="")
 
 
 def fast_config(**overrides: Any) -> SimulatorConfig:
@@ -218,9 +220,14 @@ async def test_audio_round_trip_gives_transcript_response_and_rising_audio(input
                     event = await client.until(p.AudioEvent)
                     ids.append(event.audio_event.event_id)
                     audio += event.audio_event.audio_base_64
-                assert len(ids) >= 4 and ids == sorted(ids) and len(set(ids)) == len(ids)
+                # one agent turn, one event id: the visitor's turn's, shared by transcript, response and audio
+                turn = transcript.user_transcription_event.event_id
+                assert len(ids) >= 4 and set(ids) == {turn} and response.agent_response_event.event_id == turn
                 assert len(audio) == 2 * 16000 * cfg.reply_seconds
-                assert client.of(p.VadScore) and max(e.vad_score_event.vad_score for e in client.of(p.VadScore)) > 0.8
+                tentative = client.of(p.TentativeUserTranscript)
+                assert tentative and {e.tentative_user_transcription_event.event_id for e in tentative} == {turn}
+                assert "where is the library".startswith(tentative[0].tentative_user_transcription_event.user_transcript)
+                assert not client.of(p.VadScore), "vad_score is not among the default client events"
                 conv = sim.conversations[0]
                 await sim.wait_for(lambda: len(conv.audio_raw) == len(sent))
                 assert bytes(conv.audio_raw) == sent
@@ -247,8 +254,10 @@ async def test_espeak_speech_is_heard_as_a_turn(tmp_path: Path) -> None:
                 assert sim.conversations[0].turns[0].speech_ms >= 1000
 
 
-async def test_speaking_over_the_agent_interrupts_it() -> None:
-    cfg = fast_config(reply_seconds=3.0, reply_speedup=2.0, tool_call=None)
+@pytest.mark.parametrize("event_ids", ["turn", "message"])
+async def test_speaking_over_the_agent_interrupts_it(event_ids: str) -> None:
+    events = (*AGENT_CLIENT_EVENTS, "agent_response_correction")
+    cfg = fast_config(reply_seconds=3.0, reply_speedup=2.0, tool_call=None, event_ids=event_ids, client_events=events)
     with trio.fail_after(TIMEOUT):
         async with open_simulator(cfg) as sim:
             async with open_websocket_url(sim.signed_url()) as ws:
@@ -257,20 +266,29 @@ async def test_speaking_over_the_agent_interrupts_it() -> None:
                 await client.until(p.AudioEvent)
                 await client.send_audio(utterance(0.5, 0.8, seed=7))  # barge in
                 interruption = await client.until(p.Interruption)
+                cut = interruption.interruption_event.event_id
                 audio_ids = [e.audio_event.event_id for e in client.of(p.AudioEvent)]
-                assert interruption.interruption_event.event_id == max(audio_ids)
+                if event_ids == "turn":
+                    # the interruption carries the interrupting turn's id: the old reply's is lower
+                    assert set(audio_ids) == {cut - 1}
+                else:  # today's behaviour before issue 12: the id of the last audio chunk sent
+                    assert cut == max(audio_ids)
                 correction = await client.until(p.AgentResponseCorrection)
                 body = correction.agent_response_correction_event
                 assert body.original_agent_response == cfg.replies[0]
                 assert body.corrected_agent_response.endswith("...")
-                # The barge-in utterance is a turn of its own; its reply continues the ids.
-                await client.until(p.UserTranscript)
+                # The barge-in utterance is a turn of its own; its reply carries the interruption's id
+                # (per turn) or continues the ids (per message).
+                transcript = await client.until(p.UserTranscript)
                 nxt = await client.until(p.AudioEvent)
-                assert nxt.audio_event.event_id > interruption.interruption_event.event_id
+                if event_ids == "turn":
+                    assert nxt.audio_event.event_id == cut == transcript.user_transcription_event.event_id
+                else:
+                    assert nxt.audio_event.event_id > cut
                 between = client.events[client.events.index(interruption) : -1]
                 assert not any(isinstance(e, p.AudioEvent) for e in between), "audio of the interrupted reply kept coming"
                 conv = sim.conversations[0]
-                assert conv.interruptions == [interruption.interruption_event.event_id]
+                assert conv.interruptions == [cut]
                 assert len(conv.turns) == 2
 
 
@@ -468,8 +486,8 @@ async def test_fault_delay_holds_each_outgoing_message(sim: Simulator) -> None:
             sim.faults.delay = 0.3
             start = trio.current_time()
             await client.send(p.UserMessage(text="hi"))
-            await client.until(p.AgentResponse)
-            # tentative response, then agent_response: two messages, each delayed.
+            await client.until(p.AudioEvent)
+            # agent_response, then the first audio: two messages, each delayed.
             assert trio.current_time() - start >= 2 * 0.3 * 0.9
 
 
@@ -640,6 +658,203 @@ async def test_default_silence_timeout_in_virtual_time(mock_clock: trio.testing.
             conv = sim.conversations[0]
             assert conv.close_code == 1002
             assert "ping" in conv.sent_types  # the 30 s ping went out on the way
+
+
+# ------------------------------------------------------------------ like the real service (issue 12)
+
+
+def real_config(**overrides: Any) -> SimulatorConfig:
+    """The default (service-like) simulator, only faster."""
+    return SimulatorConfig(**{**FAST, "first_message": SimulatorConfig().first_message, **overrides})
+
+
+async def test_default_conversation_event_for_event_like_the_service() -> None:
+    """Greeting first, tentative transcripts while the visitor talks, per-turn ids, alignment,
+    only the default client events (no vad_score, corrections or internal events)."""
+    cfg = real_config(transcripts=("where is the cafe",), replies=("Ground floor.",), tool_call=None, ping_interval=0.3)
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(cfg) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                await client.send(p.ConversationInitiationClientData())
+                assert isinstance(await client.next(), p.ConversationInitiationMetadata)
+                greeting = await client.until(p.AgentResponse)
+                assert greeting.agent_response_event.agent_response == cfg.first_message
+                assert greeting.agent_response_event.event_id == 1
+                chars = ""
+                while len(chars) < len(cfg.first_message):
+                    audio = (await client.until(p.AudioEvent)).audio_event
+                    assert audio.event_id == 1 and audio.alignment is not None
+                    assert len(audio.alignment.chars) == len(audio.alignment.char_start_times_ms)
+                    chars += "".join(audio.alignment.chars)
+                assert chars == cfg.first_message
+                await trio.sleep(cfg.reply_seconds)  # the greeting has played: no barge-in
+                await client.send_audio(utterance())
+                transcript = await client.until(p.UserTranscript)
+                assert transcript.user_transcription_event.event_id == 2
+                reply = await client.until(p.AgentResponse)
+                assert reply.agent_response_event.event_id == 2
+                assert (await client.until(p.AudioEvent)).audio_event.event_id == 2
+                await client.until(p.Ping)
+                conv = sim.conversations[0]
+                assert conv.greeting == cfg.first_message
+                kinds = {kind for kind, _ in conv.sent}
+                assert kinds <= set(p.DEFAULT_CLIENT_EVENTS) | {"agent_tool_response", "client_tool_call"}
+                assert {"tentative_user_transcript", "user_transcript", "agent_response", "audio", "ping"} <= kinds
+                ping_ids = [event_id for kind, event_id in conv.sent if kind == "ping"]
+                assert ping_ids[:2] == [1, 2], "pings count on their own"
+                tentative = [e.tentative_user_transcription_event for e in client.of(p.TentativeUserTranscript)]
+                assert [t.user_transcript for t in tentative][:2] == ["where", "where is"]
+
+
+async def test_client_events_override_is_honoured() -> None:
+    events = ["conversation_initiation_metadata", "agent_response", "vad_score", "audio"]
+    override = p.ConversationConfigOverride(conversation=p.ConversationOverride(client_events=events))
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(real_config(first_message="", tool_call=None)) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                await client.send(p.ConversationInitiationClientData(conversation_config_override=override))
+                await client.until(p.ConversationInitiationMetadata)
+                await client.send_audio(utterance())
+                await client.until(p.AudioEvent)
+                conv = sim.conversations[0]
+                assert conv.client_events == frozenset(events)
+                assert client.of(p.VadScore) and max(e.vad_score_event.vad_score for e in client.of(p.VadScore)) > 0.8
+                assert not client.of(p.UserTranscript) and not client.of(p.TentativeUserTranscript)
+                assert {kind for kind, _ in conv.sent} <= set(events)
+
+
+async def test_a_forbidden_override_is_refused_with_an_override_error_and_1008() -> None:
+    override = p.ConversationConfigOverride(conversation=p.ConversationOverride(client_events=["audio", "vad_score"]))
+    cfg = real_config(forbidden_overrides=("conversation.client_events",))
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(cfg) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                await ws.send_message(p.encode(p.ConversationInitiationClientData(conversation_config_override=override)))
+                error = p.decode_server_event(await ws.get_message())
+                assert isinstance(error, p.ErrorEvent)
+                assert (error.error_event.code, error.error_event.error_type) == (1008, "override_error")
+                assert "client_events" in (error.error_event.message or "")
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.get_message()
+                assert closed.value.reason.code == 1008 and "client_events" in (closed.value.reason.reason or "")
+            assert sim.conversations[0].close_code == 1008
+            # an allowed override passes
+            first = p.ConversationConfigOverride(agent=p.AgentOverride(first_message="Moin!"))
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                await client.send(p.ConversationInitiationClientData(conversation_config_override=first))
+                assert (await client.until(p.AgentResponse)).agent_response_event.agent_response == "Moin!"
+
+
+@pytest.mark.parametrize("when", ["before", "during", "after"])
+async def test_goodbye_ends_the_call_with_end_call_and_closes_1000_after_the_goodbye(when: str) -> None:
+    cfg = real_config(first_message="", transcripts=("thanks, goodbye!",), tool_call=None, end_call=when,
+                      end_call_close_after=0.5)
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(cfg) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                await client.send_audio(utterance())
+                response = await client.until(p.AgentResponse)
+                assert response.agent_response_event.agent_response == cfg.goodbye
+                code = None
+                try:
+                    while True:
+                        await client.next()
+                except ConnectionClosed as exc:
+                    code = exc.reason.code
+                kinds = [type(e) for e in client.events]
+                end = kinds.index(p.AgentToolResponse)
+                tool = client.events[end]
+                assert isinstance(tool, p.AgentToolResponse)
+                body = tool.agent_tool_response
+                assert (body.tool_name, body.tool_type, body.is_error, body.event_id) == (
+                    "end_call", "system", False, response.agent_response_event.event_id)
+                audio_before = kinds[:end].count(p.AudioEvent)
+                audio_after = kinds[end:].count(p.AudioEvent)
+                assert {"before": audio_before == 0, "during": audio_before and audio_after,
+                        "after": audio_after == 0}[when]
+                assert code == 1000
+            conv = sim.conversations[0]
+            # the agent closes end_call_close_after once the goodbye has played in real time
+            assert conv.ended_at is not None and len(conv.end_calls) == 1
+            first_audio = conv.started_at  # lower bound; the goodbye plays reply_seconds
+            assert conv.ended_at - first_audio >= cfg.reply_seconds + 0.5
+
+
+async def test_client_messages_are_accepted_and_recorded_verbatim() -> None:
+    data = {"type": "conversation_initiation_client_data", "user_id": "lobby-1",
+            "source_info": {"source": "kioskd", "version": "0.1.0"}, "tool_mock_config": {"mocking_strategy": "none"}}
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(real_config()) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                await ws.send_message(json.dumps(data))
+                greeting = await client.until(p.AgentResponse)
+                await client.send(p.Feedback(event_id=greeting.agent_response_event.event_id, score="like"))
+                await client.send(p.Feedback(event_id=greeting.agent_response_event.event_id, score=None))
+                await client.send(p.UserActivity())
+                await client.send(p.ContextualUpdate(text="the door opened", context_id="door"))
+                conv = sim.conversations[0]
+                await sim.wait_for(lambda: len(conv.raw_messages) == 5)
+                assert conv.open
+                assert conv.client_data is not None and conv.client_data.user_id == "lobby-1"
+                assert conv.client_data.source_info == p.SourceInfo("kioskd", "0.1.0")
+                assert json.loads(conv.raw_messages[0][1]) == data, "fields the struct does not know are kept too"
+                assert conv.feedback == [p.Feedback(1, "like"), p.Feedback(1, None)]
+                assert len(conv.user_activity) == 1 and conv.contextual_updates == ["the door opened"]
+
+
+async def test_text_only_conversation_streams_text_and_never_times_out_on_silence() -> None:
+    override = p.ConversationConfigOverride(conversation=p.ConversationOverride(text_only=True))
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(real_config(silence_timeout=0.3, tool_call=None)) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                await client.send(p.ConversationInitiationClientData(conversation_config_override=override))
+                await client.until(p.AgentResponse)  # the greeting, as text
+                await client.send(p.UserMessage(text="what is on today?"))
+                reply = await client.until(p.AgentResponse)
+                parts = []
+                while not parts or parts[-1].type != "stop":
+                    parts.append((await client.until(p.AgentChatResponsePart)).text_response_part)
+                if parts[0].event_id != reply.agent_response_event.event_id:  # the greeting's parts came first
+                    parts = []
+                    while not parts or parts[-1].type != "stop":
+                        parts.append((await client.until(p.AgentChatResponsePart)).text_response_part)
+                assert parts[0].type == "start" and "".join(x.text for x in parts).strip() == sim.config.replies[0]
+                await trio.sleep(0.5)
+                assert sim.conversations[0].open and sim.conversations[0].text_only
+                assert not client.of(p.AudioEvent)
+
+
+async def test_silence_close_is_preceded_by_an_error_event_of_the_real_shape() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(real_config(silence_timeout=0.3, first_message="")) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                error = await client.until(p.ErrorEvent)
+                assert (error.error_event.code, error.error_event.error_type) == (1002, "transport_receive_timeout")
+                assert error.error_event.message
+                assert await close_code(ws) == 1002
+
+
+async def test_legacy_switches_bring_back_the_old_behaviour() -> None:
+    cfg = fast_config(**LEGACY, tool_call=None)
+    with trio.fail_after(TIMEOUT):
+        async with open_simulator(cfg) as sim:
+            async with open_websocket_url(sim.signed_url()) as ws:
+                client = Client(ws)
+                await client.send_audio(utterance())
+                await client.until(p.UserTranscript)
+                await client.until(p.InternalTentativeAgentResponse)
+                first, second = await client.until(p.AudioEvent), await client.until(p.AudioEvent)
+                assert second.audio_event.event_id == first.audio_event.event_id + 1
+                assert first.audio_event.alignment is None
+                assert client.of(p.VadScore) and not client.of(p.TentativeUserTranscript)
+                assert sim.conversations[0].greeting is None
 
 
 def test_cli_secrets_come_from_env_or_files_never_argv(

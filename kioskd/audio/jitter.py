@@ -44,8 +44,11 @@ depth rule runs dry on every arrival).
   lateness measured against the same reply's schedule) and playout resumes at the
   playout point above. Audio arriving later than the window is a new reply (the user had
   to speak in between), not an underrun, and gets a fresh schedule.
-* **Interruption.** Everything with ``event_id`` ≤ the interruption's id is discarded,
-  queued or arriving later. If it was audible, the next pull starts with a ``fade_ms``
+* **Interruption.** Everything with ``event_id`` < the interruption's id is discarded,
+  queued or arriving later; audio with an id ≥ it plays. That is the JS client's rule
+  (``VoiceConversation.handleAudio``, what the ElevenLabs widget runs): on the service the
+  interruption carries the interrupting turn's id and the agent's reply to that turn
+  shares it, so it must be heard (the Python client's ``<=`` drops it; NOTES). If it was audible, the next pull starts with a ``fade_ms``
   fade-out of the audio that would have played next (so the first faded sample continues
   the waveform: no click), then silence. Newer audio already queued starts a new reply
   whose audio is taken as due at the interruption; otherwise the next arrival does.
@@ -180,7 +183,7 @@ class JitterBuffer:
 
     def push(self, event_id: int, samples: np.ndarray, now: float) -> bool:
         """Queue agent audio; False (dropped) if ``event_id`` was interrupted."""
-        if self._interrupted_id is not None and event_id <= self._interrupted_id:
+        if self._interrupted_id is not None and event_id < self._interrupted_id:
             self.dropped_events += 1
             return False
         s = np.asarray(samples, dtype=np.int16).reshape(-1)
@@ -228,20 +231,20 @@ class JitterBuffer:
         self._steady = 0
 
     def interrupt(self, event_id: int, now: float) -> None:
-        """Discard all audio with id ≤ ``event_id`` (queued and late); fade out if audible."""
+        """Discard all audio with id < ``event_id`` (queued and late); fade out if audible."""
         if self._interrupted_id is None or event_id > self._interrupted_id:
             self._interrupted_id = event_id
         self._dry_at = None
         if not self._queue:
             self._base = None  # the next arrival is a new reply
             return
-        head_dead = self._queue[0][0] <= event_id
+        head_dead = self._queue[0][0] < event_id
         if head_dead and self._started and self.fade_samples > 0:
             self._fade = self._make_fade(event_id)
             self._fade_pos = 0
         kept: deque[tuple[int, np.ndarray]] = deque()
         for i, (eid, chunk) in enumerate(self._queue):
-            if eid > event_id:
+            if eid >= event_id:
                 kept.append((eid, chunk))
                 continue
             dead = len(chunk) - (self._head_offset if i == 0 else 0)
@@ -263,7 +266,7 @@ class JitterBuffer:
         parts: list[np.ndarray] = []
         have = 0
         for i, (eid, chunk) in enumerate(self._queue):
-            if eid > event_id or have >= self.fade_samples:
+            if eid >= event_id or have >= self.fade_samples:
                 break
             part = chunk[self._head_offset :] if i == 0 else chunk
             part = part[: self.fade_samples - have]

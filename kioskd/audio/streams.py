@@ -7,6 +7,7 @@ Both run on the Trio thread and know nothing of the engine: an uplink is fed blo
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,9 @@ FRAME_MS = 10
 """Length of one internal frame."""
 VAD_AGGRESSIVENESS = 2
 """webrtcvad mode for the uplink's speech flags (0 least, 3 most aggressive)."""
+VOICE_WINDOW_FRAMES = 10
+"""Frames (10 ms each) an uplink's ``voice_level`` averages: 100 ms, the window of the
+simulator's vad_score, so the light moves the same with or without the agent's VAD."""
 PLAYBACK_FLUSH_IDLE_S = 0.04
 """Agent audio idle this long: flush the resampler's held-back tail (its filter delay, 3–6 ms)."""
 
@@ -57,6 +61,10 @@ class Uplink:
         self._resampler = Resampler(INTERNAL_RATE, fmt.rate)
         self._wake = trio.Event()
         self.closed = False
+        #: when this uplink last carried speech (Trio time), and the speech flags of its latest frames
+        self.speech_at: float | None = None
+        self._voice = webrtcvad.Vad(VAD_AGGRESSIVENESS)
+        self._speech: deque[bool] = deque(maxlen=VOICE_WINDOW_FRAMES)
         if len(preroll):
             self._buffer.push_block(preroll.reshape(-1, FRAME_SAMPLES))
 
@@ -77,6 +85,16 @@ class Uplink:
         if not self.closed:
             self._buffer.push_block(frames)
             self._wake.set()
+            # the visitor's activity and the light's level (webrtcvad: ~0.03 % of a core per second)
+            for frame in frames[-VOICE_WINDOW_FRAMES:]:
+                self._speech.append(bool(self._voice.is_speech(frame.tobytes(), INTERNAL_RATE)))
+            if any(list(self._speech)[-len(frames):]):
+                self.speech_at = trio.current_time()
+
+    @property
+    def voice_level(self) -> float:
+        """The share of speech frames in the latest :data:`VOICE_WINDOW_FRAMES` (0–1, as a vad_score)."""
+        return sum(self._speech) / len(self._speech) if self._speech else 0.0
 
     async def receive(self) -> bytes:
         """The next message's audio, encoded in :attr:`format`; ClosedResourceError once closed."""

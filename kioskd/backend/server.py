@@ -76,7 +76,9 @@ __all__ = ["API_KEY_ENV", "build_app", "hash_token", "main", "serve", "signed_ur
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "ELEVENLABS_API_KEY"
-SIGNED_URL_PATH = "/v1/convai/conversation/get_signed_url"
+#: The signed-URL endpoint as the current API (and the Python SDK) spells it, then the seed's
+#: older spelling, asked only when the first answers 404 (NOTES: "get-signed-url").
+SIGNED_URL_PATHS = ("/v1/convai/conversation/get-signed-url", "/v1/convai/conversation/get_signed_url")
 TOKEN_BYTES = 32
 EXIT_USAGE = 2
 #: Upstream replies larger than this are not JSON we want.
@@ -196,17 +198,21 @@ class Signer:
 
     async def fetch(self, agent_id: str) -> str:
         """A signed URL from the ElevenLabs API, within ``upstream_timeout``. Raises UpstreamError."""
-        url = self.config.api_base.rstrip("/") + SIGNED_URL_PATH
         headers = {"xi-api-key": self._api_key, "Accept-Encoding": "identity"}
         try:
             with trio.fail_after(self.config.upstream_timeout):
-                async with self._client.stream("GET", url, params={"agent_id": agent_id}, headers=headers) as response:
-                    if response.status_code == 429:
-                        retry = upstream_retry_after(response.headers.get("retry-after"))
-                        raise UpstreamError("the API is rate-limiting this backend (HTTP 429)", retry_after=retry)
-                    if response.status_code != 200:
-                        raise UpstreamError(f"the API answered {response.status_code}")
-                    content = await _read_capped(response, MAX_UPSTREAM_BODY)
+                for path in SIGNED_URL_PATHS:  # the next spelling only after a 404
+                    url = self.config.api_base.rstrip("/") + path
+                    async with self._client.stream("GET", url, params={"agent_id": agent_id}, headers=headers) as response:
+                        if response.status_code == 404 and path != SIGNED_URL_PATHS[-1]:
+                            continue
+                        if response.status_code == 429:
+                            retry = upstream_retry_after(response.headers.get("retry-after"))
+                            raise UpstreamError("the API is rate-limiting this backend (HTTP 429)", retry_after=retry)
+                        if response.status_code != 200:
+                            raise UpstreamError(f"the API answered {response.status_code}")
+                        content = await _read_capped(response, MAX_UPSTREAM_BODY)
+                        break
         except (trio.TooSlowError, httpx.TimeoutException):
             raise UpstreamError(f"no answer within {self.config.upstream_timeout:g} s") from None
         except httpx.HTTPError as exc:

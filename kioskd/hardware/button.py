@@ -45,7 +45,7 @@ from kioskd.state import Command
 if TYPE_CHECKING:
     from gpiozero import Button
 
-__all__ = ["ButtonLogic", "ButtonTrigger"]
+__all__ = ["ButtonLogic", "ButtonTrigger", "FeedbackButtons"]
 
 log = logging.getLogger(__name__)
 
@@ -246,3 +246,53 @@ class ButtonTrigger:
                     pressed = bool(self._button.is_pressed) if self._button is not None else False
                     self._deliver(self.logic.settle(trio.current_time(), pressed))
 
+
+
+class FeedbackButtons:
+    """Optional like/dislike buttons (``button.like_pin`` / ``button.dislike_pin``).
+
+    A press rates the agent's latest answer through ``deliver("feedback", "like"|"dislike")``
+    (the supervisor's :meth:`~kioskd.service.supervisor.Supervisor.visitor_message`); outside
+    a conversation it is logged and ignored. Debounced by gpiozero's ``bounce_time``.
+    """
+
+    def __init__(self, config: ButtonConfig, deliver: Callable[[str, str], str | None], *, pin_factory: Any = None) -> None:
+        self.config = config
+        self.deliver = deliver
+        self.pin_factory = pin_factory
+        self._buttons: list[Any] = []  # strong references: gpiozero must not lose the callbacks
+
+    @property
+    def pins(self) -> dict[str, int]:
+        """score → BCM pin, for the buttons configured."""
+        wanted = (("like", self.config.like_pin), ("dislike", self.config.dislike_pin))
+        return {score: pin for score, pin in wanted if pin >= 0}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the buttons, deliver their presses until cancelled, then close them."""
+        to_trio = ToTrio()
+        for score, pin in self.pins.items():
+            try:
+                button = open_device("Button", pin, pin_factory=self.pin_factory, pull_up=self.config.pull_up,
+                                     bounce_time=(self.config.bounce_ms / 1000.0) or None)
+            except GpioUnavailable as exc:
+                log.warning("feedback button unavailable score=%s pin=%d: %s", score, pin, exc)
+                continue
+            button.when_pressed = lambda *_, score=score: to_trio.post(self._press, score)
+            self._buttons.append(button)
+            log.info("feedback button ready score=%s pin=%d", score, pin)
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            buttons, self._buttons = self._buttons, []
+            for button in buttons:
+                button.when_pressed = None
+                button.close()
+
+    def _press(self, score: str) -> None:
+        problem = self.deliver("feedback", score)
+        if problem is None:
+            log.info("feedback button sent score=%s", score)
+        else:
+            log.info("feedback button ignored score=%s reason=%r", score, problem)

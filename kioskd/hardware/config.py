@@ -26,11 +26,17 @@ class ButtonConfig:
     mode: ButtonMode = "toggle"
     long_press: float = 3.0
     bounce_ms: int = 50
+    #: Optional feedback buttons (BCM pins; -1 = none): a press rates the agent's latest answer.
+    like_pin: int = -1
+    dislike_pin: int = -1
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
         if self.pin not in BCM_PINS:
             out.append(("pin", f"must be a GPIO of the header, BCM {BCM_PINS[0]}–{BCM_PINS[-1]}"))
+        for key in ("like_pin", "dislike_pin"):
+            if getattr(self, key) != -1 and getattr(self, key) not in BCM_PINS:
+                out.append((key, f"must be a GPIO of the header, BCM {BCM_PINS[0]}–{BCM_PINS[-1]}, or -1 for none"))
         if self.long_press <= 0:
             out.append(("long_press", "must be positive"))
         if not 0 <= self.bounce_ms <= 1000:

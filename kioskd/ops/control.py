@@ -8,7 +8,10 @@ screen or a script can drive the kiosk with nothing more than ``socat``.
 The daemon adds commands that wait or stream (:data:`Handler`): ``start`` answers once
 the conversation is open or the start failed; ``watch`` answers ``{"ok": true}`` and then
 sends one event per line until the client hangs up; ``volume`` (with ``"value"``),
-``mute``, ``unmute``, ``close`` and ``open`` change the live controls.
+``mute``, ``unmute``, ``close`` and ``open`` change the live controls. During a
+conversation ``feedback`` (``"text": "like"|"dislike"``), ``say`` and ``context`` (with
+``"text"``) and ``activity`` reach the agent as the protocol's ``feedback``,
+``user_message``, ``contextual_update`` and ``user_activity``.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ _COMMANDS = {"start": Command.START, "end": Command.END, "toggle": Command.TOGGL
 class _Request(msgspec.Struct, forbid_unknown_fields=True):
     cmd: str
     value: float | None = None
+    text: str = ""
 
 
 Request = _Request
@@ -376,7 +380,13 @@ CTL_COMMANDS = {
     "unmute": "undo mute",
     "close": "out of service: triggers are ignored and the light says closed (kept across restarts)",
     "open": "back in service (opening hours still apply)",
+    "feedback": "rate the agent's latest answer: ctl feedback like|dislike",
+    "say": "a typed message the agent answers (a touch screen): ctl say Where is the exit?",
+    "context": "tell the agent something without interrupting (a door sensor): ctl context the door opened",
+    "activity": "the visitor is busy (typing, reading): the agent holds its turn",
 }
+#: Commands that carry words (``"text"``).
+TEXT_COMMANDS = ("feedback", "say", "context")
 
 
 def socket_path(config_path: str) -> str:
@@ -418,10 +428,21 @@ def main(argv: list[str]) -> int:
                         "only control.socket is read")
     parser.add_argument("--socket", help="control socket path (default: control.socket from the config)")
     parser.add_argument("cmd", choices=list(CTL_COMMANDS), metavar="COMMAND")
-    parser.add_argument("value", nargs="?", type=float, help="volume: 0.0 (silent) to 1.0 (full)")
+    parser.add_argument("value", nargs="*", help="volume: 0.0 (silent) to 1.0 (full); feedback: like|dislike; "
+                        "say, context: the text")
     args = parser.parse_args(argv)
-    if (args.cmd == "volume") != (args.value is not None):
+    fields: dict[str, Any] = {}
+    if args.cmd in TEXT_COMMANDS:
+        if not args.value:
+            parser.error(f"{args.cmd} needs {'like or dislike' if args.cmd == 'feedback' else 'some text'}")
+        fields["text"] = " ".join(args.value)
+    elif (args.cmd == "volume") != bool(args.value) or len(args.value) > 1:
         parser.error("volume needs a value 0.0-1.0; no other command takes one")
+    elif args.value:
+        try:
+            fields["value"] = float(args.value[0])
+        except ValueError:
+            parser.error("volume needs a value 0.0-1.0; no other command takes one")
     path = args.socket
     if path is None:
         try:
@@ -432,7 +453,6 @@ def main(argv: list[str]) -> int:
     try:
         if args.cmd == "watch":
             return _watch(path)
-        fields = {"value": args.value} if args.value is not None else {}
         timeout = START_TIMEOUT + START_WAIT_MARGIN if args.cmd == "start" else 5.0
         reply = request(path, args.cmd, timeout, **fields)
     except (OSError, ValueError) as exc:

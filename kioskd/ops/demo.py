@@ -51,14 +51,15 @@ class _Printer:
 
     def __init__(self) -> None:
         self.t0 = time.monotonic()
-        self.exchanges = 0
+        self.exchanges = 0  # the agent's answers to the visitor (its greeting comes first)
+        self.visitor_spoke = False
         self.audio_seen = False
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.2f}s] {text}", flush=True)
 
     def on_status(self, status: Status) -> None:
-        if status.state is KioskState.CONVERSATION and status.agent_speaking:
+        if status.state is KioskState.CONVERSATION and status.agent_speaking and self.exchanges:
             self.audio_seen = True
 
     def on_event(self, event: ServerEvent | UnknownEvent) -> None:
@@ -68,11 +69,12 @@ class _Printer:
                          f"(mic → {body.user_input_audio_format}, agent → {body.agent_output_audio_format})")
             case UserTranscript(user_transcription_event=body):
                 self.say(f"visitor: {body.user_transcript}")
+                self.visitor_spoke = True
             case AgentResponse(agent_response_event=body):
                 self.say(f"agent:   {body.agent_response}")
-                self.exchanges += 1
-            case Ping(ping_event=body) if body.ping_ms is not None:
-                self.say(f"ping answered (round trip {body.ping_ms} ms)")
+                self.exchanges += self.visitor_spoke
+            case Ping(ping_event=body) if body.rtt_ms() is not None:
+                self.say(f"ping answered (round trip {body.rtt_ms():g} ms)")
 
 
 async def _demo(out_dir: Path, speech: Path, fmt: str) -> int:

@@ -38,7 +38,7 @@ from kioskd.ops.controls import LiveControls, Settings
 from kioskd.ops.hooks import HookRunner
 from kioskd.ops.logs import register_secret, setup_logging
 from kioskd.ops.problems import ProblemWatch, live_problems, readiness_problems
-from kioskd.service.supervisor import Supervisor
+from kioskd.service.supervisor import VISITOR_MESSAGES, Supervisor
 from kioskd.state import Command, KioskState, Status, StatusBoard
 from kioskd.tools import ToolRegistry
 
@@ -158,7 +158,12 @@ class Kiosk:
                 async for event in events:
                     await reply(event)
 
+        async def visitor(req: Request, reply: Reply) -> None:  # feedback, say, context, activity
+            problem = self.supervisor.visitor_message(req.cmd, req.text)
+            await reply({"ok": True, "cmd": req.cmd} if problem is None else {"ok": False, "error": problem})
+
         return {
+            **dict.fromkeys(VISITOR_MESSAGES, visitor),
             "start": start, "watch": watch, "volume": volume,
             "mute": change(muted=True), "unmute": change(muted=False),
             "close": change(closed=True), "open": change(closed=False),
@@ -226,7 +231,7 @@ class Kiosk:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every part until cancelled; ``started()`` once the audio devices are open."""
         from kioskd.audio.vad_wake import VadWakeTrigger
-        from kioskd.hardware.button import ButtonTrigger
+        from kioskd.hardware.button import ButtonTrigger, FeedbackButtons
         from kioskd.hardware.leds import LedDriver
 
         config = self.config
@@ -250,6 +255,10 @@ class Kiosk:
             if config.trigger.mode in ("button", "both"):
                 self.button = ButtonTrigger(config.button, self.supervisor.command, pin_factory=self._pin_factory)
                 await nursery.start(self.button.run)
+            feedback = FeedbackButtons(config.button, self.supervisor.visitor_message, pin_factory=self._pin_factory)
+            if feedback.pins:
+                self.feedback_buttons = feedback
+                await nursery.start(feedback.run)
             if config.trigger.mode in ("vad", "both"):
                 wake = VadWakeTrigger(
                     config.vad, self.supervisor.command, self.board, speaking=lambda: self.audio.speaking

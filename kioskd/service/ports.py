@@ -14,7 +14,14 @@ __all__ = ["AudioPort", "MicPort", "SpeakerPort", "SupervisedAudio"]
 
 
 class MicPort(Protocol):
-    """Microphone audio for one conversation, encoded for the agent."""
+    """Microphone audio for one conversation, encoded for the agent.
+
+    ``speech_at``: when the kiosk's own VAD last heard speech in it (Trio time; None: not
+    yet); ``voice_level``: the share of speech in its latest 100 ms (0–1, like a vad_score).
+    """
+
+    speech_at: float | None
+    voice_level: float
 
     def set_format(self, fmt: AudioFormat) -> None:
         """Encode from now on as ``fmt`` (the agent's input format)."""
@@ -34,10 +41,10 @@ class SpeakerPort(Protocol):
         """Agent audio is audible now."""
 
     def push(self, event_id: int, data: bytes) -> None:
-        """Queue agent audio (dropped if ``event_id`` is at or before the last interruption)."""
+        """Queue agent audio (dropped if ``event_id`` is below the last interruption's: the JS client's rule)."""
 
     def interrupt(self, event_id: int) -> None:
-        """Barge-in: silence everything up to ``event_id``."""
+        """Barge-in: silence everything older than ``event_id`` (audio with that id still plays)."""
 
     def close(self) -> None:
         """Stop playing for this conversation."""

@@ -30,9 +30,10 @@ from kioskd.actions import (
     SessionOutcome,
     SessionStats,
     Show,
+    StopMic,
 )
 from kioskd.config import Config
-from kioskd.conversation import Conversation, closed_outcome
+from kioskd.conversation import Conversation, NotNow, VisitorMessage, closed_outcome
 from kioskd.protocol import ProtocolError, ServerEvent, UnknownEvent, UserAudioChunk, decode_server_event, encode
 from kioskd.service.link import Link, describe_exc, open_link
 from kioskd.service.ports import AudioPort, MicPort, SpeakerPort
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: How often the session refreshes the speaking/listening flags and ticks the conversation.
 PUMP_INTERVAL = 0.05
+#: Visitor messages (``kioskd ctl say`` …) waiting to be sent; more are refused.
+OUTBOX = 16
 #: The link errors that end a conversation (everything else in a handler is a bug, survived).
 LINK_ERRORS = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -73,6 +76,10 @@ class Session:
         self._tasks: trio.Nursery | None = None
         self._playback: SpeakerPort | None = None
         self._sending = False
+        #: the microphone sender's current wait (cancelled by StopMic), and whether it stopped for good
+        self._mic_wait: trio.CancelScope | None = None
+        self._mic_stopped = False
+        self._outbox, self._outbox_out = trio.open_memory_channel[list[Action]](OUTBOX)
 
     @property
     def stats(self) -> SessionStats:
@@ -92,6 +99,17 @@ class Session:
     def end(self, reason: str = "ended by request") -> None:
         """Finish the conversation cleanly (close 1000). Safe to call at any time, more than once."""
         self._act(self.conversation.end(reason))
+
+    def visitor_message(self, kind: VisitorMessage, text: str = "") -> None:
+        """Send the agent a visitor's feedback, text, context or activity (soon, in order).
+
+        Raises :class:`~kioskd.conversation.NotNow` saying why it cannot be sent now.
+        """
+        actions = self.conversation.visitor_message(kind, text)
+        try:
+            self._outbox.send_nowait(actions)
+        except trio.WouldBlock:
+            raise NotNow("too many messages waiting to be sent") from None
 
     async def run(
         self,
@@ -177,13 +195,15 @@ class Session:
             nursery.start_soon(self._receive_loop, link.ws)
             nursery.start_soon(self._keepalive, link.ws)
             nursery.start_soon(self._watch)
+            nursery.start_soon(self._send_outbox)
 
     async def _receive_loop(self, ws: trio_websocket.WebSocketConnection) -> None:
         while True:
             try:
                 data = await ws.get_message()
             except trio_websocket.ConnectionClosed as exc:
-                self._act(self.conversation.closed(_close_code(exc), trio.current_time()))
+                reason = exc.reason.reason if exc.reason is not None else None
+                self._act(self.conversation.closed(_close_code(exc), trio.current_time(), reason))
                 self._tick(trio.current_time())  # a drain ends at once when nothing is playing
                 return
             now = trio.current_time()
@@ -221,23 +241,41 @@ class Session:
             await trio.sleep_until(min(trio.current_time() + PUMP_INTERVAL, self.conversation.deadline))
 
     def _tick(self, now: float) -> bool:
-        """Refresh the speaking/listening flags and tick; False once the conversation has ended."""
+        """Refresh the speaking/listening flags and tick; False once the conversation has ended.
+
+        The kiosk's own microphone VAD counts as the visitor talking, and its level drives
+        the light while the agent sends no vad_score (the service's default events have none).
+        """
         speaking = self._playback is not None and self._playback.speaking
         self._board.update(agent_speaking=speaking, mic_live=self._sending and self._audio.mic_enabled)
-        self._act(self.conversation.tick(now, speaking=speaking))
+        listening = self._sending and self._audio.mic_enabled
+        self._act(self.conversation.tick(
+            now, speaking=speaking, visitor_at=self._uplink.speech_at if listening else None,
+            voice_level=self._uplink.voice_level if listening else 0.0,
+        ))
         return self.conversation.ending is None
 
+    async def _send_outbox(self) -> None:
+        async for actions in self._outbox_out:
+            await self._apply(actions)
+
     async def _send_microphone(self, ws: trio_websocket.WebSocketConnection, link: Link) -> None:
-        self._sending = True
+        self._sending = not self._mic_stopped
         try:
-            while True:
-                self.stats.congested_waits += await link.wait_for_room()
-                chunk = await self._uplink.receive()
+            while not self._mic_stopped:
+                # Only the waits are cancellable (StopMic): a send cut part-way would break the link.
+                with trio.CancelScope() as self._mic_wait:
+                    self.stats.congested_waits += await link.wait_for_room()
+                    chunk = await self._uplink.receive()
+                if self._mic_stopped:
+                    return
                 # Privacy: the listening light is switched on (synchronously, by the board's
                 # listeners) before microphone audio leaves the kiosk, never after.
                 self._board.update(mic_live=self._audio.mic_enabled)
                 await ws.send_message(encode(UserAudioChunk(user_audio_chunk=chunk)))
                 self.stats.chunks_sent += 1
+        except trio_websocket.ConnectionClosed:
+            return  # the agent closed the link (e.g. while its goodbye plays): the reader reports it
         finally:
             self._sending = False
 
@@ -268,6 +306,12 @@ class Session:
                     self._uplink.set_format(up)
                     self._playback = self._audio.open_playback(down)
                     self._tasks.start_soon(self._send_microphone, self._link.ws, self._link)
+                case StopMic():
+                    self._mic_stopped = True
+                    if self._mic_wait is not None:
+                        self._mic_wait.cancel()
+                    self._sending = False
+                    self._board.update(mic_live=False)
                 case End():
                     if self._tasks is not None:
                         self._tasks.cancel_scope.cancel()

@@ -22,6 +22,7 @@ from kioskd.backoff import Backoff
 from kioskd.config import Config
 from kioskd.events import EventBus
 from kioskd.protocol import AgentResponse, ConversationInitiationMetadata, ServerEvent, UnknownEvent, UserTranscript
+from kioskd.conversation import NotNow
 from kioskd.service.ports import MicPort, SupervisedAudio
 from kioskd.service.race import Race
 from kioskd.service.session import Session
@@ -32,6 +33,8 @@ __all__ = ["Next", "Supervisor", "after_outcome", "resume_context"]
 
 log = logging.getLogger(__name__)
 
+#: What :meth:`Supervisor.visitor_message` passes on (conversation.VisitorMessage).
+VISITOR_MESSAGES = ("feedback", "say", "context", "activity")
 #: Commands queued beyond this are dropped (with a log line): a stuck button must not pile up.
 COMMAND_QUEUE = 16
 #: How long a visitor's start may keep retrying (backend errors, failed connects) before
@@ -162,6 +165,20 @@ class Supervisor:
             return
         self.command(Command.END)
         await self._idle.wait()
+
+    def visitor_message(self, kind: str, text: str = "") -> str | None:
+        """Send the open conversation a visitor's message (``kioskd ctl feedback|say|context|activity``,
+        a feedback button); None, or why it cannot be sent now."""
+        session = self._session
+        if session is None:
+            return "no conversation is open"
+        if kind not in VISITOR_MESSAGES:
+            return f"unknown visitor message {kind[:20]!r}"
+        try:
+            session.visitor_message(kind, text)  # type: ignore[arg-type]  # checked just above
+        except NotNow as exc:
+            return str(exc)
+        return None
 
     def details(self) -> dict[str, Any]:
         """Extra status for ``kioskd ctl status``."""

@@ -5,6 +5,20 @@ connection runs as one :class:`_Session` that records what it sees in a
 :class:`~kioskd.simulator.records.Conversation`. Turn-taking decisions come from the pure
 :mod:`kioskd.simulator.turns`; every outgoing message goes through one queue so the
 delay and stall faults apply to all of it in order.
+
+By default it behaves as the service's AsyncAPI and the official clients say (NOTES, "The
+real service today"): it sends only its client events (the schema's default list plus the
+tool events; a ``conversation.client_events`` override replaces them, a forbidden override
+is refused with ``override_error`` and 1008); one event id per turn (the visitor's turn
+and the agent's reply share it; an interruption carries the interrupting turn's id; pings
+count apart); the agent greets with its ``first_message``; ``tentative_user_transcript``
+while the visitor talks; character ``alignment`` on audio; a visitor's goodbye gets a
+goodbye and ``end_call`` (``agent_tool_response``, as the JS client expects); ``text_only``
+streams ``agent_chat_response_part`` instead of audio; 60 s without audio sends an
+``error`` (``transport_receive_timeout``, code 1002) before the 1002 close. Assumptions
+beyond the sources: the exact error texts, the agent closing (1000) a few seconds after
+its goodbye has played, and text-only conversations never timing out on silence.
+``settings.LEGACY`` brings back the behaviour before that (issue 12).
 """
 
 from __future__ import annotations
@@ -55,7 +69,9 @@ class _Close:
 
 @dataclass
 class _InterruptMarker:
-    """Queue item: an ``interruption`` whose event id is the last audio id actually sent."""
+    """Queue item: an ``interruption`` with ``event_id`` (None: the last audio id actually sent)."""
+
+    event_id: int | None
 
 
 @dataclass
@@ -63,8 +79,7 @@ class _AudioItem:
     """Queue item: one agent audio chunk of ``reply``."""
 
     reply: _Reply
-    event_id: int
-    audio: bytes
+    event: p.AudioEvent
 
 
 @dataclass
@@ -81,6 +96,7 @@ class _Reply:
 
     text: str
     seconds: float
+    event_id: int
     first_sent: float | None = None
     interrupted: bool = False
 
@@ -91,7 +107,7 @@ class _Reply:
         return self.first_sent is None or now < self.first_sent + self.seconds
 
 
-_Outgoing = str | _Close | _InterruptMarker | _AudioItem | _Malformed
+_Outgoing = p.ServerEvent | _Close | _InterruptMarker | _AudioItem | _Malformed
 
 
 class AgentServer:
@@ -207,10 +223,11 @@ class _Session:
         self.in_fmt = AudioFormat.parse(config.input_format)
         self.out_fmt = AudioFormat.parse(config.output_format)
         self._out_send, self._out_recv = trio.open_memory_channel[_Outgoing](math.inf)
-        self._event_ids = itertools.count(1)
+        self._ids = _EventIds(config.event_ids)
+        self._events = frozenset(config.client_events)
+        self._first_message = config.first_message
         self._ping_sent: dict[int, float] = {}
         self._last_rtt_ms: int | None = None
-        self._last_audio_id = 0
         self._last_user_audio = record.started_at
         self._vad = webrtcvad.Vad(config.vad_mode)
         self._resampler = (
@@ -219,6 +236,9 @@ class _Session:
         self._frames = FrameSplitter(VAD_RATE * FRAME_MS // 1000)
         self._turns = TurnDetector(config.end_of_speech_ms)
         self._scores = VadScoreWindow(config.vad_score_ms) if config.vad_score_ms > 0 else None
+        #: the visitor's turn under way: its event id once it has one, and speech since the last tentative
+        self._user_turn: int | None = None
+        self._tentative_ms = 0
         self._reply: _Reply | None = None
         self._reply_scope: trio.CancelScope | None = None
         self._tool_calls = itertools.count(1)
@@ -227,14 +247,19 @@ class _Session:
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        """Metadata first, then serve until the conversation ends."""
+        """Client data, metadata, the greeting, then serve until the conversation ends."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._sender)
-            first = await self._first_message()
+            first = await self._first_message_in()
             if first is _CLOSED:
                 nursery.cancel_scope.cancel()
                 return
+            if isinstance(first, (str, bytes)):
+                first = self._take_client_data(first)
+                if first is _CLOSED:
+                    return
+            self.record.client_events = self._events
             body = p.InitiationMetadataBody(
                 conversation_id=self.record.conversation_id,
                 agent_output_audio_format=self.out_fmt.name,
@@ -243,12 +268,16 @@ class _Session:
             self._send(p.ConversationInitiationMetadata(conversation_initiation_metadata_event=body))
             if first is not None:
                 await self._on_message(first)
+            if self._first_message:
+                self.record.greeting = self._first_message
+                self._start_reply(self._first_message, self._ids.new_turn(), seed=GREETING_SEED)
             nursery.start_soon(self._receiver)
             nursery.start_soon(self._pinger)
-            nursery.start_soon(self._silence_watchdog)
+            if not self.record.text_only:  # a text conversation sends no audio to time out on
+                nursery.start_soon(self._silence_watchdog)
             nursery.start_soon(self._max_duration)
 
-    async def _first_message(self) -> str | bytes | object | None:
+    async def _first_message_in(self) -> str | bytes | object | None:
         """The client's first message if it comes within ``client_data_wait``."""
         with trio.move_on_after(self.config.client_data_wait):
             try:
@@ -256,6 +285,41 @@ class _Session:
             except ConnectionClosed as exc:
                 self._closed_by_peer(exc)
                 return _CLOSED
+        return None
+
+    def _take_client_data(self, data: str | bytes) -> str | bytes | object | None:
+        """Apply the overrides of a first ``conversation_initiation_client_data`` (before the metadata).
+
+        Returns the message still to be handled (None once applied), or _CLOSED when an
+        override the agent forbids made it refuse the conversation.
+        """
+        try:
+            message = p.decode_client_message(data)
+        except p.ProtocolError:
+            return data  # handled (and refused) like any invalid message
+        if not isinstance(message, p.ConversationInitiationClientData):
+            return data
+        self._record_message(message, data, trio.current_time())
+        self.record.client_data = message
+        override = message.conversation_config_override or p.ConversationConfigOverride()
+        fields = _override_fields(override)
+        refused = [name for name in fields if name in self.config.forbidden_overrides]
+        if refused:
+            name = refused[0]
+            text = f"Override for field '{name.rsplit('.', 1)[-1]}' is not allowed by config."
+            self._send(p.ErrorEvent(error_event=p.ErrorBody(
+                code=1008, message=text, error_type="override_error", reason=text,
+                debug_message=f"conversation_config_override.{name} is not enabled in the agent's security settings",
+            )))
+            self._out_send.send_nowait(_Close(1008, text))
+            return _CLOSED
+        conversation = override.conversation
+        if conversation is not None and conversation.client_events:
+            self._events = frozenset(conversation.client_events)
+        if conversation is not None and conversation.text_only:
+            self.record.text_only = True
+        if override.agent is not None and override.agent.first_message is not None:
+            self._first_message = override.agent.first_message
         return None
 
     def _end(self, code: int | None, reason: str | None, *, dropped: bool = False) -> None:
@@ -299,12 +363,19 @@ class _Session:
         kinds = MALFORMED_KINDS if kind == "mixed" else (kind,)
         for i in range(count):
             kind_i = kinds[i % len(kinds)]
-            self._out_send.send_nowait(_Malformed(kind_i, _malformed(kind_i, next(self._event_ids))))
+            self._out_send.send_nowait(_Malformed(kind_i, _malformed(kind_i, self._ids.next_ping())))
+
+    def fault_raw(self, text: str) -> None:
+        """Queue ``text`` to be sent as it is."""
+        self._out_send.send_nowait(_Malformed(RAW, text))
 
     # ------------------------------------------------------------------ outgoing
 
     def _send(self, event: p.ServerEvent) -> None:
-        self._out_send.send_nowait(p.encode(event))
+        """Queue ``event`` if this conversation's client events include its type ("error" always)."""
+        kind = event.__struct_config__.tag
+        if kind in self._events or kind in _ALWAYS_SENT:
+            self._out_send.send_nowait(event)
 
     async def _sender(self) -> None:
         """Sends queued messages in order, applying the delay and stall faults."""
@@ -319,30 +390,35 @@ class _Session:
                 if isinstance(item, _AudioItem) and item.reply.first_sent is None:
                     item.reply.first_sent = now  # lost audio still "plays" (and ends)
                 continue
+            event: p.ServerEvent | None = None
+            text, kind, event_id = "", "", None  # (of a raw or malformed item; an event's are derived below)
             if isinstance(item, _AudioItem):
                 if item.reply.interrupted:
                     continue
                 if item.reply.first_sent is None:
                     item.reply.first_sent = now
-                text = p.encode(p.AudioEvent(audio_event=p.AudioBody(audio_base_64=item.audio, event_id=item.event_id)))
-                self._last_audio_id = item.event_id
-                self.record.audio_event_ids.append(item.event_id)
+                event = item.event
+                self._ids.last_audio = item.event.audio_event.event_id
+                self.record.audio_event_ids.append(self._ids.last_audio)
             elif isinstance(item, _InterruptMarker):
-                text = p.encode(p.Interruption(interruption_event=p.InterruptionBody(event_id=self._last_audio_id)))
-                self.record.interruptions.append(self._last_audio_id)
+                cut = self._ids.last_audio if item.event_id is None else item.event_id
+                event = p.Interruption(interruption_event=p.InterruptionBody(event_id=cut))
+                self.record.interruptions.append(cut)
             elif isinstance(item, _Malformed):
-                text = item.text
+                text, kind, event_id = item.text, "raw" if item.kind == RAW else f"malformed:{item.kind}", None
             else:
-                text = item
-            kind = f"malformed:{item.kind}" if isinstance(item, _Malformed) else _type_of(text)
-            if kind == "ping":
-                self._ping_sent[_ping_id(text)] = now
+                event = item
+            if event is not None:
+                text, kind, event_id = p.encode(event), str(event.__struct_config__.tag), _event_id(event)
+            if kind == "ping" and event_id is not None:
+                self._ping_sent[event_id] = now
             try:
                 await self.ws.send_message(text)
             except ConnectionClosed as exc:
                 self._closed_by_peer(exc)
                 return
             self.record.sent_types.append(kind)
+            self.record.sent.append((kind, event_id))
             self.changes.notify()
 
     # ------------------------------------------------------------------ incoming
@@ -359,6 +435,11 @@ class _Session:
                 continue
             await self._on_message(data)
 
+    def _record_message(self, message: p.ClientMessage, data: str | bytes, now: float) -> None:
+        self.record.messages.append((now, message))
+        if not isinstance(message, p.UserAudioChunk):
+            self.record.raw_messages.append((now, data if isinstance(data, str) else data.decode("utf-8", "replace")))
+
     async def _on_message(self, data: str | bytes | object) -> None:
         assert isinstance(data, (str, bytes))
         now = trio.current_time()
@@ -366,10 +447,12 @@ class _Session:
             message = p.decode_client_message(data)
         except p.ProtocolError as exc:
             log.info("simulated agent: invalid client message id=%s error=%s", self.record.conversation_id, exc)
-            await self._close(1008, f"invalid message: {exc}"[:120])
+            text = f"invalid message: {exc}"[:120]
+            self._send(p.ErrorEvent(error_event=p.ErrorBody(code=1008, message=text, error_type="invalid_message")))
+            self._out_send.send_nowait(_Close(1008, text))
             return
         rec = self.record
-        rec.messages.append((now, message))
+        self._record_message(message, data, now)
         if isinstance(message, p.UserAudioChunk):
             self._on_audio(message.user_audio_chunk, now)
         elif isinstance(message, p.Pong):
@@ -385,29 +468,56 @@ class _Session:
         elif isinstance(message, p.ContextualUpdate):
             rec.contextual_updates.append(message.text)
         elif isinstance(message, p.UserMessage):
-            rec.user_messages.append(message.text)
-            self._start_reply(None, 0, now)
+            rec.user_messages.append(message.text or "")
+            if message.text:
+                self._answer(message.text, 0, self._ids.new_turn(), now)
         elif isinstance(message, p.UserActivity):
             rec.user_activity.append(now)
+        elif isinstance(message, p.Feedback):
+            rec.feedback.append(message)
         self.changes.notify()
 
     def _on_audio(self, raw: bytes, now: float) -> None:
         pcm = decode(raw, self.in_fmt)
         self.record.add_audio(raw, pcm)
         self._last_user_audio = now
+        if self.record.text_only:
+            return
         pcm16 = pcm if self._resampler is None else self._resampler.resample_chunk(pcm)
         for frame in self._frames.feed(pcm16):
             speech = self._vad.is_speech(frame.tobytes(), VAD_RATE)
             if self._scores is not None:
                 score = self._scores.feed(speech)
-                if score is not None:
+                if score is not None and "vad_score" in self._events:
                     self.record.vad_scores.append(score)
                     self._send(p.VadScore(vad_score_event=p.VadScoreBody(vad_score=score)))
             end = self._turns.feed(speech)
+            if speech:
+                self._tentative_ms += FRAME_MS
+                if self.config.tentative_ms and self._tentative_ms >= self.config.tentative_ms:
+                    self._tentative_ms = 0
+                    self._send_tentative()
             if self._turns.speech_ms >= self.config.barge_in_ms:
                 self._maybe_interrupt(now)
             if end is not None:
-                self._start_reply(self._transcript(end.speech_ms), end.speech_ms, now)
+                transcript = self._transcript(end.speech_ms)
+                self._answer(transcript, end.speech_ms, self._visitor_turn(), now)
+                self._user_turn = None
+                self._tentative_ms = 0
+            elif not self._turns.in_speech:
+                self._tentative_ms = 0
+
+    def _visitor_turn(self) -> int:
+        """The event id of the visitor's turn under way (a new turn at its first event)."""
+        if self._user_turn is None:
+            self._user_turn = self._ids.new_turn()
+        return self._user_turn
+
+    def _send_tentative(self) -> None:
+        words = self._transcript(self._turns.speech_ms).split()
+        shown = " ".join(words[: max(1, min(len(words), self._turns.speech_ms // max(self.config.tentative_ms, 1)))])
+        body = p.UserTranscriptBody(user_transcript=shown, event_id=self._visitor_turn())
+        self._send(p.TentativeUserTranscript(tentative_user_transcription_event=body))
 
     def _maybe_interrupt(self, now: float) -> None:
         reply = self._reply
@@ -416,18 +526,20 @@ class _Session:
         reply.interrupted = True
         if self._reply_scope is not None:
             self._reply_scope.cancel()
-        self._out_send.send_nowait(_InterruptMarker())
-        if self.config.send_corrections:
-            played = 0.0 if reply.first_sent is None else min(1.0, (now - reply.first_sent) / reply.seconds)
-            words = reply.text.split()
-            cut = " ".join(words[: int(len(words) * played)]) + "..."
-            self._send(
-                p.AgentResponseCorrection(
-                    agent_response_correction_event=p.AgentResponseCorrectionBody(
-                        original_agent_response=reply.text, corrected_agent_response=cut
-                    )
+        if "interruption" not in self._events:
+            return
+        # per-turn ids: the interruption carries the interrupting turn's id (its reply shares it)
+        self._out_send.send_nowait(_InterruptMarker(None if self._ids.mode == "message" else self._visitor_turn()))
+        played = 0.0 if reply.first_sent is None else min(1.0, (now - reply.first_sent) / reply.seconds)
+        words = reply.text.split()
+        cut = " ".join(words[: int(len(words) * played)]) + "..."
+        self._send(
+            p.AgentResponseCorrection(
+                agent_response_correction_event=p.AgentResponseCorrectionBody(
+                    original_agent_response=reply.text, corrected_agent_response=cut, event_id=reply.event_id
                 )
             )
+        )
 
     def _transcript(self, speech_ms: int) -> str:
         index = len(self.record.turns)
@@ -437,39 +549,60 @@ class _Session:
 
     # ------------------------------------------------------------------ agent turns
 
-    def _start_reply(self, transcript: str | None, speech_ms: int, now: float) -> None:
+    def _answer(self, transcript: str, speech_ms: int, event_id: int, now: float) -> None:
+        """The visitor's turn ``event_id`` ended with ``transcript``: the agent replies (same id)."""
+        turn_index = len(self.record.turns)
+        goodbye = self.config.end_call is not None and _says_goodbye(transcript, self.config.goodbye_words)
+        text = self.config.goodbye if goodbye else self.config.replies[turn_index % len(self.config.replies)]
+        self.record.turns.append(TurnRecord(now, transcript if speech_ms else None, speech_ms, text))
+        if speech_ms:
+            body = p.UserTranscriptBody(user_transcript=transcript, event_id=event_id)
+            self._send(p.UserTranscript(user_transcription_event=body))
+        self._start_reply(text, event_id, seed=turn_index, turn_index=turn_index, goodbye=goodbye)
+
+    def _start_reply(self, text: str, event_id: int, *, seed: int, turn_index: int | None = None,
+                     goodbye: bool = False) -> None:
         if self._reply_scope is not None:
             self._reply_scope.cancel()
-        turn_index = len(self.record.turns)
-        text = self.config.replies[turn_index % len(self.config.replies)]
-        self.record.turns.append(TurnRecord(now, transcript, speech_ms, text))
-        if transcript is not None:
-            self._send(p.UserTranscript(user_transcription_event=p.UserTranscriptBody(user_transcript=transcript)))
-        if self.config.send_tentative:
-            tentative = " ".join(text.split()[:3])
-            self._send(
-                p.InternalTentativeAgentResponse(
-                    tentative_agent_response_internal_event=p.TentativeAgentResponseBody(tentative_agent_response=tentative)
-                )
-            )
-        self._send(p.AgentResponse(agent_response_event=p.AgentResponseBody(agent_response=text)))
-        reply = _Reply(text, self.config.reply_seconds)
+        tentative = " ".join(text.split()[:3])
+        self._send(p.InternalTentativeAgentResponse(
+            tentative_agent_response_internal_event=p.TentativeAgentResponseBody(tentative_agent_response=tentative)))
+        self._send(p.AgentResponse(agent_response_event=p.AgentResponseBody(agent_response=text, event_id=event_id)))
+        seconds = 0.0 if self.record.text_only else self.config.reply_seconds
+        reply = _Reply(text, seconds, event_id)
         self._reply = reply
         scope = trio.CancelScope()
         self._reply_scope = scope
         assert self._nursery is not None
-        self._nursery.start_soon(self._speak, reply, turn_index, scope)
+        self._nursery.start_soon(self._speak, reply, seed, turn_index, goodbye, scope)
 
-    async def _speak(self, reply: _Reply, turn_index: int, scope: trio.CancelScope) -> None:
-        """Queue the reply's audio in chunks, faster than real time; then the scripted tool call."""
+    async def _speak(self, reply: _Reply, seed: int, turn_index: int | None, goodbye: bool,
+                     scope: trio.CancelScope) -> None:
+        """Queue the reply (audio in chunks, faster than real time, or text parts); then its tool call."""
         with scope:
-            samples = synth_speech(reply.seconds, self.out_fmt.rate, seed=turn_index)
-            step = max(1, self.out_fmt.rate * self.config.reply_chunk_ms // 1000)
-            pause = self.config.reply_chunk_ms / 1000 / max(self.config.reply_speedup, 1e-6)
-            for start in range(0, len(samples), step):
-                chunk = encode(samples[start : start + step], self.out_fmt)
-                self._out_send.send_nowait(_AudioItem(reply, next(self._event_ids), chunk))
-                await trio.sleep(pause)
+            when = self.config.end_call if goodbye else None
+            if when == "before":
+                self._call_end_call(reply)
+            if self.record.text_only:
+                self._send_text_parts(reply)
+            else:
+                samples = synth_speech(reply.seconds, self.out_fmt.rate, seed=seed)
+                step = max(1, self.out_fmt.rate * self.config.reply_chunk_ms // 1000)
+                pause = self.config.reply_chunk_ms / 1000 / max(self.config.reply_speedup, 1e-6)
+                starts = range(0, len(samples), step)
+                for n, start in enumerate(starts):
+                    if when == "during" and n == len(starts) // 2:
+                        self._call_end_call(reply)
+                    chunk = samples[start : start + step]
+                    body = p.AudioBody(
+                        audio_base_64=encode(chunk, self.out_fmt), event_id=self._ids.audio_id(reply.event_id),
+                        alignment=self._alignment(reply, start, len(chunk)) if self.config.alignment else None,
+                    )
+                    if "audio" in self._events:
+                        self._out_send.send_nowait(_AudioItem(reply, p.AudioEvent(audio_event=body)))
+                    await trio.sleep(pause)
+            if when == "after":
+                self._call_end_call(reply)
             if turn_index == 0 and self.config.tool_call is not None and not self.record.tool_calls:
                 name, params = self.config.tool_call
                 call_id = f"toolu_sim_{next(self._tool_calls)}"
@@ -477,10 +610,46 @@ class _Session:
                 self._send(
                     p.ClientToolCall(
                         client_tool_call=p.ClientToolCallBody(
-                            tool_name=name, tool_call_id=call_id, parameters=dict(params)
+                            tool_name=name, tool_call_id=call_id, parameters=dict(params), event_id=reply.event_id
                         )
                     )
                 )
+
+
+    def _send_text_parts(self, reply: _Reply) -> None:
+        """A text-only reply streams as agent_chat_response_part start, deltas, stop."""
+        parts = [("start", "")] + [("delta", w + " ") for w in reply.text.split()] + [("stop", "")]
+        for kind, text in parts:
+            body = p.ChatResponsePartBody(text=text, type=kind, event_id=reply.event_id)
+            self._out_send.send_nowait(p.AgentChatResponsePart(text_response_part=body))
+
+    def _alignment(self, reply: _Reply, start: int, length: int) -> p.Alignment:
+        """The characters spoken in samples [start, start+length) of the reply, evenly spread."""
+        rate = self.out_fmt.rate
+        per_char = reply.seconds * 1000 / max(len(reply.text), 1)
+        begin, end = start * 1000 / rate, (start + length) * 1000 / rate
+        first, last = math.ceil(begin / per_char), math.ceil(end / per_char)
+        chars = list(reply.text[first:last])
+        starts: list[float] = [round(i * per_char - begin) for i in range(first, first + len(chars))]
+        durations: list[float] = [round(per_char)] * len(chars)  # whole milliseconds, as the schema's integers
+        return p.Alignment(chars=chars, char_start_times_ms=starts, char_durations_ms=durations)
+
+    def _call_end_call(self, reply: _Reply) -> None:
+        """The agent runs its end_call system tool; it closes the call itself once the goodbye has played."""
+        self.record.end_calls.append(trio.current_time())
+        self._send(p.AgentToolResponse(agent_tool_response=p.AgentToolResponseBody(
+            tool_name="end_call", tool_call_id=f"toolu_end_{next(self._tool_calls)}", tool_type="system",
+            is_error=False, is_called=True, event_id=reply.event_id)))
+        assert self._nursery is not None
+        self._nursery.start_soon(self._close_after_goodbye, reply)
+
+    async def _close_after_goodbye(self, reply: _Reply) -> None:
+        while reply.first_sent is None and not self.record.text_only:
+            await trio.sleep(self.config.reply_chunk_ms / 1000)
+        if reply.first_sent is not None:
+            await trio.sleep_until(reply.first_sent + reply.seconds)
+        await trio.sleep(self.config.end_call_close_after)
+        self._out_send.send_nowait(_Close(1000, "the agent ended the call"))
 
     # ------------------------------------------------------------------ timers
 
@@ -489,8 +658,7 @@ class _Session:
             await trio.sleep(self.config.ping_interval)
             if self.faults.stall:
                 continue
-            event_id = next(self._event_ids)
-            self._send(p.Ping(ping_event=p.PingBody(event_id=event_id, ping_ms=self._last_rtt_ms)))
+            self._send(p.Ping(ping_event=p.PingBody(event_id=self._ids.next_ping(), ping_ms=self._last_rtt_ms)))
 
     async def _silence_watchdog(self) -> None:
         while True:
@@ -499,6 +667,10 @@ class _Session:
                 if self.faults.stall:
                     self._last_user_audio = trio.current_time()
                     continue
+                text = f"No user input received for {self.config.silence_timeout:g} seconds"
+                if self.config.silence_error:
+                    self._send(p.ErrorEvent(error_event=p.ErrorBody(
+                        code=1002, message=text, error_type="transport_receive_timeout", reason="timeout")))
                 self._out_send.send_nowait(_Close(1002, "no user audio received"))
                 return
             await trio.sleep_until(deadline)
@@ -515,23 +687,59 @@ class _Session:
         self._out_send.send_nowait(_Close(1000, "maximum duration reached"))
 
 
+class _EventIds:
+    """Event ids as the service gives them ("turn") or one per message, shared with pings ("message")."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self._turns = itertools.count(1)
+        self._pings = itertools.count(1) if mode == "turn" else self._turns
+        self.last_audio = 0
+
+    def new_turn(self) -> int:
+        """The id of a new turn (a visitor's utterance or message; the agent's greeting)."""
+        return next(self._turns)
+
+    def audio_id(self, turn: int) -> int:
+        """The id of one audio chunk of the reply in ``turn``."""
+        return turn if self.mode == "turn" else next(self._turns)
+
+    def next_ping(self) -> int:
+        return next(self._pings)
+
+
 _CLOSED: Final = object()
+#: Events sent whatever the client events say ("error" is not a ClientEvent; the metadata opens every conversation).
+_ALWAYS_SENT: Final = frozenset({"error", "conversation_initiation_metadata"})
+#: The kind of a _Malformed item that is sent as it is (AgentFaults.send_raw).
+RAW: Final = "raw"
+#: The greeting's audio (turns use their index as the seed).
+GREETING_SEED: Final = 1000
 
 
-def _type_of(text: str) -> str:
-    """The ``type`` of an outgoing message, cheaply ("malformed" when it has none)."""
-    marker = '"type":"'
-    start = text.find(marker)
-    if start < 0:
-        return "malformed"
-    start += len(marker)
-    return text[start : text.find('"', start)]
+def _override_fields(override: p.ConversationConfigOverride) -> list[str]:
+    """Dotted names of the fields an override sets ("agent.first_message", "conversation.client_events", …)."""
+    out = []
+    for section in ("agent", "tts", "conversation"):
+        value = getattr(override, section)
+        if value is not None:
+            out += [f"{section}.{name}" for name in value.__struct_fields__ if getattr(value, name) is not None]
+    return out
 
 
-def _ping_id(text: str) -> int:
-    decoded = p.decode_server_event(text)
-    assert isinstance(decoded, p.Ping)
-    return decoded.ping_event.event_id
+def _says_goodbye(text: str, words: tuple[str, ...]) -> bool:
+    said = {w.strip(".,!?;:'\"").lower() for w in text.split()}
+    return any(w.lower() in said for w in words)
+
+
+def _event_id(event: p.ServerEvent) -> int | None:
+    """The event id an event carries, if any."""
+    for name in event.__struct_fields__:
+        body = getattr(event, name)
+        event_id = getattr(body, "event_id", None)
+        if isinstance(event_id, int):
+            return event_id
+    return None
 
 
 def _malformed(kind: str, event_id: int) -> str:

@@ -13,7 +13,7 @@ import trio
 
 from kioskd.audio.formats import PCM_RATES, ULAW_RATES
 from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
-from kioskd.simulator.settings import DEFAULT_KIOSK_TOKEN
+from kioskd.simulator.settings import DEFAULT_KIOSK_TOKEN, LEGACY
 
 __all__ = ["API_KEY_ENV", "KIOSK_TOKEN_ENV", "build_parser", "config_from_args", "describe", "main"]
 
@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reply-seconds", type=float, default=defaults.reply_seconds)
     parser.add_argument("--silence-timeout", type=float, default=defaults.silence_timeout)
     parser.add_argument("--no-tool-call", action="store_true", help="do not send the scripted client_tool_call")
+    parser.add_argument("--first-message", default=defaults.first_message,
+                        help='the agent\'s greeting ("" = it waits for the visitor; default %(default)r)')
+    parser.add_argument("--legacy", action="store_true",
+                        help="the pre-issue-12 behaviour: every event type, an id per audio chunk, no greeting")
     return parser
 
 
@@ -88,6 +92,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     """The simulator's settings from parsed arguments, its secrets from files or the environment."""
     defaults = SimulatorConfig()
     return SimulatorConfig(
+        **(LEGACY if args.legacy else {"first_message": args.first_message}),
         host=args.host,
         port=args.port,
         backend_port=args.backend_port,

@@ -18,6 +18,7 @@ class _Target(Protocol):
     def fault_drop(self) -> None: ...
     def fault_close(self, code: int, reason: str) -> None: ...
     def fault_malformed(self, count: int, kind: MalformedKind) -> None: ...
+    def fault_raw(self, text: str) -> None: ...
 
 
 @dataclass
@@ -52,6 +53,13 @@ class AgentFaults:
         targets = list(self._targets)
         for target in targets:
             target.fault_malformed(count, kind)
+        return len(targets)
+
+    def send_raw(self, text: str) -> int:
+        """Send ``text`` as it is to every open conversation (an event of an odd but legal shape, say)."""
+        targets = list(self._targets)
+        for target in targets:
+            target.fault_raw(text)
         return len(targets)
 
     def reset(self) -> None:

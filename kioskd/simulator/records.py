@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import trio
 
-from kioskd.protocol import ClientMessage, ClientToolResult, ConversationInitiationClientData
+from kioskd.protocol import ClientMessage, ClientToolResult, ConversationInitiationClientData, Feedback
 
 __all__ = ["ChangeSignal", "Conversation", "PongRecord", "TurnRecord"]
 
@@ -59,7 +59,19 @@ class Conversation:
     started_at: float
     client_data: ConversationInitiationClientData | None = None
     messages: list[tuple[float, ClientMessage]] = field(default_factory=list)
+    #: The JSON text of every message but audio, exactly as received (nothing the client sent is lost).
+    raw_messages: list[tuple[float, str]] = field(default_factory=list)
     sent_types: list[str] = field(default_factory=list)
+    #: (type, event_id or None) of every event sent, in order.
+    sent: list[tuple[str, int | None]] = field(default_factory=list)
+    #: The server events this conversation sends (the agent's, or the client's override).
+    client_events: frozenset[str] = frozenset()
+    text_only: bool = False
+    #: The agent's first message, if it spoke first.
+    greeting: str | None = None
+    feedback: list[Feedback] = field(default_factory=list)
+    #: When the agent called ``end_call`` (its agent_tool_response was queued).
+    end_calls: list[float] = field(default_factory=list)
     audio_raw: bytearray = field(default_factory=bytearray)
     audio_chunks: int = 0
     _pcm: list[np.ndarray] = field(default_factory=list, repr=False)

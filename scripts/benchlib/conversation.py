@@ -39,7 +39,9 @@ KIOSK_DEVICE_BUFFER = 2 * 160  # two 10 ms periods in the device
 
 
 def sim_config(**kw: Any) -> SimulatorConfig:
-    base: dict[str, Any] = dict(ping_interval=0.1, reply_seconds=3.0, vad_score_ms=0, tool_call=None)
+    # an agent without a first message: the figures follow the visitor's turns (the default
+    # simulator greets first, as an agent with a first_message does)
+    base: dict[str, Any] = dict(ping_interval=0.1, reply_seconds=3.0, vad_score_ms=0, tool_call=None, first_message="")
     base.update(kw)
     return SimulatorConfig(**base)
 
