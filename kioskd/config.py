@@ -367,7 +367,9 @@ def pin_problems(config: Config) -> list[tuple[str, str]]:
     pins: list[tuple[str, int]] = []
     if config.trigger.mode in ("button", "both"):
         pins.append(("button.pin", config.button.pin))
-    pins += [(f"button.{key}", pin) for key in ("like_pin", "dislike_pin") if (pin := getattr(config.button, key)) != -1]
+    for key in ("like_pin", "dislike_pin"):
+        if (pin := getattr(config.button, key)) != -1:
+            pins.append((f"button.{key}", pin))
     if config.leds.kind == "pwm":
         pins.append(("leds.pin", config.leds.pin))
     elif config.leds.kind == "rgb":  # three different pins: LedConfig checks that

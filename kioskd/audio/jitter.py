@@ -48,10 +48,11 @@ depth rule runs dry on every arrival).
   queued or arriving later; audio with an id ≥ it plays. That is the JS client's rule
   (``VoiceConversation.handleAudio``, what the ElevenLabs widget runs): on the service the
   interruption carries the interrupting turn's id and the agent's reply to that turn
-  shares it, so it must be heard (the Python client's ``<=`` drops it; NOTES). If it was audible, the next pull starts with a ``fade_ms``
-  fade-out of the audio that would have played next (so the first faded sample continues
-  the waveform: no click), then silence. Newer audio already queued starts a new reply
-  whose audio is taken as due at the interruption; otherwise the next arrival does.
+  shares it, so it must be heard (the Python client's ``<=`` drops it; NOTES). If it was
+  audible, the next pull starts with a ``fade_ms`` fade-out of the audio that would have
+  played next (so the first faded sample continues the waveform: no click), then silence.
+  Newer audio already queued starts a new reply whose audio is taken as due at the
+  interruption; otherwise the next arrival does.
 
 The learned lateness, floor and period survive :meth:`JitterBuffer.reset` (they describe
 the network and the device, not the conversation); counters are cumulative.

@@ -203,7 +203,8 @@ class Signer:
             with trio.fail_after(self.config.upstream_timeout):
                 for path in SIGNED_URL_PATHS:  # the next spelling only after a 404
                     url = self.config.api_base.rstrip("/") + path
-                    async with self._client.stream("GET", url, params={"agent_id": agent_id}, headers=headers) as response:
+                    params = {"agent_id": agent_id}
+                    async with self._client.stream("GET", url, params=params, headers=headers) as response:
                         if response.status_code == 404 and path != SIGNED_URL_PATHS[-1]:
                             continue
                         if response.status_code == 429:

@@ -256,7 +256,9 @@ class FeedbackButtons:
     a conversation it is logged and ignored. Debounced by gpiozero's ``bounce_time``.
     """
 
-    def __init__(self, config: ButtonConfig, deliver: Callable[[str, str], str | None], *, pin_factory: Any = None) -> None:
+    def __init__(
+        self, config: ButtonConfig, deliver: Callable[[str, str], str | None], *, pin_factory: Any = None
+    ) -> None:
         self.config = config
         self.deliver = deliver
         self.pin_factory = pin_factory

@@ -21,7 +21,10 @@ class MicPort(Protocol):
     """
 
     speech_at: float | None
-    voice_level: float
+
+    @property
+    def voice_level(self) -> float:
+        """The share of speech in the latest 100 ms (0–1)."""
 
     def set_format(self, fmt: AudioFormat) -> None:
         """Encode from now on as ``fmt`` (the agent's input format)."""

@@ -259,6 +259,9 @@ class Session:
         async for actions in self._outbox_out:
             await self._apply(actions)
 
+    def _mic_stop_requested(self) -> bool:
+        return self._mic_stopped
+
     async def _send_microphone(self, ws: trio_websocket.WebSocketConnection, link: Link) -> None:
         self._sending = not self._mic_stopped
         try:
@@ -267,7 +270,7 @@ class Session:
                 with trio.CancelScope() as self._mic_wait:
                     self.stats.congested_waits += await link.wait_for_room()
                     chunk = await self._uplink.receive()
-                if self._mic_stopped:
+                if self._mic_stop_requested():  # StopMic may have come while we waited
                     return
                 # Privacy: the listening light is switched on (synchronously, by the board's
                 # listeners) before microphone audio leaves the kiosk, never after.

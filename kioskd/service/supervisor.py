@@ -20,9 +20,9 @@ from kioskd.actions import SessionOutcome
 from kioskd.backend.client import REJECTED_KINDS, SignedUrlError, UrlSource
 from kioskd.backoff import Backoff
 from kioskd.config import Config
+from kioskd.conversation import NotNow
 from kioskd.events import EventBus
 from kioskd.protocol import AgentResponse, ConversationInitiationMetadata, ServerEvent, UnknownEvent, UserTranscript
-from kioskd.conversation import NotNow
 from kioskd.service.ports import MicPort, SupervisedAudio
 from kioskd.service.race import Race
 from kioskd.service.session import Session
