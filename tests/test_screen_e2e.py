@@ -23,6 +23,8 @@ from tests.test_screen_page import CAPTIONS, TEXT, in_browser, shot, wait_for
 LEAD_IN_S = 6.0
 TRANSCRIPT = "Where is the cafe?"
 REPLY = "The cafe is on the second floor, next to the lifts."
+#: Long enough for the lead-in, the visitor's 4 s of speech, the end of their turn and the reply.
+TURN_WAIT = 30.0
 
 
 def visitor_wav(path: Path) -> Path:
@@ -55,8 +57,9 @@ async def test_a_conversation_on_the_screen(browser: Any, tmp_path: Path) -> Non
                 # the agent greets first; its words follow the audio, then the visitor speaks
                 await in_browser(wait_for, browser, CAPTIONS, [f"agent|{greeting}"])
                 await in_browser(shot, browser, "e2e-1-greeting")
+                # the visitor speaks LEAD_IN_S after the start; the reply follows their turn
                 await in_browser(wait_for, browser, CAPTIONS,
-                                 [f"agent|{greeting}", f"visitor|{TRANSCRIPT}", f"agent|{REPLY}"])
+                                 [f"agent|{greeting}", f"visitor|{TRANSCRIPT}", f"agent|{REPLY}"], TURN_WAIT)
                 await in_browser(shot, browser, "e2e-2-reply")
                 conversation = sim.conversations[-1]
 

@@ -71,8 +71,8 @@ async def in_browser(fn: Callable[..., Any], *args: Any) -> Any:
     return await trio.to_thread.run_sync(fn, *args)
 
 
-def wait_for(driver: Any, script: str, expected: Any = True) -> Any:
-    """Wait (bounded) until ``script`` (JS returning a value) returns ``expected``."""
+def wait_for(driver: Any, script: str, expected: Any = True, timeout: float = WAIT) -> Any:
+    """Wait (bounded by ``timeout`` s) until ``script`` (JS returning a value) returns ``expected``."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     last: list[Any] = [None]
@@ -82,7 +82,7 @@ def wait_for(driver: Any, script: str, expected: Any = True) -> Any:
         return bool(last[0] == expected)
 
     try:
-        WebDriverWait(driver, WAIT, poll_frequency=0.05).until(check)
+        WebDriverWait(driver, timeout, poll_frequency=0.05).until(check)
     except Exception as exc:
         raise AssertionError(f"{script!r} gave {last[0]!r}, expected {expected!r}") from exc
     return last[0]
