@@ -159,10 +159,11 @@ class ScreenServer:
             return refused
         if self._streams >= MAX_STREAMS:
             return JSONResponse({"ok": False, "error": "too many pages listening"}, status_code=503)
-        self._streams += 1
         return StreamingResponse(self._stream(), media_type="text/event-stream", headers=SECURITY_HEADERS)
 
     async def _stream(self) -> AsyncIterator[str]:
+        # counted from its first step: a stream cancelled before it ever ran would never uncount
+        self._streams += 1
         try:
             seen = -1
             while True:
