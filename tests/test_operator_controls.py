@@ -32,7 +32,8 @@ REPLY = "The cloakroom is on your left."
 
 
 def sim_config() -> SimulatorConfig:
-    return SimulatorConfig(transcripts=(TRANSCRIPT,), replies=(REPLY,), tool_call=None)
+    """An agent that waits for the visitor (no greeting): its first words answer the visitor's."""
+    return SimulatorConfig(transcripts=(TRANSCRIPT,), replies=(REPLY,), tool_call=None, first_message="")
 
 
 # --------------------------------------------------------------------------- event bus
