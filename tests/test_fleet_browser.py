@@ -49,6 +49,11 @@ def _sign_in(driver: Any, base: str, token: str) -> None:
     field = driver.find_element(By.ID, "token")
     field.send_keys(token)
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    # the form posts and a new page loads: wait for it, or the facts may be read off the old one
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(field))
 
 
 def _page_facts(driver: Any) -> dict[str, Any]:
