@@ -22,6 +22,7 @@ import trio
 from kioskd.screen import ScreenActions, ScreenModel, ScreenServer
 from kioskd.screen.server import MAX_STREAMS
 from tests.screen_browser import artifacts_dir, browser  # noqa: F401  (fixture)
+from tests.test_screen_model import status
 
 WAIT = 10.0
 
@@ -54,16 +55,8 @@ class Recorder:
 
 
 def set_status(server: ScreenServer, **fields: Any) -> None:
-    base: dict[str, Any] = {
-        "state": "conversation",
-        "light": "listening",
-        "reason": "",
-        "mic_live": True,
-        "agent_speaking": False,
-        "conversation_id": "conv_1",
-    }
-    base.update(fields)
-    if server.model.on_status(now=server.clock(), **base):
+    """A kiosk status on the model (defaults: listening in conv_1), and wake the pages."""
+    if status(server.model, now=server.clock(), **fields):
         server.changed()
 
 
