@@ -97,10 +97,19 @@ class Uplink:
         return sum(self._speech) / len(self._speech) if self._speech else 0.0
 
     async def receive(self) -> bytes:
-        """The next message's audio, encoded in :attr:`format`; ClosedResourceError once closed."""
+        """The next message's audio, encoded in :attr:`format`; ClosedResourceError once closed.
+
+        A scheduling point either way: it waits for audio, or, when a backlog is queued
+        already, yields once first (a sender that never waits must not starve the rest).
+        """
+        waited = False
         while True:
             if self.closed:
                 raise trio.ClosedResourceError("uplink is closed")
+            if not waited and self._buffer.ready:
+                await trio.lowlevel.checkpoint()
+                waited = True
+                continue
             samples = self._buffer.take()
             if samples is not None:
                 out = self._resampler.process(samples)
@@ -110,6 +119,7 @@ class Uplink:
                 continue  # the resampler is still filling: wait for more
             self._wake = trio.Event()
             await self._wake.wait()
+            waited = True
 
     def stats(self) -> dict[str, Any]:
         """The uplink buffer's counters (backlog, drops, …)."""

@@ -95,6 +95,11 @@ class UplinkBuffer:
         """Non-speech audio dropped to enforce the bound."""
         return self._ms(self._dropped_silence)
 
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`take` would return a message now."""
+        return self._queued >= self.chunk_samples
+
     def stats(self) -> dict[str, float]:
         """Counters for status reports."""
         return {
@@ -170,7 +175,7 @@ class UplinkBuffer:
 
     def take(self) -> np.ndarray | None:
         """Next message: None below ``chunk_ms``, else all queued up to ``max_message_ms``."""
-        if self._queued < self.chunk_samples:
+        if not self.ready:
             return None
         out = self._pop(self.max_message_samples)
         if len(out) > self.chunk_samples:

@@ -262,7 +262,7 @@ class Session:
     def _mic_stop_requested(self) -> bool:
         return self._mic_stopped
 
-    async def _send_microphone(self, ws: trio_websocket.WebSocketConnection, link: Link) -> None:
+    async def _send_microphone(self, link: Link) -> None:
         self._sending = not self._mic_stopped
         try:
             while not self._mic_stopped:
@@ -275,7 +275,7 @@ class Session:
                 # Privacy: the listening light is switched on (synchronously, by the board's
                 # listeners) before microphone audio leaves the kiosk, never after.
                 self._board.update(mic_live=self._audio.mic_enabled)
-                await ws.send_message(encode(UserAudioChunk(user_audio_chunk=chunk)))
+                await link.send_text(encode(UserAudioChunk(user_audio_chunk=chunk)))
                 self.stats.chunks_sent += 1
         except trio_websocket.ConnectionClosed:
             return  # the agent closed the link (e.g. while its goodbye plays): the reader reports it
@@ -308,7 +308,7 @@ class Session:
                     assert self._link is not None and self._tasks is not None
                     self._uplink.set_format(up)
                     self._playback = self._audio.open_playback(down)
-                    self._tasks.start_soon(self._send_microphone, self._link.ws, self._link)
+                    self._tasks.start_soon(self._send_microphone, self._link)
                 case StopMic():
                     self._mic_stopped = True
                     if self._mic_wait is not None:
