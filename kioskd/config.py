@@ -113,7 +113,7 @@ class AgentConfig:
     client_events: list[str] = field(default_factory=list)
 
     def problems(self) -> list[tuple[str, str]]:
-        from kioskd.protocol import SCHEMA_EVENT_TYPES  # late: keep config importable on its own
+        from kioskd.protocol.server_events import SCHEMA_EVENT_TYPES  # late: keep config importable on its own
 
         out = []
         if not self.agent_id.strip():

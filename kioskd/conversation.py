@@ -54,10 +54,25 @@ from kioskd.actions import (
 from kioskd.audio.formats import AudioFormat
 from kioskd.close_codes import REJECTED, describe_close
 from kioskd.config import Config
-from kioskd.protocol import (
-    AgentChatResponsePart,
+from kioskd.protocol.client_messages import (
     AgentOverride,
     AgentPromptOverride,
+    ClientToolResult,
+    ConversationConfigOverride,
+    ConversationInitiationClientData,
+    ConversationOverride,
+    DynamicValue,
+    Feedback,
+    Pong,
+    SourceInfo,
+    TtsOverride,
+    UserActivity,
+    UserMessage,
+)
+from kioskd.protocol.codec import ProtocolError, tool_result_text
+from kioskd.protocol.common import ContextualUpdate
+from kioskd.protocol.server_events import (
+    AgentChatResponsePart,
     AgentResponse,
     AgentResponseCorrection,
     AgentToolRequest,
@@ -65,32 +80,18 @@ from kioskd.protocol import (
     AgentToolResponseFullPayload,
     AudioEvent,
     ClientToolCall,
-    ClientToolResult,
-    ContextualUpdate,
-    ConversationConfigOverride,
-    ConversationInitiationClientData,
     ConversationInitiationMetadata,
-    ConversationOverride,
-    DynamicValue,
     ErrorBody,
     ErrorEvent,
-    Feedback,
     InternalTentativeAgentResponse,
     Interruption,
     McpToolCall,
     Ping,
-    Pong,
-    ProtocolError,
     ServerEvent,
-    SourceInfo,
     TentativeUserTranscript,
-    TtsOverride,
     UnknownEvent,
-    UserActivity,
-    UserMessage,
     UserTranscript,
     VadScore,
-    tool_result_text,
 )
 from kioskd.state import KioskState
 from kioskd.tools import END_CONVERSATION, ToolRegistry

@@ -15,16 +15,10 @@ from kioskd.audio.formats import AudioFormat
 from kioskd.close_codes import CLOSE_CODES, describe_close
 from kioskd.config import Config, parse_config
 from kioskd.conversation import DRAIN_LIMIT, GOODBYE_QUIET, Conversation, Phase, client_data
-from kioskd.protocol import (
-    ClientToolResult,
-    ContextualUpdate,
-    ConversationConfigOverride,
-    Pong,
-    ProtocolError,
-    ServerEvent,
-    UnknownEvent,
-    decode_server_event,
-)
+from kioskd.protocol.client_messages import ClientToolResult, ConversationConfigOverride, Pong
+from kioskd.protocol.codec import ProtocolError, decode_server_event
+from kioskd.protocol.common import ContextualUpdate
+from kioskd.protocol.server_events import ServerEvent, UnknownEvent
 from kioskd.state import KioskState
 from kioskd.tools import ToolRegistry
 
@@ -523,7 +517,7 @@ def test_events_a_kiosk_does_not_use_are_counted_by_type() -> None:
 
 def test_visitor_messages() -> None:
     from kioskd.conversation import NotNow
-    from kioskd.protocol import Feedback, UserActivity, UserMessage
+    from kioskd.protocol.client_messages import Feedback, UserActivity, UserMessage
 
     conv = new()
     with pytest.raises(NotNow, match="no conversation is open"):

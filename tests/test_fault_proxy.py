@@ -154,7 +154,8 @@ async def test_unreachable_target_closes_the_client() -> None:
 async def test_proxy_in_front_of_the_simulator_carries_and_cuts_a_conversation() -> None:
     from trio_websocket import ConnectionClosed, open_websocket_url
 
-    from kioskd import protocol as p
+    from kioskd.protocol.codec import decode_server_event
+    from kioskd.protocol.server_events import ConversationInitiationMetadata
     from kioskd.simulator import SimulatorConfig, open_simulator
 
     with trio.fail_after(TIMEOUT):
@@ -162,8 +163,8 @@ async def test_proxy_in_front_of_the_simulator_carries_and_cuts_a_conversation()
             async with FaultProxy("127.0.0.1", sim.agent.port) as proxy:
                 url = sim.signed_url().replace(f":{sim.agent.port}/", f":{proxy.port}/")
                 async with open_websocket_url(url) as ws:
-                    first = p.decode_server_event(await ws.get_message())
-                    assert isinstance(first, p.ConversationInitiationMetadata)
+                    first = decode_server_event(await ws.get_message())
+                    assert isinstance(first, ConversationInitiationMetadata)
                     assert proxy.stats.bytes_down > 0 and proxy.stats.bytes_up > 0
                     proxy.stall = True
                     held = proxy.stats.bytes_down

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from kioskd.backend.client import SignedUrlError, parse_reply
 from kioskd.config import ConfigError, parse_config
-from kioskd.ops.control import handle_request
-from kioskd.protocol import ProtocolError, decode_server_event
 from kioskd.conversation import Conversation
+from kioskd.ops.control import handle_request
+from kioskd.protocol.codec import ProtocolError, decode_server_event
 from kioskd.state import Command
 from kioskd.tools import ToolRegistry
 

@@ -22,14 +22,22 @@ import numpy as np
 import trio
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from kioskd.service.daemon import Kiosk
-from kioskd.hardware.leds import COLOURS, LEVELS, LISTEN_SPAN, PRIVACY_MIN_BRIGHTNESS, UPDATE_HZ, VAD_TAU, LightState, light_state
-from kioskd.protocol import UserAudioChunk
-from kioskd.simulator.settings import AGENT_CLIENT_EVENTS
-from kioskd.simulator import SimulatorConfig, open_simulator
-from kioskd.state import KioskState, Status
-
 from kiosk_harness import SPEECH_WAV, RunningKiosk, kiosk_config, running_kiosk
+from kioskd.hardware.leds import (
+    COLOURS,
+    LEVELS,
+    LISTEN_SPAN,
+    PRIVACY_MIN_BRIGHTNESS,
+    UPDATE_HZ,
+    VAD_TAU,
+    LightState,
+    light_state,
+)
+from kioskd.protocol.client_messages import UserAudioChunk
+from kioskd.service.daemon import Kiosk
+from kioskd.simulator import SimulatorConfig, open_simulator
+from kioskd.simulator.settings import AGENT_CLIENT_EVENTS
+from kioskd.state import KioskState, Status
 
 TIMEOUT = 30.0
 BUTTON_PIN = 17

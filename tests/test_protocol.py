@@ -9,46 +9,42 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kioskd.protocol import (
-    AgentResponse,
-    AgentResponseCorrection,
-    AudioEvent,
-    ClientToolCall,
+from kioskd.protocol.client_messages import (
+    AgentOverride,
     ClientToolResult,
-    ContextualUpdate,
     ConversationConfigOverride,
     ConversationInitiationClientData,
+    ConversationOverride,
+    Feedback,
+    Pong,
+    SourceInfo,
+    TtsOverride,
+    UserActivity,
+    UserAudioChunk,
+    UserMessage,
+)
+from kioskd.protocol.codec import ProtocolError, decode_client_message, decode_server_event, encode, tool_result_text
+from kioskd.protocol.common import ContextualUpdate
+from kioskd.protocol.server_events import (
+    SCHEMA_EVENT_TYPES,
+    AgentChatResponsePart,
+    AgentResponse,
+    AgentResponseCorrection,
+    AgentToolRequest,
+    AgentToolResponse,
+    AgentToolResponseFullPayload,
+    AudioEvent,
+    ClientToolCall,
     ConversationInitiationMetadata,
     ErrorEvent,
     InternalTentativeAgentResponse,
     Interruption,
+    McpToolCall,
     Ping,
-    Pong,
-    ProtocolError,
+    TentativeUserTranscript,
     UnknownEvent,
-    UserActivity,
-    UserAudioChunk,
-    UserMessage,
     UserTranscript,
     VadScore,
-    decode_client_message,
-    decode_server_event,
-    encode,
-)
-from kioskd.protocol import (
-    SCHEMA_EVENT_TYPES,
-    AgentChatResponsePart,
-    AgentOverride,
-    AgentToolRequest,
-    AgentToolResponse,
-    AgentToolResponseFullPayload,
-    ConversationOverride,
-    Feedback,
-    McpToolCall,
-    SourceInfo,
-    TentativeUserTranscript,
-    TtsOverride,
-    tool_result_text,
 )
 
 

@@ -19,12 +19,11 @@ import pytest
 import trio
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from kioskd.protocol import Feedback, UserAudioChunk
+from kiosk_harness import kiosk_config, read_wav, running_kiosk
+from kioskd.protocol.client_messages import Feedback, UserAudioChunk
 from kioskd.simulator import SimulatorConfig, open_simulator
 from kioskd.simulator.speech import silence, synth_speech
 from kioskd.state import KioskState, Status
-
-from kiosk_harness import kiosk_config, read_wav, running_kiosk
 
 TIMEOUT = 40
 RATE = 16000

@@ -21,15 +21,14 @@ import trio
 import webrtcvad
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
+from kiosk_harness import SPEECH_WAV, RunningKiosk, kiosk_config, read_wav, running_kiosk
 from kioskd.audio.formats import AudioFormat
+from kioskd.audio.vad_wake import frame_dbfs
+from kioskd.hardware.button import HELD_SLACK
+from kioskd.protocol.client_messages import UserAudioChunk
 from kioskd.service.daemon import Kiosk
-from kioskd.protocol import UserAudioChunk
 from kioskd.simulator import Conversation, Simulator, SimulatorConfig, open_simulator
 from kioskd.state import KioskState
-from kioskd.hardware.button import HELD_SLACK
-from kioskd.audio.vad_wake import frame_dbfs
-
-from kiosk_harness import SPEECH_WAV, RunningKiosk, kiosk_config, read_wav, running_kiosk
 
 RATE = 16000
 FRAME = 160  # 10 ms at 16 kHz: the engine's frame

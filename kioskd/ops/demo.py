@@ -21,7 +21,7 @@ import trio
 from kioskd.config import parse_config
 from kioskd.ops.control import request
 from kioskd.ops.logs import setup_logging
-from kioskd.protocol import (
+from kioskd.protocol.server_events import (
     AgentResponse,
     ConversationInitiationMetadata,
     Ping,

@@ -22,7 +22,13 @@ from kioskd.backoff import Backoff
 from kioskd.config import Config
 from kioskd.conversation import NotNow
 from kioskd.events import EventBus
-from kioskd.protocol import AgentResponse, ConversationInitiationMetadata, ServerEvent, UnknownEvent, UserTranscript
+from kioskd.protocol.server_events import (
+    AgentResponse,
+    ConversationInitiationMetadata,
+    ServerEvent,
+    UnknownEvent,
+    UserTranscript,
+)
 from kioskd.service.ports import MicPort, SupervisedAudio
 from kioskd.service.race import Race
 from kioskd.service.session import Session

@@ -38,9 +38,53 @@ import trio
 import webrtcvad
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-from kioskd import protocol as p
 from kioskd import websocket_fix
 from kioskd.audio.formats import AudioFormat, decode, encode
+from kioskd.protocol import codec
+from kioskd.protocol.client_messages import (
+    ClientMessage,
+    ClientToolResult,
+    ConversationConfigOverride,
+    ConversationInitiationClientData,
+    Feedback,
+    Pong,
+    UserActivity,
+    UserAudioChunk,
+    UserMessage,
+)
+from kioskd.protocol.codec import ProtocolError, decode_client_message
+from kioskd.protocol.common import ContextualUpdate
+from kioskd.protocol.server_events import (
+    AgentChatResponsePart,
+    AgentResponse,
+    AgentResponseBody,
+    AgentResponseCorrection,
+    AgentResponseCorrectionBody,
+    AgentToolResponse,
+    AgentToolResponseBody,
+    Alignment,
+    AudioBody,
+    AudioEvent,
+    ChatResponsePartBody,
+    ClientToolCall,
+    ClientToolCallBody,
+    ConversationInitiationMetadata,
+    ErrorBody,
+    ErrorEvent,
+    InitiationMetadataBody,
+    InternalTentativeAgentResponse,
+    Interruption,
+    InterruptionBody,
+    Ping,
+    PingBody,
+    ServerEvent,
+    TentativeAgentResponseBody,
+    TentativeUserTranscript,
+    UserTranscript,
+    UserTranscriptBody,
+    VadScore,
+    VadScoreBody,
+)
 from kioskd.simulator.faults import MALFORMED_KINDS, AgentFaults, MalformedKind
 from kioskd.simulator.records import ChangeSignal, Conversation, PongRecord, TurnRecord
 from kioskd.simulator.settings import SimulatorConfig
@@ -79,7 +123,7 @@ class _AudioItem:
     """Queue item: one agent audio chunk of ``reply``."""
 
     reply: _Reply
-    event: p.AudioEvent
+    event: AudioEvent
 
 
 @dataclass
@@ -107,7 +151,7 @@ class _Reply:
         return self.first_sent is None or now < self.first_sent + self.seconds
 
 
-_Outgoing = p.ServerEvent | _Close | _InterruptMarker | _AudioItem | _Malformed
+_Outgoing = ServerEvent | _Close | _InterruptMarker | _AudioItem | _Malformed
 
 
 class AgentServer:
@@ -260,12 +304,12 @@ class _Session:
                 if first is _CLOSED:
                     return
             self.record.client_events = self._events
-            body = p.InitiationMetadataBody(
+            body = InitiationMetadataBody(
                 conversation_id=self.record.conversation_id,
                 agent_output_audio_format=self.out_fmt.name,
                 user_input_audio_format=self.in_fmt.name,
             )
-            self._send(p.ConversationInitiationMetadata(conversation_initiation_metadata_event=body))
+            self._send(ConversationInitiationMetadata(conversation_initiation_metadata_event=body))
             if first is not None:
                 await self._on_message(first)
             if self._first_message:
@@ -294,20 +338,20 @@ class _Session:
         override the agent forbids made it refuse the conversation.
         """
         try:
-            message = p.decode_client_message(data)
-        except p.ProtocolError:
+            message = decode_client_message(data)
+        except ProtocolError:
             return data  # handled (and refused) like any invalid message
-        if not isinstance(message, p.ConversationInitiationClientData):
+        if not isinstance(message, ConversationInitiationClientData):
             return data
         self._record_message(message, data, trio.current_time())
         self.record.client_data = message
-        override = message.conversation_config_override or p.ConversationConfigOverride()
+        override = message.conversation_config_override or ConversationConfigOverride()
         fields = _override_fields(override)
         refused = [name for name in fields if name in self.config.forbidden_overrides]
         if refused:
             name = refused[0]
             text = f"Override for field '{name.rsplit('.', 1)[-1]}' is not allowed by config."
-            self._send(p.ErrorEvent(error_event=p.ErrorBody(
+            self._send(ErrorEvent(error_event=ErrorBody(
                 code=1008, message=text, error_type="override_error", reason=text,
                 debug_message=f"conversation_config_override.{name} is not enabled in the agent's security settings",
             )))
@@ -371,7 +415,7 @@ class _Session:
 
     # ------------------------------------------------------------------ outgoing
 
-    def _send(self, event: p.ServerEvent) -> None:
+    def _send(self, event: ServerEvent) -> None:
         """Queue ``event`` if this conversation's client events include its type ("error" always)."""
         kind = event.__struct_config__.tag
         if kind in self._events or kind in _ALWAYS_SENT:
@@ -390,7 +434,7 @@ class _Session:
                 if isinstance(item, _AudioItem) and item.reply.first_sent is None:
                     item.reply.first_sent = now  # lost audio still "plays" (and ends)
                 continue
-            event: p.ServerEvent | None = None
+            event: ServerEvent | None = None
             text, kind, event_id = "", "", None  # (of a raw or malformed item; an event's are derived below)
             if isinstance(item, _AudioItem):
                 if item.reply.interrupted:
@@ -402,14 +446,14 @@ class _Session:
                 self.record.audio_event_ids.append(self._ids.last_audio)
             elif isinstance(item, _InterruptMarker):
                 cut = self._ids.last_audio if item.event_id is None else item.event_id
-                event = p.Interruption(interruption_event=p.InterruptionBody(event_id=cut))
+                event = Interruption(interruption_event=InterruptionBody(event_id=cut))
                 self.record.interruptions.append(cut)
             elif isinstance(item, _Malformed):
                 text, kind, event_id = item.text, "raw" if item.kind == RAW else f"malformed:{item.kind}", None
             else:
                 event = item
             if event is not None:
-                text, kind, event_id = p.encode(event), str(event.__struct_config__.tag), _event_id(event)
+                text, kind, event_id = codec.encode(event), str(event.__struct_config__.tag), _event_id(event)
             if kind == "ping" and event_id is not None:
                 self._ping_sent[event_id] = now
             try:
@@ -435,45 +479,45 @@ class _Session:
                 continue
             await self._on_message(data)
 
-    def _record_message(self, message: p.ClientMessage, data: str | bytes, now: float) -> None:
+    def _record_message(self, message: ClientMessage, data: str | bytes, now: float) -> None:
         self.record.messages.append((now, message))
-        if not isinstance(message, p.UserAudioChunk):
+        if not isinstance(message, UserAudioChunk):
             self.record.raw_messages.append((now, data if isinstance(data, str) else data.decode("utf-8", "replace")))
 
     async def _on_message(self, data: str | bytes | object) -> None:
         assert isinstance(data, (str, bytes))
         now = trio.current_time()
         try:
-            message = p.decode_client_message(data)
-        except p.ProtocolError as exc:
+            message = decode_client_message(data)
+        except ProtocolError as exc:
             log.info("simulated agent: invalid client message id=%s error=%s", self.record.conversation_id, exc)
             text = f"invalid message: {exc}"[:120]
-            self._send(p.ErrorEvent(error_event=p.ErrorBody(code=1008, message=text, error_type="invalid_message")))
+            self._send(ErrorEvent(error_event=ErrorBody(code=1008, message=text, error_type="invalid_message")))
             self._out_send.send_nowait(_Close(1008, text))
             return
         rec = self.record
         self._record_message(message, data, now)
-        if isinstance(message, p.UserAudioChunk):
+        if isinstance(message, UserAudioChunk):
             self._on_audio(message.user_audio_chunk, now)
-        elif isinstance(message, p.Pong):
+        elif isinstance(message, Pong):
             sent = self._ping_sent.pop(message.event_id, None)
             rtt = None if sent is None else now - sent
             if rtt is not None:
                 self._last_rtt_ms = round(rtt * 1000)
             rec.pongs.append(PongRecord(message.event_id, now, rtt))
-        elif isinstance(message, p.ConversationInitiationClientData):
+        elif isinstance(message, ConversationInitiationClientData):
             rec.client_data = message
-        elif isinstance(message, p.ClientToolResult):
+        elif isinstance(message, ClientToolResult):
             rec.tool_results.append(message)
-        elif isinstance(message, p.ContextualUpdate):
+        elif isinstance(message, ContextualUpdate):
             rec.contextual_updates.append(message.text)
-        elif isinstance(message, p.UserMessage):
+        elif isinstance(message, UserMessage):
             rec.user_messages.append(message.text or "")
             if message.text:
                 self._answer(message.text, 0, self._ids.new_turn(), now)
-        elif isinstance(message, p.UserActivity):
+        elif isinstance(message, UserActivity):
             rec.user_activity.append(now)
-        elif isinstance(message, p.Feedback):
+        elif isinstance(message, Feedback):
             rec.feedback.append(message)
         self.changes.notify()
 
@@ -490,7 +534,7 @@ class _Session:
                 score = self._scores.feed(speech)
                 if score is not None and "vad_score" in self._events:
                     self.record.vad_scores.append(score)
-                    self._send(p.VadScore(vad_score_event=p.VadScoreBody(vad_score=score)))
+                    self._send(VadScore(vad_score_event=VadScoreBody(vad_score=score)))
             end = self._turns.feed(speech)
             if speech:
                 self._tentative_ms += FRAME_MS
@@ -516,8 +560,8 @@ class _Session:
     def _send_tentative(self) -> None:
         words = self._transcript(self._turns.speech_ms).split()
         shown = " ".join(words[: max(1, min(len(words), self._turns.speech_ms // max(self.config.tentative_ms, 1)))])
-        body = p.UserTranscriptBody(user_transcript=shown, event_id=self._visitor_turn())
-        self._send(p.TentativeUserTranscript(tentative_user_transcription_event=body))
+        body = UserTranscriptBody(user_transcript=shown, event_id=self._visitor_turn())
+        self._send(TentativeUserTranscript(tentative_user_transcription_event=body))
 
     def _maybe_interrupt(self, now: float) -> None:
         reply = self._reply
@@ -534,8 +578,8 @@ class _Session:
         words = reply.text.split()
         cut = " ".join(words[: int(len(words) * played)]) + "..."
         self._send(
-            p.AgentResponseCorrection(
-                agent_response_correction_event=p.AgentResponseCorrectionBody(
+            AgentResponseCorrection(
+                agent_response_correction_event=AgentResponseCorrectionBody(
                     original_agent_response=reply.text, corrected_agent_response=cut, event_id=reply.event_id
                 )
             )
@@ -556,8 +600,8 @@ class _Session:
         text = self.config.goodbye if goodbye else self.config.replies[turn_index % len(self.config.replies)]
         self.record.turns.append(TurnRecord(now, transcript if speech_ms else None, speech_ms, text))
         if speech_ms:
-            body = p.UserTranscriptBody(user_transcript=transcript, event_id=event_id)
-            self._send(p.UserTranscript(user_transcription_event=body))
+            body = UserTranscriptBody(user_transcript=transcript, event_id=event_id)
+            self._send(UserTranscript(user_transcription_event=body))
         self._start_reply(text, event_id, seed=turn_index, turn_index=turn_index, goodbye=goodbye)
 
     def _start_reply(self, text: str, event_id: int, *, seed: int, turn_index: int | None = None,
@@ -565,9 +609,9 @@ class _Session:
         if self._reply_scope is not None:
             self._reply_scope.cancel()
         tentative = " ".join(text.split()[:3])
-        self._send(p.InternalTentativeAgentResponse(
-            tentative_agent_response_internal_event=p.TentativeAgentResponseBody(tentative_agent_response=tentative)))
-        self._send(p.AgentResponse(agent_response_event=p.AgentResponseBody(agent_response=text, event_id=event_id)))
+        self._send(InternalTentativeAgentResponse(
+            tentative_agent_response_internal_event=TentativeAgentResponseBody(tentative_agent_response=tentative)))
+        self._send(AgentResponse(agent_response_event=AgentResponseBody(agent_response=text, event_id=event_id)))
         seconds = 0.0 if self.record.text_only else self.config.reply_seconds
         reply = _Reply(text, seconds, event_id)
         self._reply = reply
@@ -594,12 +638,12 @@ class _Session:
                     if when == "during" and n == len(starts) // 2:
                         self._call_end_call(reply)
                     chunk = samples[start : start + step]
-                    body = p.AudioBody(
+                    body = AudioBody(
                         audio_base_64=encode(chunk, self.out_fmt), event_id=self._ids.audio_id(reply.event_id),
                         alignment=self._alignment(reply, start, len(chunk)) if self.config.alignment else None,
                     )
                     if "audio" in self._events:
-                        self._out_send.send_nowait(_AudioItem(reply, p.AudioEvent(audio_event=body)))
+                        self._out_send.send_nowait(_AudioItem(reply, AudioEvent(audio_event=body)))
                     await trio.sleep(pause)
             if when == "after":
                 self._call_end_call(reply)
@@ -608,8 +652,8 @@ class _Session:
                 call_id = f"toolu_sim_{next(self._tool_calls)}"
                 self.record.tool_calls.append(call_id)
                 self._send(
-                    p.ClientToolCall(
-                        client_tool_call=p.ClientToolCallBody(
+                    ClientToolCall(
+                        client_tool_call=ClientToolCallBody(
                             tool_name=name, tool_call_id=call_id, parameters=dict(params), event_id=reply.event_id
                         )
                     )
@@ -620,10 +664,10 @@ class _Session:
         """A text-only reply streams as agent_chat_response_part start, deltas, stop."""
         parts = [("start", "")] + [("delta", w + " ") for w in reply.text.split()] + [("stop", "")]
         for kind, text in parts:
-            body = p.ChatResponsePartBody(text=text, type=kind, event_id=reply.event_id)
-            self._out_send.send_nowait(p.AgentChatResponsePart(text_response_part=body))
+            body = ChatResponsePartBody(text=text, type=kind, event_id=reply.event_id)
+            self._out_send.send_nowait(AgentChatResponsePart(text_response_part=body))
 
-    def _alignment(self, reply: _Reply, start: int, length: int) -> p.Alignment:
+    def _alignment(self, reply: _Reply, start: int, length: int) -> Alignment:
         """The characters spoken in samples [start, start+length) of the reply, evenly spread."""
         rate = self.out_fmt.rate
         per_char = reply.seconds * 1000 / max(len(reply.text), 1)
@@ -632,12 +676,12 @@ class _Session:
         chars = list(reply.text[first:last])
         starts: list[float] = [round(i * per_char - begin) for i in range(first, first + len(chars))]
         durations: list[float] = [round(per_char)] * len(chars)  # whole milliseconds, as the schema's integers
-        return p.Alignment(chars=chars, char_start_times_ms=starts, char_durations_ms=durations)
+        return Alignment(chars=chars, char_start_times_ms=starts, char_durations_ms=durations)
 
     def _call_end_call(self, reply: _Reply) -> None:
         """The agent runs its end_call system tool; it closes the call itself once the goodbye has played."""
         self.record.end_calls.append(trio.current_time())
-        self._send(p.AgentToolResponse(agent_tool_response=p.AgentToolResponseBody(
+        self._send(AgentToolResponse(agent_tool_response=AgentToolResponseBody(
             tool_name="end_call", tool_call_id=f"toolu_end_{next(self._tool_calls)}", tool_type="system",
             is_error=False, is_called=True, event_id=reply.event_id)))
         assert self._nursery is not None
@@ -658,7 +702,7 @@ class _Session:
             await trio.sleep(self.config.ping_interval)
             if self.faults.stall:
                 continue
-            self._send(p.Ping(ping_event=p.PingBody(event_id=self._ids.next_ping(), ping_ms=self._last_rtt_ms)))
+            self._send(Ping(ping_event=PingBody(event_id=self._ids.next_ping(), ping_ms=self._last_rtt_ms)))
 
     async def _silence_watchdog(self) -> None:
         while True:
@@ -669,7 +713,7 @@ class _Session:
                     continue
                 text = f"No user input received for {self.config.silence_timeout:g} seconds"
                 if self.config.silence_error:
-                    self._send(p.ErrorEvent(error_event=p.ErrorBody(
+                    self._send(ErrorEvent(error_event=ErrorBody(
                         code=1002, message=text, error_type="transport_receive_timeout", reason="timeout")))
                 self._out_send.send_nowait(_Close(1002, "no user audio received"))
                 return
@@ -678,8 +722,8 @@ class _Session:
     async def _max_duration(self) -> None:
         await trio.sleep(self.config.max_duration)
         self._send(
-            p.ErrorEvent(
-                error_event=p.ErrorBody(
+            ErrorEvent(
+                error_event=ErrorBody(
                     code=1000, message="maximum conversation duration reached", error_type="max_duration_exceeded"
                 )
             )
@@ -717,7 +761,7 @@ RAW: Final = "raw"
 GREETING_SEED: Final = 1000
 
 
-def _override_fields(override: p.ConversationConfigOverride) -> list[str]:
+def _override_fields(override: ConversationConfigOverride) -> list[str]:
     """Dotted names of the fields an override sets ("agent.first_message", "conversation.client_events", …)."""
     out = []
     for section in ("agent", "tts", "conversation"):
@@ -732,7 +776,7 @@ def _says_goodbye(text: str, words: tuple[str, ...]) -> bool:
     return any(w.lower() in said for w in words)
 
 
-def _event_id(event: p.ServerEvent) -> int | None:
+def _event_id(event: ServerEvent) -> int | None:
     """The event id an event carries, if any."""
     for name in event.__struct_fields__:
         body = getattr(event, name)

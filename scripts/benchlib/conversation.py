@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from kioskd import protocol as p
+from kioskd.protocol.client_messages import UserAudioChunk
 from kioskd.simulator import Conversation, SimulatorConfig, open_simulator
 from kioskd.state import Command, KioskState
 
@@ -66,7 +66,7 @@ class LazyMic(Mic):
 def uplink_latencies(conv: Conversation, mic: Mic, off: float) -> tuple[list[float], int]:
     """Per-sample latencies (s, every 16th sample) and the count of chunks not found in the signal."""
     loc = SampleLocator(mic.signal)
-    chunks = [(t, m) for t, m in conv.messages if isinstance(m, p.UserAudioChunk)]
+    chunks = [(t, m) for t, m in conv.messages if isinstance(m, UserAudioChunk)]
     if not chunks:
         return [], 0
     skip_before = chunks[0][0] - off + SKIP_AFTER_FIRST_S
@@ -111,7 +111,7 @@ def pings(conv: Conversation) -> list[float]:
 
 def first_chunk_time(conv: Conversation) -> float | None:
     for t, m in conv.messages:
-        if isinstance(m, p.UserAudioChunk):
+        if isinstance(m, UserAudioChunk):
             return t
     return None
 
