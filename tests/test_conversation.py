@@ -14,7 +14,8 @@ from kioskd.actions import End, Interrupt, OpenAudio, Play, Send, SessionOutcome
 from kioskd.audio.formats import AudioFormat
 from kioskd.close_codes import CLOSE_CODES, describe_close
 from kioskd.config import Config, parse_config
-from kioskd.conversation import DRAIN_LIMIT, GOODBYE_QUIET, Conversation, Phase, client_data
+from kioskd.conversation import DRAIN_LIMIT, GOODBYE_QUIET, Conversation, Phase
+from kioskd.overrides import client_data
 from kioskd.protocol.client_messages import ClientToolResult, ConversationConfigOverride, Pong
 from kioskd.protocol.codec import ProtocolError, decode_server_event
 from kioskd.protocol.common import ContextualUpdate

@@ -79,6 +79,15 @@ class ConversationConfigOverride(msgspec.Struct, omit_defaults=True):
     tts: TtsOverride | None = None
     conversation: ConversationOverride | None = None
 
+    def fields_set(self) -> list[str]:
+        """Dotted names of the fields this override sets ("agent.first_message", "conversation.client_events", …)."""
+        out = []
+        for section in ("agent", "tts", "conversation"):
+            value = getattr(self, section)
+            if value is not None:
+                out += [f"{section}.{name}" for name in value.__struct_fields__ if getattr(value, name) is not None]
+        return out
+
 
 class SourceInfo(msgspec.Struct, omit_defaults=True):
     """Which client application this is (the official clients send their name and version)."""

@@ -32,8 +32,9 @@ from kioskd.actions import (
     Show,
     StopMic,
 )
+from kioskd.close_codes import closed_outcome
 from kioskd.config import Config
-from kioskd.conversation import Conversation, NotNow, VisitorMessage, closed_outcome
+from kioskd.conversation import Conversation, NotNow, VisitorMessage
 from kioskd.protocol.client_messages import UserAudioChunk
 from kioskd.protocol.codec import ProtocolError, decode_server_event, encode
 from kioskd.protocol.server_events import ServerEvent, UnknownEvent

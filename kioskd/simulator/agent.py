@@ -346,7 +346,7 @@ class _Session:
         self._record_message(message, data, trio.current_time())
         self.record.client_data = message
         override = message.conversation_config_override or ConversationConfigOverride()
-        fields = _override_fields(override)
+        fields = override.fields_set()
         refused = [name for name in fields if name in self.config.forbidden_overrides]
         if refused:
             name = refused[0]
@@ -759,16 +759,6 @@ _ALWAYS_SENT: Final = frozenset({"error", "conversation_initiation_metadata"})
 RAW: Final = "raw"
 #: The greeting's audio (turns use their index as the seed).
 GREETING_SEED: Final = 1000
-
-
-def _override_fields(override: ConversationConfigOverride) -> list[str]:
-    """Dotted names of the fields an override sets ("agent.first_message", "conversation.client_events", …)."""
-    out = []
-    for section in ("agent", "tts", "conversation"):
-        value = getattr(override, section)
-        if value is not None:
-            out += [f"{section}.{name}" for name in value.__struct_fields__ if getattr(value, name) is not None]
-    return out
 
 
 def _says_goodbye(text: str, words: tuple[str, ...]) -> bool:
