@@ -22,8 +22,9 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kioskd.ops import control
-from kioskd.ops.control import ControlServer, ControlSocketInUse, request
+from kioskd.ops import control, ctl
+from kioskd.ops.control import ControlServer, ControlSocketInUse
+from kioskd.ops.ctl import request
 from kioskd.state import Command
 
 IO_TIMEOUT = 20
@@ -334,7 +335,7 @@ def test_ctl_visitor_commands_need_their_text(capsys: pytest.CaptureFixture[str]
     for argv, words in ((["say"], "say needs some text"), (["feedback"], "feedback needs like or dislike"),
                         (["activity", "now"], "no other command takes one"), (["volume", "loud"], "volume needs")):
         with pytest.raises(SystemExit) as exc:
-            control.main(["--socket", "/nonexistent.sock", *argv])
+            ctl.main(["--socket", "/nonexistent.sock", *argv])
         assert exc.value.code == 2 and words in capsys.readouterr().err
 
 
@@ -350,7 +351,7 @@ async def test_ctl_say_sends_the_words_as_text(tmp_path: Path) -> None:
     with trio.fail_after(IO_TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
-            code = await trio.to_thread.run_sync(control.main, ["--socket", path, "say", "Where", "is", "the", "exit?"])
+            code = await trio.to_thread.run_sync(ctl.main, ["--socket", path, "say", "Where", "is", "the", "exit?"])
             nursery.cancel_scope.cancel()
     assert code == 0 and [(r.cmd, r.text) for r in got] == [("say", "Where is the exit?")]
 

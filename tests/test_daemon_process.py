@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from kioskd.ops.control import request
+from kioskd.ops.ctl import request
 from kioskd.simulator import SimulatorConfig, open_simulator
 
 from kiosk_harness import SPEECH_WAV
