@@ -79,17 +79,10 @@ def socket_path(config_path: str) -> str:
 
     Raises ConfigError when the file cannot be read or the key is not a string.
     """
-    import tomllib
-
     from kioskd.config import ConfigError, ControlConfig
+    from kioskd.schema import read_toml
 
-    try:
-        with open(config_path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError([f"{config_path}: cannot read: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{config_path}: not valid TOML: {exc}"]) from None
+    data = read_toml(config_path)
     value = data.get("control", {}).get("socket", ControlConfig.socket) if isinstance(data.get("control"), dict) \
         else ControlConfig.socket
     if not isinstance(value, str) or not value.strip():
