@@ -30,7 +30,8 @@ from kioskd.backoff import Backoff
 from kioskd.config import NetworkConfig
 from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
 from kioskd.state import Command, KioskState, Status, StatusBoard
-from kioskd.service.supervisor import START_WINDOW, Next, Supervisor, after_outcome
+from kioskd.service.resume_policy import Next, after_outcome
+from kioskd.service.supervisor import START_WINDOW, Supervisor
 from kioskd.tools import ToolRegistry
 
 from kiosk_harness import kiosk_config
