@@ -121,7 +121,7 @@ async def open_rig(tmp_path: Path, sim_config: SimulatorConfig | None = None, **
         board.listen(lambda s: states.append((trio.current_time(), s.state, s.reason)))
         audio = FakeAudio()
         assert config.backend is not None
-        urls = SignedUrlProvider(config.backend, config.network, config.agent.agent_id, config.kiosk_token())
+        urls = SignedUrlProvider(config.backend, config.network, config.agent.agent_id, config.backend.kiosk_token())
         stack.push_async_callback(urls.aclose)
         supervisor = Supervisor(config, audio, board, urls, ToolRegistry.from_config(config), rng=random.Random(0))
         nursery = await stack.enter_async_context(trio.open_nursery())

@@ -55,7 +55,7 @@ async def _provider(sim, tmp_path: Path, **backend: object) -> SignedUrlProvider
     config = kiosk_config(sim, tmp_path, backend=dict(backend))
     assert config.backend is not None
     return SignedUrlProvider(
-        config.backend, config.network, config.agent.agent_id, config.kiosk_token(),
+        config.backend, config.network, config.agent.agent_id, config.backend.kiosk_token(),
         backoff=Backoff(config.network.backoff_base, config.network.backoff_cap, rng=random.Random(0)),
     )
 

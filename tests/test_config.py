@@ -94,17 +94,18 @@ def test_int_is_accepted_where_a_float_is_expected() -> None:
 def test_token_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KIOSKD_TOKEN", raising=False)
     token = tmp_path / "token"
-    config = parse_config({"agent": {"agent_id": "a"},
-                           "backend": {"url": "https://b/signed-url", "token_file": str(token)}})
+    backend = parse_config({"agent": {"agent_id": "a"},
+                            "backend": {"url": "https://b/signed-url", "token_file": str(token)}}).backend
+    assert backend is not None
     with pytest.raises(ConfigError, match="backend.token_file: cannot read"):
-        config.kiosk_token()
+        backend.kiosk_token()
     token.write_text("")
     with pytest.raises(ConfigError, match="backend.token_file: .* is empty"):
-        config.kiosk_token()
+        backend.kiosk_token()
     token.write_text("secret-1\n")
-    assert config.kiosk_token() == "secret-1"
+    assert backend.kiosk_token() == "secret-1"
     monkeypatch.setenv("KIOSKD_TOKEN", "secret-2")
-    assert config.kiosk_token() == "secret-2"
+    assert backend.kiosk_token() == "secret-2"
 
 
 def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -204,8 +205,8 @@ def test_token_file_first_line_only(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("KIOSKD_TOKEN", raising=False)
     token = tmp_path / "token"
     token.write_bytes(content if isinstance(content, bytes) else content.encode())
-    config = parse_config({"agent": {"agent_id": "a"}, "backend": {"url": "https://b/s", "token_file": str(token)}})
-    assert config.kiosk_token() == expected
+    backend = parse_config({"agent": {"agent_id": "a"}, "backend": {"url": "https://b/s", "token_file": str(token)}}).backend
+    assert backend is not None and backend.kiosk_token() == expected
 
 
 @pytest.mark.parametrize(
@@ -229,9 +230,10 @@ def test_bad_token_file_is_named_without_echoing_it(
 
 def test_bad_token_in_the_environment_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KIOSKD_TOKEN", "two words")
-    config = parse_config({"agent": {"agent_id": "a"}, "backend": {"url": "https://b/s"}})
+    backend = parse_config({"agent": {"agent_id": "a"}, "backend": {"url": "https://b/s"}}).backend
+    assert backend is not None
     with pytest.raises(ConfigError, match=r"^KIOSKD_TOKEN: .*space") as info:
-        config.kiosk_token()
+        backend.kiosk_token()
     assert "words" not in str(info.value)
 
 

@@ -13,7 +13,8 @@ import trio.testing
 from kioskd.backend.client import SignedUrlProvider
 from kioskd.backend.heartbeat import HeartbeatSender, heartbeat_url
 from kioskd.backoff import Backoff
-from kioskd.config import BackendConfig, NetworkConfig
+from kioskd.backend.client_config import BackendConfig
+from kioskd.config import NetworkConfig
 from kioskd.simulator import SimulatorConfig, open_simulator
 
 from redis_server import free_port

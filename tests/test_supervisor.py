@@ -111,7 +111,7 @@ async def open_start_rig(tmp_path: Path, sim_config: SimulatorConfig = SIM) -> A
             fetches.append(trio.current_time())
 
         client = httpx.AsyncClient(follow_redirects=False, event_hooks={"request": [on_request]})
-        urls = SignedUrlProvider(config.backend, config.network, config.agent.agent_id, config.kiosk_token(),
+        urls = SignedUrlProvider(config.backend, config.network, config.agent.agent_id, config.backend.kiosk_token(),
                                  client=client)
         stack.push_async_callback(urls.aclose)
         board = StatusBoard()
@@ -323,7 +323,7 @@ async def test_provider_waits_a_minute_after_a_401(tmp_path: Path, virtual_clock
             config = kiosk_config(sim, tmp_path)
             assert config.backend is not None
             sim.backend_faults.set("401", times=1)
-            provider = SignedUrlProvider(config.backend, config.network, config.agent.agent_id, config.kiosk_token())
+            provider = SignedUrlProvider(config.backend, config.network, config.agent.agent_id, config.backend.kiosk_token())
             async with trio.open_nursery() as nursery:
                 await nursery.start(provider.run)
                 await sim.wait_for(lambda: len(sim.backend_requests) >= 1)
@@ -347,7 +347,7 @@ async def test_provider_without_prefetch_fetches_once_per_take(
         async with open_simulator(SIM) as sim:
             config = kiosk_config(sim, tmp_path, backend={"prefetch": False, "health_interval": 60.0})
             assert config.backend is not None
-            provider = SignedUrlProvider(config.backend, config.network, config.agent.agent_id, config.kiosk_token())
+            provider = SignedUrlProvider(config.backend, config.network, config.agent.agent_id, config.backend.kiosk_token())
             async with trio.open_nursery() as nursery:
                 await nursery.start(provider.run)
                 await sim.wait_for(lambda: len(sim.backend_requests) >= 1)  # the first health check

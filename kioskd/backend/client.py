@@ -25,7 +25,8 @@ import msgspec
 import trio
 
 from kioskd.backoff import Backoff
-from kioskd.config import BackendConfig, NetworkConfig
+from kioskd.backend.client_config import BackendConfig
+from kioskd.config import NetworkConfig
 
 __all__ = [
     "PublicAgentUrl",
