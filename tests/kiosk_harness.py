@@ -18,8 +18,8 @@ from board_wait import wait_for_status
 from kioskd.audio.engine import AudioEngine
 from kioskd.config import Config, parse_config
 from kioskd.ops.ctl import request
-from kioskd.service.daemon import Kiosk
 from kioskd.ops.logs import setup_logging
+from kioskd.service.daemon import Kiosk
 from kioskd.simulator import Simulator
 from kioskd.state import KioskState
 

@@ -9,11 +9,10 @@ import pytest
 import trio
 import trio.testing
 
+from kiosk_harness import kiosk_config
 from kioskd.backend.client import SignedUrlError, SignedUrlProvider, parse_reply
 from kioskd.backoff import Backoff
 from kioskd.simulator import SimulatorConfig, open_simulator
-
-from kiosk_harness import kiosk_config
 
 TIMEOUT = 30
 

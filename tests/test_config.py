@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kioskd.ops.check_config import main as check_config
 from kioskd.config import Config, ConfigError, load_config, parse_config
+from kioskd.ops.check_config import main as check_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,7 +88,9 @@ def test_dynamic_variables_are_scalars() -> None:
 
 
 def test_int_is_accepted_where_a_float_is_expected() -> None:
-    assert parse_config({"agent": {"agent_id": "a"}, "conversation": {"idle_timeout": 5}}).conversation.idle_timeout == 5.0
+    assert (
+        parse_config({"agent": {"agent_id": "a"}, "conversation": {"idle_timeout": 5}}).conversation.idle_timeout == 5.0
+    )
 
 
 def test_token_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,10 +99,10 @@ def test_token_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     backend = parse_config({"agent": {"agent_id": "a"},
                             "backend": {"url": "https://b/signed-url", "token_file": str(token)}}).backend
     assert backend is not None
-    with pytest.raises(ConfigError, match="backend.token_file: cannot read"):
+    with pytest.raises(ConfigError, match=r"backend.token_file: cannot read"):
         backend.kiosk_token()
     token.write_text("")
-    with pytest.raises(ConfigError, match="backend.token_file: .* is empty"):
+    with pytest.raises(ConfigError, match=r"backend.token_file: .* is empty"):
         backend.kiosk_token()
     token.write_text("secret-1\n")
     assert backend.kiosk_token() == "secret-1"
@@ -205,7 +207,9 @@ def test_token_file_first_line_only(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("KIOSKD_TOKEN", raising=False)
     token = tmp_path / "token"
     token.write_bytes(content if isinstance(content, bytes) else content.encode())
-    backend = parse_config({"agent": {"agent_id": "a"}, "backend": {"url": "https://b/s", "token_file": str(token)}}).backend
+    backend = parse_config(
+        {"agent": {"agent_id": "a"}, "backend": {"url": "https://b/s", "token_file": str(token)}}
+    ).backend
     assert backend is not None and backend.kiosk_token() == expected
 
 

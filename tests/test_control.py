@@ -108,20 +108,19 @@ async def trickle_until_closed(tmp_path: Path) -> None:
     """A newline every 2 s used to hold a connection forever; now it is closed REQUEST_TIMEOUT after opening."""
     path = short_path(tmp_path)
     with trio.fail_after(IO_TIMEOUT):
-        async with serving(path):
-            async with await trio.open_unix_socket(path) as stream:
-                opened = trio.current_time()
-                closed_at = None
-                with trio.move_on_after(4 * control.REQUEST_TIMEOUT):
-                    while closed_at is None:
-                        try:
-                            await stream.send_all(b"\n")
-                        except trio.BrokenResourceError:
+        async with serving(path), await trio.open_unix_socket(path) as stream:
+            opened = trio.current_time()
+            closed_at = None
+            with trio.move_on_after(4 * control.REQUEST_TIMEOUT):
+                while closed_at is None:
+                    try:
+                        await stream.send_all(b"\n")
+                    except trio.BrokenResourceError:
+                        closed_at = trio.current_time()
+                        break
+                    with trio.move_on_after(2.0):
+                        if await stream.receive_some(100) == b"":
                             closed_at = trio.current_time()
-                            break
-                        with trio.move_on_after(2.0):
-                            if await stream.receive_some(100) == b"":
-                                closed_at = trio.current_time()
     assert closed_at is not None
     assert closed_at - opened == pytest.approx(control.REQUEST_TIMEOUT)
 
@@ -176,7 +175,11 @@ async def test_a_client_that_never_reads_cannot_hold_a_slot(tmp_path: Path) -> N
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(chunks=st.lists(st.binary(max_size=600) | st.sampled_from([b"\n", b'{"cmd": "status"}\n', b"\xff" * 5000]), max_size=8))
+@given(
+    chunks=st.lists(
+        st.binary(max_size=600) | st.sampled_from([b"\n", b'{"cmd": "status"}\n', b"\xff" * 5000]), max_size=8
+    )
+)
 def test_fuzzed_control_bytes_get_json_lines_and_the_server_carries_on(tmp_path: Path, chunks: list[bytes]) -> None:
     path = short_path(tmp_path, "fuzz.sock")
 

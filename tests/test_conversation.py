@@ -324,7 +324,9 @@ def test_events_after_the_end_are_ignored_and_the_first_end_wins() -> None:
 
 # ------------------------------------------------------------------ the real service's defaults (issue 12)
 
-TENTATIVE = event("tentative_user_transcript", tentative_user_transcription_event={"user_transcript": "wh", "event_id": 2})
+TENTATIVE = event(
+    "tentative_user_transcript", tentative_user_transcription_event={"user_transcript": "wh", "event_id": 2}
+)
 
 
 def run_script(conv: Conversation, script: dict[float, object], until: float) -> tuple[float, list[object]] | None:
@@ -416,7 +418,9 @@ END_CALL_TABLE: list[tuple[str, list[tuple[float, object]], float]] = [
 
 
 @pytest.mark.parametrize(("name", "script", "ends_at"), END_CALL_TABLE, ids=[row[0] for row in END_CALL_TABLE])
-def test_end_call_ends_after_the_goodbye_has_played(name: str, script: list[tuple[float, object]], ends_at: float) -> None:
+def test_end_call_ends_after_the_goodbye_has_played(
+    name: str, script: list[tuple[float, object]], ends_at: float
+) -> None:
     conv = opened(make_config(idle_timeout=100.0, max_duration=100.0))
     steps = dict(script)
     (end_call_at,) = [t for t, what in script if what is END_CALL_EVENT]

@@ -44,7 +44,11 @@ def test_reply_parser_raises_only_signed_url_error_on_bodies(body: bytes | str) 
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(-1000, 1000), st.text(max_size=80), st.dictionaries(st.sampled_from(["retry-after", "x"]), st.text(max_size=20)))
+@given(
+    st.integers(-1000, 1000),
+    st.text(max_size=80),
+    st.dictionaries(st.sampled_from(["retry-after", "x"]), st.text(max_size=20)),
+)
 def test_reply_parser_raises_only_signed_url_error_on_urls(status: int, url: str, headers: dict[str, str]) -> None:
     import json
 
@@ -77,7 +81,7 @@ def test_toml_text_raises_only_toml_or_config_errors(text: str) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode)
-       | st.builds(lambda c: ('{"cmd": %s}' % c).encode(), st.text(max_size=20).map(repr)))
+       | st.builds(lambda c: f'{{"cmd": {c}}}'.encode(), st.text(max_size=20).map(repr)))
 def test_control_requests_never_raise(line: bytes) -> None:
     sent: list[Command] = []
     answer = handle_request(line, sent.append, lambda: {"state": "idle"})

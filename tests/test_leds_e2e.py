@@ -66,8 +66,8 @@ def colour_name(rgb: RGB) -> RGB | None:
     if top <= 0.0:
         return None
     norm = tuple(c / top for c in rgb)
-    best = min(COLOURS.values(), key=lambda c: sum((a - b) ** 2 for a, b in zip(c, norm)))
-    assert sum((a - b) ** 2 for a, b in zip(best, norm)) < 0.02, f"{rgb} is no pattern's colour"
+    best = min(COLOURS.values(), key=lambda c: sum((a - b) ** 2 for a, b in zip(c, norm, strict=True)))
+    assert sum((a - b) ** 2 for a, b in zip(best, norm, strict=True)) < 0.02, f"{rgb} is no pattern's colour"
     return best
 
 
@@ -141,7 +141,9 @@ async def test_light_over_a_whole_conversation(tmp_path: Path) -> None:
         kiosk.board.listen(lambda status: board.append((trio.current_time(), status)))
 
     # an agent configured to send vad_score (the service's default events have none)
-    async with open_simulator(SimulatorConfig(vad_score_ms=50, client_events=(*AGENT_CLIENT_EVENTS, "vad_score"))) as sim:
+    async with open_simulator(
+        SimulatorConfig(vad_score_ms=50, client_events=(*AGENT_CLIENT_EVENTS, "vad_score"))
+    ) as sim:
         config = kiosk_config(
             sim,
             tmp_path,

@@ -191,21 +191,25 @@ def test_backend_faults_count_down_and_reject_unknown_modes() -> None:
 
 
 @pytest.mark.parametrize(("input_format", "output_format"), [("pcm_16000", "pcm_16000"), ("ulaw_8000", "pcm_44100")])
-async def test_metadata_first_with_configured_formats_and_client_data_recorded(input_format: str, output_format: str) -> None:
+async def test_metadata_first_with_configured_formats_and_client_data_recorded(
+    input_format: str, output_format: str
+) -> None:
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(fast_config(input_format=input_format, output_format=output_format)) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                data = ConversationInitiationClientData(dynamic_variables={"kiosk": "lobby", "floor": 2})
-                await client.send(data)
-                first = await client.next()
-                assert isinstance(first, ConversationInitiationMetadata)
-                body = first.conversation_initiation_metadata_event
-                assert body.conversation_id == "conv_sim_1"
-                assert (body.user_input_audio_format, body.agent_output_audio_format) == (input_format, output_format)
-                conv = await sim.wait_for_conversation(0)
-                assert conv.client_data == data
-                assert conv.open
+        async with (
+            open_simulator(fast_config(input_format=input_format, output_format=output_format)) as sim,
+            open_websocket_url(sim.signed_url()) as ws,
+        ):
+            client = Client(ws)
+            data = ConversationInitiationClientData(dynamic_variables={"kiosk": "lobby", "floor": 2})
+            await client.send(data)
+            first = await client.next()
+            assert isinstance(first, ConversationInitiationMetadata)
+            body = first.conversation_initiation_metadata_event
+            assert body.conversation_id == "conv_sim_1"
+            assert (body.user_input_audio_format, body.agent_output_audio_format) == (input_format, output_format)
+            conv = await sim.wait_for_conversation(0)
+            assert conv.client_data == data
+            assert conv.open
 
 
 async def test_metadata_is_sent_without_client_data_after_the_wait(sim: Simulator) -> None:
@@ -220,53 +224,51 @@ async def test_metadata_is_sent_without_client_data_after_the_wait(sim: Simulato
 
 async def test_pings_rise_pongs_are_recorded_and_rtt_reported() -> None:
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(fast_config(ping_interval=0.1)) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                pings = [await client.until(Ping) for _ in range(3)]
-                ids = [ping.ping_event.event_id for ping in pings]
-                assert ids == sorted(ids) and len(set(ids)) == 3
-                assert pings[0].ping_event.ping_ms is None
-                assert pings[2].ping_event.ping_ms is not None and pings[2].ping_event.ping_ms >= 0
-                conv = sim.conversations[0]
-                await sim.wait_for(lambda: len(conv.pongs) >= 3)
-                assert [pong.event_id for pong in conv.pongs[:3]] == ids
-                assert all(pong.rtt is not None and pong.rtt >= 0 for pong in conv.pongs)
+        async with open_simulator(fast_config(ping_interval=0.1)) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            pings = [await client.until(Ping) for _ in range(3)]
+            ids = [ping.ping_event.event_id for ping in pings]
+            assert ids == sorted(ids) and len(set(ids)) == 3
+            assert pings[0].ping_event.ping_ms is None
+            assert pings[2].ping_event.ping_ms is not None and pings[2].ping_event.ping_ms >= 0
+            conv = sim.conversations[0]
+            await sim.wait_for(lambda: len(conv.pongs) >= 3)
+            assert [pong.event_id for pong in conv.pongs[:3]] == ids
+            assert all(pong.rtt is not None and pong.rtt >= 0 for pong in conv.pongs)
 
 
 @pytest.mark.parametrize("input_format", ["pcm_16000", "ulaw_8000", "pcm_44100"])
 async def test_audio_round_trip_gives_transcript_response_and_rising_audio(input_format: str) -> None:
     cfg = fast_config(input_format=input_format, transcripts=("where is the library",), replies=("Second floor.",))
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(cfg) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.until(ConversationInitiationMetadata)
-                rate = AudioFormat.parse(input_format).rate
-                sent = await client.send_audio(utterance(rate=rate), input_format)
-                transcript = await client.until(UserTranscript)
-                assert transcript.user_transcription_event.user_transcript == "where is the library"
-                response = await client.until(AgentResponse)
-                assert response.agent_response_event.agent_response == "Second floor."
-                audio = bytearray()
-                ids: list[int] = []
-                while len(audio) < 2 * 16000 * cfg.reply_seconds:
-                    event = await client.until(AudioEvent)
-                    ids.append(event.audio_event.event_id)
-                    audio += event.audio_event.audio_base_64
-                # one agent turn, one event id: the visitor's turn's, shared by transcript, response and audio
-                turn = transcript.user_transcription_event.event_id
-                assert len(ids) >= 4 and set(ids) == {turn} and response.agent_response_event.event_id == turn
-                assert len(audio) == 2 * 16000 * cfg.reply_seconds
-                tentative = client.of(TentativeUserTranscript)
-                assert tentative and {e.tentative_user_transcription_event.event_id for e in tentative} == {turn}
-                assert "where is the library".startswith(tentative[0].tentative_user_transcription_event.user_transcript)
-                assert not client.of(VadScore), "vad_score is not among the default client events"
-                conv = sim.conversations[0]
-                await sim.wait_for(lambda: len(conv.audio_raw) == len(sent))
-                assert bytes(conv.audio_raw) == sent
-                assert np.array_equal(conv.audio_pcm, decode(sent, AudioFormat.parse(input_format)))
-                assert len(conv.turns) == 1 and 1200 <= conv.turns[0].speech_ms <= 1800
+        async with open_simulator(cfg) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.until(ConversationInitiationMetadata)
+            rate = AudioFormat.parse(input_format).rate
+            sent = await client.send_audio(utterance(rate=rate), input_format)
+            transcript = await client.until(UserTranscript)
+            assert transcript.user_transcription_event.user_transcript == "where is the library"
+            response = await client.until(AgentResponse)
+            assert response.agent_response_event.agent_response == "Second floor."
+            audio = bytearray()
+            ids: list[int] = []
+            while len(audio) < 2 * 16000 * cfg.reply_seconds:
+                event = await client.until(AudioEvent)
+                ids.append(event.audio_event.event_id)
+                audio += event.audio_event.audio_base_64
+            # one agent turn, one event id: the visitor's turn's, shared by transcript, response and audio
+            turn = transcript.user_transcription_event.event_id
+            assert len(ids) >= 4 and set(ids) == {turn} and response.agent_response_event.event_id == turn
+            assert len(audio) == 2 * 16000 * cfg.reply_seconds
+            tentative = client.of(TentativeUserTranscript)
+            assert tentative and {e.tentative_user_transcription_event.event_id for e in tentative} == {turn}
+            assert "where is the library".startswith(tentative[0].tentative_user_transcription_event.user_transcript)
+            assert not client.of(VadScore), "vad_score is not among the default client events"
+            conv = sim.conversations[0]
+            await sim.wait_for(lambda: len(conv.audio_raw) == len(sent))
+            assert bytes(conv.audio_raw) == sent
+            assert np.array_equal(conv.audio_pcm, decode(sent, AudioFormat.parse(input_format)))
+            assert len(conv.turns) == 1 and 1200 <= conv.turns[0].speech_ms <= 1800
 
 
 async def test_espeak_speech_is_heard_as_a_turn(tmp_path: Path) -> None:
@@ -279,13 +281,12 @@ async def test_espeak_speech_is_heard_as_a_turn(tmp_path: Path) -> None:
         rate = w.getframerate()
     speech16 = soxr.resample(speech, rate, 16000).astype(np.int16)
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(fast_config()) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.send_audio(np.concatenate([speech16, silence(0.8)]))
-                transcript = await client.until(UserTranscript)
-                assert transcript.user_transcription_event.user_transcript.startswith("(simulated transcript: ")
-                assert sim.conversations[0].turns[0].speech_ms >= 1000
+        async with open_simulator(fast_config()) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.send_audio(np.concatenate([speech16, silence(0.8)]))
+            transcript = await client.until(UserTranscript)
+            assert transcript.user_transcription_event.user_transcript.startswith("(simulated transcript: ")
+            assert sim.conversations[0].turns[0].speech_ms >= 1000
 
 
 @pytest.mark.parametrize("event_ids", ["turn", "message"])
@@ -293,73 +294,70 @@ async def test_speaking_over_the_agent_interrupts_it(event_ids: str) -> None:
     events = (*AGENT_CLIENT_EVENTS, "agent_response_correction")
     cfg = fast_config(reply_seconds=3.0, reply_speedup=2.0, tool_call=None, event_ids=event_ids, client_events=events)
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(cfg) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.send_audio(utterance())
-                await client.until(AudioEvent)
-                await client.send_audio(utterance(0.5, 0.8, seed=7))  # barge in
-                interruption = await client.until(Interruption)
-                cut = interruption.interruption_event.event_id
-                audio_ids = [e.audio_event.event_id for e in client.of(AudioEvent)]
-                if event_ids == "turn":
-                    # the interruption carries the interrupting turn's id: the old reply's is lower
-                    assert set(audio_ids) == {cut - 1}
-                else:  # today's behaviour before issue 12: the id of the last audio chunk sent
-                    assert cut == max(audio_ids)
-                correction = await client.until(AgentResponseCorrection)
-                body = correction.agent_response_correction_event
-                assert body.original_agent_response == cfg.replies[0]
-                assert body.corrected_agent_response.endswith("...")
-                # The barge-in utterance is a turn of its own; its reply carries the interruption's id
-                # (per turn) or continues the ids (per message).
-                transcript = await client.until(UserTranscript)
-                nxt = await client.until(AudioEvent)
-                if event_ids == "turn":
-                    assert nxt.audio_event.event_id == cut == transcript.user_transcription_event.event_id
-                else:
-                    assert nxt.audio_event.event_id > cut
-                between = client.events[client.events.index(interruption) : -1]
-                assert not any(isinstance(e, AudioEvent) for e in between), "audio of the interrupted reply kept coming"
-                conv = sim.conversations[0]
-                assert conv.interruptions == [cut]
-                assert len(conv.turns) == 2
+        async with open_simulator(cfg) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.send_audio(utterance())
+            await client.until(AudioEvent)
+            await client.send_audio(utterance(0.5, 0.8, seed=7))  # barge in
+            interruption = await client.until(Interruption)
+            cut = interruption.interruption_event.event_id
+            audio_ids = [e.audio_event.event_id for e in client.of(AudioEvent)]
+            if event_ids == "turn":
+                # the interruption carries the interrupting turn's id: the old reply's is lower
+                assert set(audio_ids) == {cut - 1}
+            else:  # today's behaviour before issue 12: the id of the last audio chunk sent
+                assert cut == max(audio_ids)
+            correction = await client.until(AgentResponseCorrection)
+            body = correction.agent_response_correction_event
+            assert body.original_agent_response == cfg.replies[0]
+            assert body.corrected_agent_response.endswith("...")
+            # The barge-in utterance is a turn of its own; its reply carries the interruption's id
+            # (per turn) or continues the ids (per message).
+            transcript = await client.until(UserTranscript)
+            nxt = await client.until(AudioEvent)
+            if event_ids == "turn":
+                assert nxt.audio_event.event_id == cut == transcript.user_transcription_event.event_id
+            else:
+                assert nxt.audio_event.event_id > cut
+            between = client.events[client.events.index(interruption) : -1]
+            assert not any(isinstance(e, AudioEvent) for e in between), "audio of the interrupted reply kept coming"
+            conv = sim.conversations[0]
+            assert conv.interruptions == [cut]
+            assert len(conv.turns) == 2
 
 
 async def test_no_interruption_when_the_agent_has_finished() -> None:
     cfg = fast_config(reply_seconds=0.3, tool_call=None)
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(cfg) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.send_audio(utterance())
-                await client.until(AgentResponse)
-                await sim.wait_for(lambda: len(sim.conversations[0].audio_event_ids) >= 2)
-                await trio.sleep(0.4)  # the 0.3 s reply has played out
-                await client.send_audio(utterance(0.6, 0.8, seed=9))
-                await client.until(UserTranscript)
-                assert len(client.of(UserTranscript)) == 2
-                assert not client.of(Interruption)
-                assert sim.conversations[0].interruptions == []
+        async with open_simulator(cfg) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.send_audio(utterance())
+            await client.until(AgentResponse)
+            await sim.wait_for(lambda: len(sim.conversations[0].audio_event_ids) >= 2)
+            await trio.sleep(0.4)  # the 0.3 s reply has played out
+            await client.send_audio(utterance(0.6, 0.8, seed=9))
+            await client.until(UserTranscript)
+            assert len(client.of(UserTranscript)) == 2
+            assert not client.of(Interruption)
+            assert sim.conversations[0].interruptions == []
 
 
 async def test_scripted_tool_call_result_is_recorded() -> None:
     cfg = fast_config(tool_call=("show_map", {"floor": 2}))
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(cfg) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.send_audio(utterance())
-                call = await client.until(ClientToolCall)
-                assert call.client_tool_call.tool_name == "show_map"
-                assert call.client_tool_call.parameters == {"floor": 2}
-                await client.send(ClientToolResult(tool_call_id=call.client_tool_call.tool_call_id, result="shown"))
-                conv = sim.conversations[0]
-                await sim.wait_for(lambda: bool(conv.tool_results))
-                assert conv.tool_results == [
-                    ClientToolResult(tool_call_id=call.client_tool_call.tool_call_id, result="shown", is_error=False)
-                ]
-                assert conv.tool_calls == [call.client_tool_call.tool_call_id]
+        async with open_simulator(cfg) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.send_audio(utterance())
+            call = await client.until(ClientToolCall)
+            assert call.client_tool_call.tool_name == "show_map"
+            assert call.client_tool_call.parameters == {"floor": 2}
+            await client.send(ClientToolResult(tool_call_id=call.client_tool_call.tool_call_id, result="shown"))
+            conv = sim.conversations[0]
+            await sim.wait_for(lambda: bool(conv.tool_results))
+            assert conv.tool_results == [
+                ClientToolResult(tool_call_id=call.client_tool_call.tool_call_id, result="shown", is_error=False)
+            ]
+            assert conv.tool_calls == [call.client_tool_call.tool_call_id]
 
 
 async def test_text_messages_are_recorded_and_user_message_is_a_turn(sim: Simulator) -> None:
@@ -495,21 +493,20 @@ async def test_fault_close_with_code(sim: Simulator) -> None:
 
 async def test_fault_stall_sends_nothing_and_ignores_input_then_resumes() -> None:
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(fast_config(ping_interval=0.1)) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.until(Ping)
-                sim.faults.stall = True
-                await trio.sleep(0.15)  # let anything already in flight land
-                client.events.clear()
-                await client.send(UserMessage(text="anyone there?"))
-                with trio.move_on_after(0.5) as quiet:
-                    await client.next()
-                assert quiet.cancelled_caught, f"stalled agent sent {client.events}"
-                conv = sim.conversations[0]
-                assert conv.open and conv.user_messages == [] and conv.ignored_messages >= 1
-                sim.faults.stall = False
-                await client.until(Ping)
+        async with open_simulator(fast_config(ping_interval=0.1)) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.until(Ping)
+            sim.faults.stall = True
+            await trio.sleep(0.15)  # let anything already in flight land
+            client.events.clear()
+            await client.send(UserMessage(text="anyone there?"))
+            with trio.move_on_after(0.5) as quiet:
+                await client.next()
+            assert quiet.cancelled_caught, f"stalled agent sent {client.events}"
+            conv = sim.conversations[0]
+            assert conv.open and conv.user_messages == [] and conv.ignored_messages >= 1
+            sim.faults.stall = False
+            await client.until(Ping)
 
 
 async def test_fault_delay_holds_each_outgoing_message(sim: Simulator) -> None:
@@ -527,23 +524,22 @@ async def test_fault_delay_holds_each_outgoing_message(sim: Simulator) -> None:
 
 async def test_fault_malformed_events_reach_the_client() -> None:
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(fast_config(ping_interval=0.2)) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.until(ConversationInitiationMetadata)
-                assert sim.faults.malformed(8) == 1
-                errors = unknown = 0
-                while errors + unknown < 8:
-                    try:
-                        event = decode_server_event(await ws.get_message())
-                    except ProtocolError:
-                        errors += 1
-                        continue
-                    unknown += isinstance(event, UnknownEvent)
-                assert (errors, unknown) == (6, 2)  # json, type, base64 are errors; unknown-type decodes
-                # The conversation carries on.
-                await client.until(Ping)
-                assert sum(t.startswith("malformed:") for t in sim.conversations[0].sent_types) == 8
+        async with open_simulator(fast_config(ping_interval=0.2)) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.until(ConversationInitiationMetadata)
+            assert sim.faults.malformed(8) == 1
+            errors = unknown = 0
+            while errors + unknown < 8:
+                try:
+                    event = decode_server_event(await ws.get_message())
+                except ProtocolError:
+                    errors += 1
+                    continue
+                unknown += isinstance(event, UnknownEvent)
+            assert (errors, unknown) == (6, 2)  # json, type, base64 are errors; unknown-type decodes
+            # The conversation carries on.
+            await client.until(Ping)
+            assert sum(t.startswith("malformed:") for t in sim.conversations[0].sent_types) == 8
 
 
 # ------------------------------------------------------------------ signing backend
@@ -631,7 +627,9 @@ async def test_upstream_endpoint_good_and_bad_key(sim: Simulator, spelling: str)
             unknown = await http.get(url, params={"agent_id": "agent_x"}, headers={"xi-api-key": "sim-api-key"})
             assert unknown.status_code == 404
             sim.upstream_faults.set("503", times=1)
-            assert (await http.get(url, params={"agent_id": "agent_sim"}, headers={"xi-api-key": "sim-api-key"})).status_code == 503
+            assert (
+                await http.get(url, params={"agent_id": "agent_sim"}, headers={"xi-api-key": "sim-api-key"})
+            ).status_code == 503
         async with open_websocket_url(signed) as ws:
             assert isinstance(await Client(ws).next(), ConversationInitiationMetadata)
 
@@ -655,7 +653,9 @@ def test_cli_description_never_echoes_a_chosen_token() -> None:
                           api_base="http://h:2")
     text = describe(sim)  # type: ignore[arg-type]
     assert "my-own-secret" not in text
-    assert "kiosk token:        the one in $KIOSKD_SIM_KIOSK_TOKEN or --kiosk-token-file (the only one accepted)" in text
+    assert (
+        "kiosk token:        the one in $KIOSKD_SIM_KIOSK_TOKEN or --kiosk-token-file (the only one accepted)" in text
+    )
 
 
 def test_cli_rejects_unknown_format_and_reports_a_busy_port(capsys: pytest.CaptureFixture[str]) -> None:
@@ -707,56 +707,57 @@ async def test_default_conversation_event_for_event_like_the_service() -> None:
     only the default client events (no vad_score, corrections or internal events)."""
     cfg = real_config(transcripts=("where is the cafe",), replies=("Ground floor.",), tool_call=None, ping_interval=0.3)
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(cfg) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.send(ConversationInitiationClientData())
-                assert isinstance(await client.next(), ConversationInitiationMetadata)
-                greeting = await client.until(AgentResponse)
-                assert greeting.agent_response_event.agent_response == cfg.first_message
-                assert greeting.agent_response_event.event_id == 1
-                chars = ""
-                while len(chars) < len(cfg.first_message):
-                    audio = (await client.until(AudioEvent)).audio_event
-                    assert audio.event_id == 1 and audio.alignment is not None
-                    assert len(audio.alignment.chars) == len(audio.alignment.char_start_times_ms)
-                    chars += "".join(audio.alignment.chars)
-                assert chars == cfg.first_message
-                await trio.sleep(cfg.reply_seconds)  # the greeting has played: no barge-in
-                await client.send_audio(utterance())
-                transcript = await client.until(UserTranscript)
-                assert transcript.user_transcription_event.event_id == 2
-                reply = await client.until(AgentResponse)
-                assert reply.agent_response_event.event_id == 2
-                assert (await client.until(AudioEvent)).audio_event.event_id == 2
-                await client.until(Ping)
-                conv = sim.conversations[0]
-                assert conv.greeting == cfg.first_message
-                kinds = {kind for kind, _ in conv.sent}
-                assert kinds <= set(DEFAULT_CLIENT_EVENTS) | {"agent_tool_response", "client_tool_call"}
-                assert {"tentative_user_transcript", "user_transcript", "agent_response", "audio", "ping"} <= kinds
-                ping_ids = [event_id for kind, event_id in conv.sent if kind == "ping"]
-                assert ping_ids[:2] == [1, 2], "pings count on their own"
-                tentative = [e.tentative_user_transcription_event for e in client.of(TentativeUserTranscript)]
-                assert [t.user_transcript for t in tentative][:2] == ["where", "where is"]
+        async with open_simulator(cfg) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.send(ConversationInitiationClientData())
+            assert isinstance(await client.next(), ConversationInitiationMetadata)
+            greeting = await client.until(AgentResponse)
+            assert greeting.agent_response_event.agent_response == cfg.first_message
+            assert greeting.agent_response_event.event_id == 1
+            chars = ""
+            while len(chars) < len(cfg.first_message):
+                audio = (await client.until(AudioEvent)).audio_event
+                assert audio.event_id == 1 and audio.alignment is not None
+                assert len(audio.alignment.chars) == len(audio.alignment.char_start_times_ms)
+                chars += "".join(audio.alignment.chars)
+            assert chars == cfg.first_message
+            await trio.sleep(cfg.reply_seconds)  # the greeting has played: no barge-in
+            await client.send_audio(utterance())
+            transcript = await client.until(UserTranscript)
+            assert transcript.user_transcription_event.event_id == 2
+            reply = await client.until(AgentResponse)
+            assert reply.agent_response_event.event_id == 2
+            assert (await client.until(AudioEvent)).audio_event.event_id == 2
+            await client.until(Ping)
+            conv = sim.conversations[0]
+            assert conv.greeting == cfg.first_message
+            kinds = {kind for kind, _ in conv.sent}
+            assert kinds <= set(DEFAULT_CLIENT_EVENTS) | {"agent_tool_response", "client_tool_call"}
+            assert {"tentative_user_transcript", "user_transcript", "agent_response", "audio", "ping"} <= kinds
+            ping_ids = [event_id for kind, event_id in conv.sent if kind == "ping"]
+            assert ping_ids[:2] == [1, 2], "pings count on their own"
+            tentative = [e.tentative_user_transcription_event for e in client.of(TentativeUserTranscript)]
+            assert [t.user_transcript for t in tentative][:2] == ["where", "where is"]
 
 
 async def test_client_events_override_is_honoured() -> None:
     events = ["conversation_initiation_metadata", "agent_response", "vad_score", "audio"]
     override = ConversationConfigOverride(conversation=ConversationOverride(client_events=events))
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(real_config(first_message="", tool_call=None)) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.send(ConversationInitiationClientData(conversation_config_override=override))
-                await client.until(ConversationInitiationMetadata)
-                await client.send_audio(utterance())
-                await client.until(AudioEvent)
-                conv = sim.conversations[0]
-                assert conv.client_events == frozenset(events)
-                assert client.of(VadScore) and max(e.vad_score_event.vad_score for e in client.of(VadScore)) > 0.8
-                assert not client.of(UserTranscript) and not client.of(TentativeUserTranscript)
-                assert {kind for kind, _ in conv.sent} <= set(events)
+        async with (
+            open_simulator(real_config(first_message="", tool_call=None)) as sim,
+            open_websocket_url(sim.signed_url()) as ws,
+        ):
+            client = Client(ws)
+            await client.send(ConversationInitiationClientData(conversation_config_override=override))
+            await client.until(ConversationInitiationMetadata)
+            await client.send_audio(utterance())
+            await client.until(AudioEvent)
+            conv = sim.conversations[0]
+            assert conv.client_events == frozenset(events)
+            assert client.of(VadScore) and max(e.vad_score_event.vad_score for e in client.of(VadScore)) > 0.8
+            assert not client.of(UserTranscript) and not client.of(TentativeUserTranscript)
+            assert {kind for kind, _ in conv.sent} <= set(events)
 
 
 async def test_a_forbidden_override_is_refused_with_an_override_error_and_1008() -> None:
@@ -765,7 +766,9 @@ async def test_a_forbidden_override_is_refused_with_an_override_error_and_1008()
     with trio.fail_after(TIMEOUT):
         async with open_simulator(cfg) as sim:
             async with open_websocket_url(sim.signed_url()) as ws:
-                await ws.send_message(codec.encode(ConversationInitiationClientData(conversation_config_override=override)))
+                await ws.send_message(
+                    codec.encode(ConversationInitiationClientData(conversation_config_override=override))
+                )
                 error = decode_server_event(await ws.get_message())
                 assert isinstance(error, ErrorEvent)
                 assert (error.error_event.code, error.error_event.error_type) == (1008, "override_error")
@@ -822,73 +825,75 @@ async def test_client_messages_are_accepted_and_recorded_verbatim() -> None:
     data = {"type": "conversation_initiation_client_data", "user_id": "lobby-1",
             "source_info": {"source": "kioskd", "version": "0.1.0"}, "tool_mock_config": {"mocking_strategy": "none"}}
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(real_config()) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await ws.send_message(json.dumps(data))
-                greeting = await client.until(AgentResponse)
-                await client.send(Feedback(event_id=greeting.agent_response_event.event_id, score="like"))
-                await client.send(Feedback(event_id=greeting.agent_response_event.event_id, score=None))
-                await client.send(UserActivity())
-                await client.send(ContextualUpdate(text="the door opened", context_id="door"))
-                conv = sim.conversations[0]
-                await sim.wait_for(lambda: len(conv.raw_messages) == 5)
-                assert conv.open
-                assert conv.client_data is not None and conv.client_data.user_id == "lobby-1"
-                assert conv.client_data.source_info == SourceInfo("kioskd", "0.1.0")
-                assert json.loads(conv.raw_messages[0][1]) == data, "fields the struct does not know are kept too"
-                assert conv.feedback == [Feedback(1, "like"), Feedback(1, None)]
-                assert len(conv.user_activity) == 1 and conv.contextual_updates == ["the door opened"]
+        async with open_simulator(real_config()) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await ws.send_message(json.dumps(data))
+            greeting = await client.until(AgentResponse)
+            await client.send(Feedback(event_id=greeting.agent_response_event.event_id, score="like"))
+            await client.send(Feedback(event_id=greeting.agent_response_event.event_id, score=None))
+            await client.send(UserActivity())
+            await client.send(ContextualUpdate(text="the door opened", context_id="door"))
+            conv = sim.conversations[0]
+            await sim.wait_for(lambda: len(conv.raw_messages) == 5)
+            assert conv.open
+            assert conv.client_data is not None and conv.client_data.user_id == "lobby-1"
+            assert conv.client_data.source_info == SourceInfo("kioskd", "0.1.0")
+            assert json.loads(conv.raw_messages[0][1]) == data, "fields the struct does not know are kept too"
+            assert conv.feedback == [Feedback(1, "like"), Feedback(1, None)]
+            assert len(conv.user_activity) == 1 and conv.contextual_updates == ["the door opened"]
 
 
 async def test_text_only_conversation_streams_text_and_never_times_out_on_silence() -> None:
     override = ConversationConfigOverride(conversation=ConversationOverride(text_only=True))
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(real_config(silence_timeout=0.3, tool_call=None)) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.send(ConversationInitiationClientData(conversation_config_override=override))
-                await client.until(AgentResponse)  # the greeting, as text
-                await client.send(UserMessage(text="what is on today?"))
-                reply = await client.until(AgentResponse)
+        async with (
+            open_simulator(real_config(silence_timeout=0.3, tool_call=None)) as sim,
+            open_websocket_url(sim.signed_url()) as ws,
+        ):
+            client = Client(ws)
+            await client.send(ConversationInitiationClientData(conversation_config_override=override))
+            await client.until(AgentResponse)  # the greeting, as text
+            await client.send(UserMessage(text="what is on today?"))
+            reply = await client.until(AgentResponse)
+            parts = []
+            while not parts or parts[-1].type != "stop":
+                parts.append((await client.until(AgentChatResponsePart)).text_response_part)
+            if parts[0].event_id != reply.agent_response_event.event_id:  # the greeting's parts came first
                 parts = []
                 while not parts or parts[-1].type != "stop":
                     parts.append((await client.until(AgentChatResponsePart)).text_response_part)
-                if parts[0].event_id != reply.agent_response_event.event_id:  # the greeting's parts came first
-                    parts = []
-                    while not parts or parts[-1].type != "stop":
-                        parts.append((await client.until(AgentChatResponsePart)).text_response_part)
-                assert parts[0].type == "start" and "".join(x.text for x in parts).strip() == sim.config.replies[0]
-                await trio.sleep(0.5)
-                assert sim.conversations[0].open and sim.conversations[0].text_only
-                assert not client.of(AudioEvent)
+            assert parts[0].type == "start" and "".join(x.text for x in parts).strip() == sim.config.replies[0]
+            await trio.sleep(0.5)
+            assert sim.conversations[0].open and sim.conversations[0].text_only
+            assert not client.of(AudioEvent)
 
 
 async def test_silence_close_is_preceded_by_an_error_event_of_the_real_shape() -> None:
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(real_config(silence_timeout=0.3, first_message="")) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                error = await client.until(ErrorEvent)
-                assert (error.error_event.code, error.error_event.error_type) == (1002, "transport_receive_timeout")
-                assert error.error_event.message
-                assert await close_code(ws) == 1002
+        async with (
+            open_simulator(real_config(silence_timeout=0.3, first_message="")) as sim,
+            open_websocket_url(sim.signed_url()) as ws,
+        ):
+            client = Client(ws)
+            error = await client.until(ErrorEvent)
+            assert (error.error_event.code, error.error_event.error_type) == (1002, "transport_receive_timeout")
+            assert error.error_event.message
+            assert await close_code(ws) == 1002
 
 
 async def test_legacy_switches_bring_back_the_old_behaviour() -> None:
     cfg = fast_config(**LEGACY, tool_call=None)
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(cfg) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.send_audio(utterance())
-                await client.until(UserTranscript)
-                await client.until(InternalTentativeAgentResponse)
-                first, second = await client.until(AudioEvent), await client.until(AudioEvent)
-                assert second.audio_event.event_id == first.audio_event.event_id + 1
-                assert first.audio_event.alignment is None
-                assert client.of(VadScore) and not client.of(TentativeUserTranscript)
-                assert sim.conversations[0].greeting is None
+        async with open_simulator(cfg) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.send_audio(utterance())
+            await client.until(UserTranscript)
+            await client.until(InternalTentativeAgentResponse)
+            first, second = await client.until(AudioEvent), await client.until(AudioEvent)
+            assert second.audio_event.event_id == first.audio_event.event_id + 1
+            assert first.audio_event.alignment is None
+            assert client.of(VadScore) and not client.of(TentativeUserTranscript)
+            assert sim.conversations[0].greeting is None
 
 
 def test_cli_secrets_come_from_env_or_files_never_argv(
