@@ -18,7 +18,7 @@ escaped, cut short).
 
 - 503 the shared state (Redis) is unreachable, with ``Retry-After``: fail closed
 
-``GET /healthz`` → ``{"ok": true}``. Served by hypercorn's Trio worker. The state
+``GET /healthz`` → ``{"ok": true}``. Served by :mod:`kioskd.backend.httpserver` (h11 on Trio). The state
 (buckets, heartbeats, registry, revocations) is a :class:`~kioskd.backend.store.Store`:
 in this process, or in Redis with ``redis_url`` (the unauthenticated-request throttle
 stays per replica). Heartbeats and the fleet view are in :mod:`kioskd.backend.fleet`,
@@ -49,14 +49,12 @@ from urllib.parse import urlencode, urlsplit
 
 import h11
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from kioskd.backend import fleet, metrics
+from kioskd.backend import fleet, httpserver, metrics
 from kioskd.backend.server_config import (
     MAX_THROTTLED_ADDRESSES,
     AddressThrottle,
@@ -92,7 +90,7 @@ _URL_CHARS = re.compile(r"[\x21-\x7e]+")
 MAX_RETRY_AFTER = 600
 #: ...or this many when it gave none we can read.
 DEFAULT_UPSTREAM_RETRY_AFTER = 10
-#: A graceful hypercorn shutdown gets this long.
+#: Requests in progress at a graceful stop get this long.
 SHUTDOWN_TIMEOUT = 5.0
 
 
@@ -330,16 +328,6 @@ def build_app(signer: Signer) -> Starlette:
     )
 
 
-def _hypercorn_config(listen: str) -> HypercornConfig:
-    host, port = parse_listen(listen)
-    config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.accesslog = None  # we log each request ourselves, without the query string
-    config.errorlog = logging.getLogger("hypercorn.error")  # through the redacting root handler
-    config.graceful_timeout = SHUTDOWN_TIMEOUT
-    return config
-
-
 async def serve(
     config: BackendServerConfig,
     api_key: str,
@@ -353,10 +341,9 @@ async def serve(
     try:
         async with open_store(config) as store:
             app = build_app(Signer(config, api_key, upstream, store))
-            await hypercorn_serve(
-                app,  # type: ignore[arg-type]
-                _hypercorn_config(config.listen),
-                shutdown_trigger=shutdown_trigger,
+            host, port = parse_listen(config.listen)
+            await httpserver.serve(
+                app, host, port, shutdown_trigger=shutdown_trigger, graceful_timeout=SHUTDOWN_TIMEOUT,
                 task_status=task_status,
             )
     finally:
