@@ -24,8 +24,8 @@ import httpx
 import msgspec
 import trio
 
-from kioskd.backoff import Backoff
 from kioskd.backend.client_config import BackendConfig
+from kioskd.backoff import Backoff
 from kioskd.config import NetworkConfig
 
 __all__ = [
