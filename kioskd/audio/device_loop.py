@@ -32,7 +32,7 @@ STABLE_SECONDS = 5.0
 
 
 class DeviceThread(Protocol):
-    """What the loop needs of a device thread (:class:`~kioskd.audio.devices.CaptureThread` and its twin)."""
+    """What the loop needs of a device thread (:class:`~kioskd.audio.device_threads.CaptureThread` and its twin)."""
 
     def start(self) -> None: ...
     def stop(self) -> None: ...

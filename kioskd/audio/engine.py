@@ -33,20 +33,12 @@ import numpy as np
 import trio
 
 from kioskd.audio.device_loop import DEVICE_BACKOFF_BASE, DEVICE_BACKOFF_CAP, DeviceLoop
-from kioskd.audio.devices import (
-    CaptureThread,
-    DeviceFailed,
-    DeviceOpened,
-    Direction,
-    Listening,
-    Pacing,
-    PlaybackThread,
-    Stream,
-    open_stream,
-)
+from kioskd.audio.device_threads import CaptureThread, Listening, PlaybackThread
+from kioskd.audio.devices import DeviceFailed, DeviceOpened, Direction, Stream, open_stream
 from kioskd.audio.formats import FRAME_SAMPLES, INTERNAL_RATE, AudioFormat, Resampler, to_mono
 from kioskd.audio.frames import FrameListener, Framer, deliver
 from kioskd.audio.jitter import JitterBuffer
+from kioskd.audio.pacer import Pacing
 from kioskd.audio.ring import SampleRing
 from kioskd.audio.speaker import Speaker
 from kioskd.audio.streams import FRAME_MS, Playback, Uplink
