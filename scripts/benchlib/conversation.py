@@ -133,7 +133,7 @@ async def ours_conversation(seconds: float) -> dict[str, Any]:
             await trio.sleep(seconds)
             kiosk.supervisor.command(Command.END)
             with trio.move_on_after(3):
-                await sim.wait_for(lambda conv=conv: not conv.open)
+                await sim.wait_for(lambda: not conv.open)
             return conversation_figures(conv, mic, speaker, timed.times)
 
 
@@ -187,7 +187,7 @@ async def official_conversation(seconds: float) -> dict[str, Any]:
         start = time.monotonic()
         mic = LazyMic(origin=-1.0, signal=mic_signal(seconds + 5))
         speaker = official.speaker_for_official(start, seconds + 30)
-        audio = official.make_audio(lambda mic=mic: mic, speaker)
+        audio = official.make_audio(lambda: mic, speaker)
         conv_client = official.make_conversation(sim.api_base, sim.config.api_key, sim.config.agent_id, audio,
                                                  requires_auth=True)
         await trio.to_thread.run_sync(conv_client.start_session)
@@ -197,7 +197,7 @@ async def official_conversation(seconds: float) -> dict[str, Any]:
         await trio.to_thread.run_sync(conv_client.end_session)
         await trio.to_thread.run_sync(conv_client.wait_for_session_end)
         with trio.move_on_after(3):
-            await sim.wait_for(lambda conv=conv: not conv.open)
+            await sim.wait_for(lambda: not conv.open)
         return conversation_figures(conv, mic, speaker, timed.times)
 
 
