@@ -128,7 +128,8 @@ def room_ir(
     ir = np.zeros(delay + len(k))
     ir[delay:] = rng.standard_normal(len(k)) * np.exp(-k / (decay_s * RATE))
     ir[delay] = 1.0
-    return ir * gain / np.sqrt(np.sum(ir**2))
+    out: np.ndarray = ir * gain / np.sqrt(np.sum(ir**2))
+    return out
 
 
 # --------------------------------------------------------------------------- devices

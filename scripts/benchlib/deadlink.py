@@ -21,7 +21,7 @@ from kioskd.state import Command, KioskState
 
 from . import official
 from .common import Devices, Speaker, script, summary
-from .conversation import KIOSK_DEVICE_BUFFER, LazyMic, sim_config
+from .conversation import KIOSK_DEVICE_BUFFER, LazyMic, constant, sim_config
 from .ours import kiosk_config, running_kiosk, tmpdir
 
 HOLD_AFTER_DETECT_S = 1.0
@@ -102,7 +102,7 @@ async def official_run(quick: bool) -> dict[str, Any]:
 
             mic = LazyMic(origin=-1.0, signal=script(120, [("silence", 1.0)], seed=5))
             speaker = official.speaker_for_official(time.monotonic(), 120)
-            audio = official.make_audio(lambda mic=mic: mic, speaker)
+            audio = official.make_audio(constant(mic), speaker)
             client = official.make_conversation(f"http://127.0.0.1:{proxy.port}", sim.config.api_key,
                                                 sim.config.agent_id, audio, requires_auth=False,
                                                 on_disconnect=on_disconnect)

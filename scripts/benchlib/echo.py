@@ -181,7 +181,8 @@ def candidates() -> dict[str, Callable[[], lab.Canceller]]:
     """Echo cancellers measured side by side offline (the first is kioskd's default)."""
     from .cancellers import available
 
-    return {"kioskd": lambda: EchoCanceller(rate=RATE, enabled=True)} | available()
+    ours: dict[str, Callable[[], lab.Canceller]] = {"kioskd": lambda: EchoCanceller(rate=RATE, enabled=True)}
+    return ours | available()
 
 
 async def run(quick: bool, with_official: bool = True) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import platform
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -313,7 +313,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     return out
 
 
-def print_table(table: list[tuple[str, ...]]) -> str:
+def print_table(table: Sequence[tuple[str, ...]]) -> str:
     head = ("figure", "kioskd", "official client", "ratio", "target", "")
     widths = [max(len(r[i]) for r in [head, *table]) for i in range(len(head))]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
