@@ -27,8 +27,9 @@ import trio
 
 from kioskd.audio.devices import DeviceFailed, DeviceOpened, Direction, Stream, open_stream
 from kioskd.audio.errors import DeviceError
-from kioskd.audio.pacer import Pacer, Pacing
+from kioskd.audio.pacer import Pacer
 from kioskd.audio.ring import SampleRing
+from kioskd.config import Pacing
 from kioskd.hardware.handoff import ToTrio
 
 __all__ = ["CaptureThread", "Listening", "PlaybackSource", "PlaybackThread", "name_os_thread"]

@@ -38,7 +38,6 @@ from kioskd.audio.devices import DeviceFailed, DeviceOpened, Direction, Stream, 
 from kioskd.audio.formats import FRAME_SAMPLES, INTERNAL_RATE, AudioFormat, Resampler, to_mono
 from kioskd.audio.frames import FrameListener, Framer, deliver
 from kioskd.audio.jitter import JitterBuffer
-from kioskd.audio.pacer import Pacing
 from kioskd.audio.ring import SampleRing
 from kioskd.audio.speaker import Speaker
 from kioskd.audio.streams import FRAME_MS, Playback, Uplink
@@ -73,15 +72,13 @@ class AudioEngine:
         *,
         backoff_base: float = DEVICE_BACKOFF_BASE,
         backoff_cap: float = DEVICE_BACKOFF_CAP,
-        pacing: Pacing = "auto",
         opener: Callable[[str, Direction, int, int], Stream] = open_stream,
     ) -> None:
-        """Prepare (devices open in :meth:`run`). ``pacing``/``opener`` are for tests and tools."""
+        """Prepare (devices open in :meth:`run`). ``opener`` is for tests and tools."""
         self.config = config
         self._mic_enabled = True
         self.cues: dict[str, np.ndarray] = {}
         """Cue name → 16 kHz samples for :meth:`play_cue` (a missing name is a cue turned off)."""
-        self._pacing: Pacing = pacing
         self._opener = opener
         backoff = (backoff_base, backoff_cap)
         self._devices: dict[Direction, DeviceLoop] = {
@@ -328,7 +325,7 @@ class AudioEngine:
     def _make_thread(self, direction: Direction, on_event: Callable[[Any], object]) -> CaptureThread | PlaybackThread:
         assert self._trio_token is not None
         c = self.config
-        common: dict[str, Any] = dict(pacing=self._pacing, opener=self._opener)
+        common: dict[str, Any] = dict(pacing=self.config.pacing, opener=self._opener)
         if direction == "input":
             capture = CaptureThread(
                 c.input, c.input_rate, FRAME_MS, self._trio_token, on_event,

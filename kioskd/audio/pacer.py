@@ -10,14 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Literal
 
-__all__ = ["Pacer", "Pacing"]
+from kioskd.config import Pacing
+
+__all__ = ["Pacer"]
 
 log = logging.getLogger(__name__)
-
-Pacing = Literal["auto", "clock", "device"]
-"""``clock``: pace on the monotonic clock; ``device``: the device blocks; ``auto``: detect."""
 
 DETECT_SECONDS = 0.3
 """Audio time over which ``auto`` pacing measures whether the device blocks."""
