@@ -24,6 +24,7 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
@@ -133,7 +134,7 @@ def fleet_view(
 def check_heartbeat(body: bytes) -> dict[str, Any]:
     """The heartbeat as a dict, or ValueError naming what is wrong (pure)."""
     try:
-        status = json.loads(body)
+        status = msgspec.json.decode(body)
     except ValueError:
         raise ValueError("the body is not JSON") from None
     if not isinstance(status, dict):
@@ -184,11 +185,11 @@ class Fleet:
         A valid body is admitted and recorded in one store step; an invalid one is answered
         400/413 only once its token is known to be good (401 otherwise)."""
         body = await _read_capped(request, MAX_HEARTBEAT_BYTES)
-        problem: Response | None = None
+        problem = ""
         try:
             status = check_heartbeat(body) if body is not None else None
         except ValueError as exc:
-            status, problem = None, _error(400, "bad_request", str(exc))
+            status, problem = None, str(exc)
         if status is not None:
             admitted = await self._admit(request, partial(self._store.admit_heartbeat, status=status))
             if isinstance(admitted, Response):
@@ -198,10 +199,10 @@ class Fleet:
         known = await self._admit(request, self._store.kiosk_for_token)
         if isinstance(known, Response):
             return known
-        if problem is None:
+        if not problem:
             return _error(413, "too_large", f"a heartbeat is at most {MAX_HEARTBEAT_BYTES} bytes")
-        log.warning("heartbeat refused kiosk=%s problem=%r", known.id, json.loads(bytes(problem.body))["detail"])
-        return problem
+        log.warning("heartbeat refused kiosk=%s problem=%r", known.id, problem)
+        return _error(400, "bad_request", problem)
 
     def _is_operator(self, request: Request) -> bool:
         expected = self._config.operator_token_sha256.lower()
@@ -228,7 +229,8 @@ class Fleet:
         if not self._is_operator(request):
             return _error(401, "unauthorized", "the operator's token is required", {"WWW-Authenticate": "Bearer"})
         rows = await self._rows()
-        return JSONResponse({"kiosks": [row.as_json() for row in rows]}, headers={"Cache-Control": "no-store"})
+        body = msgspec.json.encode({"kiosks": [row.as_json() for row in rows]})
+        return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     async def fleet_page(self, request: Request) -> Response:
         """``GET /fleet``: the HTML view, or the login form."""

@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import msgspec
 import trio
 
 from kioskd.backend.resp import RedisClient, Reply, ReplyError, Script, Word, parse_endpoint
@@ -227,7 +228,7 @@ class RedisStore:
 
     async def record_heartbeat(self, kiosk_id: str, status: dict[str, Any]) -> float:
         """Keep ``status`` as this kiosk's latest; returns Redis's time of it."""
-        args = [kiosk_id, _json(status)]
+        args: list[Word] = [kiosk_id, _json(status)]
         return float(_text(await self._call("heartbeat", lambda: self._heartbeat(args=args))))
 
     async def admit_signed_url(self, token_sha256: str, agent_id: str) -> Admission | None:
@@ -248,7 +249,7 @@ class RedisStore:
         """Look-up and record in one script (one round trip)."""
         digest = token_sha256.lower()
         toml = find_toml_kiosk(self._config.kiosk, digest)
-        args = [digest, toml.id if toml else "", _json(status)]
+        args: list[Word] = [digest, toml.id if toml else "", _json(status)]
         reply = await self._call("heartbeat", lambda: self._admit_heartbeat(args=args))
         return (self._entry(toml, digest, reply), float(_strings(reply)[2])) if reply else None
 
@@ -263,7 +264,7 @@ class RedisStore:
             assert isinstance(bodies, list)
             for (kiosk_id, last_seen), body in zip(batch, bodies, strict=True):
                 if isinstance(body, bytes):
-                    out.append(Heartbeat(kiosk_id, json.loads(body), last_seen))
+                    out.append(Heartbeat(kiosk_id, msgspec.json.decode(body), last_seen))
         return out
 
     async def kiosks(self) -> list[KioskRecord]:
@@ -303,8 +304,8 @@ class RedisStore:
         return True
 
 
-def _json(status: dict[str, Any]) -> str:
-    return json.dumps(status, separators=(",", ":"))
+def _json(status: dict[str, Any]) -> bytes:
+    return msgspec.json.encode(status)
 
 
 def _text(reply: Reply) -> str:
@@ -332,7 +333,7 @@ def _strings(reply: Reply) -> list[str]:
 
 def _agents(text: str) -> list[str]:
     try:
-        agents = json.loads(text) if text else []
+        agents = msgspec.json.decode(text) if text else []
     except ValueError:
         return []
     return [a for a in agents if isinstance(a, str)] if isinstance(agents, list) else []
