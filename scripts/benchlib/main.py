@@ -258,6 +258,14 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                            ("heartbeats_alone", "heartbeat")):
             add(f"10 backend CPU per {label} (replica, ms)", _get(b, key, "replica_cpu_ms_per_request"), None, " ms", "",
                 None, ratio=False)
+        for key, one, many in (("two_replicas", "signed URL (2 replicas)", "signed URLs"),
+                               ("heartbeats_alone", "heartbeat", "heartbeats")):
+            cpu = _get(b, key, "cpu_ms_per_request") or {}
+            total = sum(cpu.values()) if cpu else None
+            parts = " + ".join(f"{name} {value:.2f}" for name, value in cpu.items())
+            add(f"10 backend CPU per {one}, all processes: {parts}", total, None, " ms", "", None, ratio=False)
+            add(f"10 backend: {many}/s that 2 idle cores carry at that cost", 2000 / total if total else None, None,
+                "/s", "", None, ratio=False)
         hb = _get(b, "two_replicas_with_heartbeats", "heartbeats")
         hb99 = _get(hb, "latency", "p99")
         add(f"10 heartbeats, {_fmt(_get(hb, 'kiosks'))} kiosks at {_fmt(_get(hb, 'rate_per_s'), '/s')}: p50 / p99",
