@@ -55,4 +55,5 @@ async def test_garbage_is_a_connection_error() -> None:
 
 
 def test_commands_are_bulk_string_arrays() -> None:
-    assert encode_command(["SET", "k", 1, 0.5, b"\r\n"]) == b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n$3\r\n0.5\r\n$2\r\n\r\n\r\n"
+    wire = b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n$3\r\n0.5\r\n$2\r\n\r\n\r\n"
+    assert encode_command(["SET", "k", 1, 0.5, b"\r\n"]) == wire
