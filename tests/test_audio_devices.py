@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+from tests.alsa_pcm import AlsaFiles, alsa_devices
 
 from kioskd.audio import devices, wavio
 from kioskd.audio.devices import (
@@ -24,7 +25,6 @@ from kioskd.audio.devices import (
     list_devices,
     open_stream,
 )
-from tests.alsa_pcm import AlsaFiles, alsa_devices
 
 
 @pytest.fixture(scope="session")

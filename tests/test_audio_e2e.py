@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import soxr
 import trio
+from tests.alsa_pcm import AlsaFiles, alsa_devices
+from tests.kiosk_harness import kiosk_config, running_kiosk
 
 from kioskd.audio.engine import AudioEngine
 from kioskd.audio.formats import AudioFormat, decode, encode
 from kioskd.simulator import SimulatorConfig, open_simulator
 from kioskd.simulator.speech import synth_speech
 from kioskd.state import Command, KioskState
-from tests.alsa_pcm import AlsaFiles, alsa_devices
-from tests.kiosk_harness import kiosk_config, running_kiosk
 
 FORMATS = ["pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000"]
 LIMIT = 20.0

@@ -10,7 +10,6 @@ import trio
 
 from kioskd.backend.server_config import BackendServerConfig, KioskEntry
 from kioskd.backend.store import MemoryStore, Store, StoreUnavailable, open_store
-
 from redis_server import RedisServer, free_port, running_redis
 from test_backend_server import sha
 

@@ -18,7 +18,7 @@ escaped, cut short).
 
 - 503 the shared state (Redis) is unreachable, with ``Retry-After``: fail closed
 
-``GET /healthz`` → ``{"ok": true}``. Served by hypercorn's Trio worker. The state
+``GET /healthz`` → ``{"ok": true}``. Served by :mod:`kioskd.backend.httpserver` (h11 on Trio). The state
 (buckets, heartbeats, registry, revocations) is a :class:`~kioskd.backend.store.Store`:
 in this process, or in Redis with ``redis_url`` (the unauthenticated-request throttle
 stays per replica). Heartbeats and the fleet view are in :mod:`kioskd.backend.fleet`,
@@ -45,18 +45,16 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
-import httpx
+import h11
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from kioskd.backend import fleet, metrics
+from kioskd.backend import fleet, httpserver, metrics
 from kioskd.backend.server_config import (
     MAX_THROTTLED_ADDRESSES,
     AddressThrottle,
@@ -68,6 +66,7 @@ from kioskd.backend.server_config import (
     parse_listen,
 )
 from kioskd.backend.store import Store, StoreUnavailable, open_store
+from kioskd.backend.upstream import TooLarge, UpstreamPool
 from kioskd.config import ConfigError
 from kioskd.ops import logs
 
@@ -91,7 +90,7 @@ _URL_CHARS = re.compile(r"[\x21-\x7e]+")
 MAX_RETRY_AFTER = 600
 #: ...or this many when it gave none we can read.
 DEFAULT_UPSTREAM_RETRY_AFTER = 10
-#: A graceful hypercorn shutdown gets this long.
+#: Requests in progress at a graceful stop get this long.
 SHUTDOWN_TIMEOUT = 5.0
 
 
@@ -154,21 +153,6 @@ def signed_url_problem(signed: object, api_base: str) -> str | None:
     return None
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> bytes:
-    """The raw body, read as it arrives; UpstreamError as soon as it exceeds ``limit`` bytes."""
-    if response.headers.get("content-encoding", "identity").lower() != "identity":
-        raise UpstreamError("the API's reply is compressed although we asked for identity")
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise UpstreamError("the API's reply is too large")
-    body = bytearray()
-    async for chunk in response.aiter_raw():
-        body += chunk
-        if len(body) > limit:
-            raise UpstreamError("the API's reply is too large")
-    return bytes(body)
-
-
 class Signer:
     """Authorises kiosks, rate-limits them and asks ElevenLabs for signed URLs."""
 
@@ -176,14 +160,14 @@ class Signer:
         self,
         config: BackendServerConfig,
         api_key: str,
-        client: httpx.AsyncClient,
+        upstream: UpstreamPool,
         store: Store,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.store = store
         self._api_key = api_key
-        self._client = client
+        self._upstream = upstream
         self._clock = clock
         self._throttle = AddressThrottle(config.unauthenticated_rate_per_minute, config.unauthenticated_burst)
         #: addresses whose current throttle spell was logged (one line per spell, not per request)
@@ -198,25 +182,28 @@ class Signer:
 
     async def fetch(self, agent_id: str) -> str:
         """A signed URL from the ElevenLabs API, within ``upstream_timeout``. Raises UpstreamError."""
-        headers = {"xi-api-key": self._api_key, "Accept-Encoding": "identity"}
+        headers = [("xi-api-key", self._api_key), ("Accept-Encoding", "identity")]
+        query = "?" + urlencode({"agent_id": agent_id})
         try:
             with trio.fail_after(self.config.upstream_timeout):
                 for path in SIGNED_URL_PATHS:  # the next spelling only after a 404
-                    url = self.config.api_base.rstrip("/") + path
-                    params = {"agent_id": agent_id}
-                    async with self._client.stream("GET", url, params=params, headers=headers) as response:
-                        if response.status_code == 404 and path != SIGNED_URL_PATHS[-1]:
-                            continue
-                        if response.status_code == 429:
-                            retry = upstream_retry_after(response.headers.get("retry-after"))
-                            raise UpstreamError("the API is rate-limiting this backend (HTTP 429)", retry_after=retry)
-                        if response.status_code != 200:
-                            raise UpstreamError(f"the API answered {response.status_code}")
-                        content = await _read_capped(response, MAX_UPSTREAM_BODY)
-                        break
-        except (trio.TooSlowError, httpx.TimeoutException):
+                    reply = await self._upstream.get(path + query, headers, MAX_UPSTREAM_BODY)
+                    if reply.status == 404 and path != SIGNED_URL_PATHS[-1]:
+                        continue
+                    if reply.status == 429:
+                        retry = upstream_retry_after(reply.headers.get("retry-after"))
+                        raise UpstreamError("the API is rate-limiting this backend (HTTP 429)", retry_after=retry)
+                    if reply.status != 200:
+                        raise UpstreamError(f"the API answered {reply.status}")
+                    if reply.headers.get("content-encoding", "identity").lower() != "identity":
+                        raise UpstreamError("the API's reply is compressed although we asked for identity")
+                    content = reply.body
+                    break
+        except trio.TooSlowError:
             raise UpstreamError(f"no answer within {self.config.upstream_timeout:g} s") from None
-        except httpx.HTTPError as exc:
+        except TooLarge:
+            raise UpstreamError("the API's reply is too large") from None
+        except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
             raise UpstreamError(f"cannot reach the API ({type(exc).__name__})") from None
         try:
             body: Any = json.loads(content)
@@ -341,16 +328,6 @@ def build_app(signer: Signer) -> Starlette:
     )
 
 
-def _hypercorn_config(listen: str) -> HypercornConfig:
-    host, port = parse_listen(listen)
-    config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.accesslog = None  # we log each request ourselves, without the query string
-    config.errorlog = logging.getLogger("hypercorn.error")  # through the redacting root handler
-    config.graceful_timeout = SHUTDOWN_TIMEOUT
-    return config
-
-
 async def serve(
     config: BackendServerConfig,
     api_key: str,
@@ -360,18 +337,18 @@ async def serve(
 ) -> None:
     """Serve until ``shutdown_trigger`` returns (or cancelled); started value: the bound URLs."""
     logs.register_secret(api_key)
-    timeout = httpx.Timeout(config.upstream_timeout)
-    async with (
-        open_store(config) as store,
-        httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client,
-    ):
-        app = build_app(Signer(config, api_key, client, store))
-        await hypercorn_serve(
-            app,  # type: ignore[arg-type]
-            _hypercorn_config(config.listen),
-            shutdown_trigger=shutdown_trigger,
-            task_status=task_status,
-        )
+    upstream = UpstreamPool(config.api_base)
+    try:
+        async with open_store(config) as store:
+            app = build_app(Signer(config, api_key, upstream, store))
+            host, port = parse_listen(config.listen)
+            await httpserver.serve(
+                app, host, port, shutdown_trigger=shutdown_trigger, graceful_timeout=SHUTDOWN_TIMEOUT,
+                task_status=task_status,
+            )
+    finally:
+        with trio.CancelScope(shield=True):
+            await upstream.aclose()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -189,7 +189,9 @@ async def _register(redis_url: str, config_path: Path) -> None:
                 nursery.start_soon(worker)
 
 
-async def _signed_url_load(ports: list[int], seconds: float, first_kiosk: int, path: str = f"/signed-url?agent_id={AGENT}") -> dict[str, Any]:
+async def _signed_url_load(
+    ports: list[int], seconds: float, first_kiosk: int, path: str = f"/signed-url?agent_id={AGENT}"
+) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     counter = iter(range(first_kiosk, 10**9))
@@ -329,7 +331,9 @@ async def run(quick: bool) -> dict[str, Any]:
             await _wait_port(port, proc)
         replicas = procs[1:]
         await _signed_url_load(ports, 1.0, 0)  # warm-up: connections, Lua scripts loaded
-        out["healthz_one_replica"] = await _measured(replicas[:1], _signed_url_load(ports[:1], seconds / 2, 0, "/healthz"))
+        out["healthz_one_replica"] = await _measured(
+            replicas[:1], _signed_url_load(ports[:1], seconds / 2, 0, "/healthz")
+        )
         out["one_replica"] = await _measured(replicas[:1], _signed_url_load(ports[:1], seconds, 1000))
         out["two_replicas"] = await _measured(replicas, _signed_url_load(ports, seconds, 4000))
         out["heartbeats_alone"] = await _measured(replicas, _open_loop(ports, HEARTBEAT_RATE, seconds, True, 0))

@@ -9,11 +9,11 @@ path, ERLE in single talk, across echo delays 10–200 ms and with 100 ppm clock
 against the simulator, echo = aec. The visitor speaks 0.8 s, pauses 2.0 s, …; the agent
 answers every turn with 3 s of audio, so every utterance after the first starts over the
 agent, about 1.3 s into its reply (the pause is longer than the simulator's end of speech,
-so no speech of the previous utterance counts towards the next). Per barge-in: from the visitor's onset (capture time of the utterance's first
-sample) to the simulator's ``interruption`` (its VAD passed ``barge_in_ms`` of speech on
-what kioskd sent). In the room (the speaker's played samples reach the microphone through
-the room response) and with no echo path; echo = off with no echo path is the reference
-(what the microphone alone gives).
+so no speech of the previous utterance counts towards the next). Per barge-in: from the
+visitor's onset (capture time of the utterance's first sample) to the simulator's
+``interruption`` (its VAD passed ``barge_in_ms`` of speech on what kioskd sent). In the
+room (the speaker's played samples reach the microphone through the room response) and with
+no echo path; echo = off with no echo path is the reference (what the microphone alone gives).
 
 (c) Self-interruptions: a scripted conversation where the kiosk's own speaker output
 reaches its microphone through the room; the visitor speaks 0.8 s every 6 s and never
