@@ -100,6 +100,12 @@ EchoMode = Literal["aec", "half_duplex", "off"]
 interrupt it); ``half_duplex``: the microphone is muted while the agent speaks (the visitor
 cannot interrupt); ``off``: nothing (a headset, or a speakerphone with its own canceller)."""
 
+Pacing = Literal["auto", "clock", "device"]
+"""How a device loop keeps real time: ``device``: the device blocks (real sound cards);
+``clock``: on the monotonic clock (devices with no clock of their own: ALSA ``type file``
+PCMs, some virtual sinks); ``auto``: measured over the first 0.3 s of audio (a guess on a
+machine too slow or too loaded to move audio much faster than real time)."""
+
 
 @dataclass(frozen=True)
 class AudioConfig:
@@ -120,6 +126,7 @@ class AudioConfig:
     fade_ms: int = 5
     echo: EchoMode = "aec"
     volume: float = 1.0
+    pacing: Pacing = "auto"
 
     def problems(self) -> list[tuple[str, str]]:
         out = []

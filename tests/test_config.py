@@ -76,6 +76,13 @@ def test_every_problem_is_reported_with_its_key() -> None:
     ]
 
 
+def test_audio_pacing_is_one_of_three() -> None:
+    assert parse_config({"agent": {"agent_id": "a"}}).audio.pacing == "auto"
+    assert parse_config({"agent": {"agent_id": "a"}, "audio": {"pacing": "clock"}}).audio.pacing == "clock"
+    assert problems({"agent": {"agent_id": "a"}, "audio": {"pacing": "fast"}}) == [
+        "audio.pacing: expected one of 'auto', 'clock', 'device', got 'fast'"]
+
+
 def test_wrong_section_type() -> None:
     assert problems({"agent": "x"}) == ["agent: expected a table, got str"]
 

@@ -33,6 +33,7 @@ import trio
 
 from kioskd.audio.errors import DeviceError
 from kioskd.audio.ring import SampleRing
+from kioskd.config import Pacing
 from kioskd.hardware.handoff import ToTrio
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ __all__ = [
     "Direction",
     "Listening",
     "Pacer",
-    "Pacing",
     "PlaybackSource",
     "PlaybackThread",
     "PyAudioStream",
@@ -59,8 +59,6 @@ __all__ = [
 ]
 
 Direction = Literal["input", "output"]
-Pacing = Literal["auto", "clock", "device"]
-"""``clock``: pace on the monotonic clock; ``device``: the device blocks; ``auto``: detect."""
 
 DETECT_SECONDS = 0.3
 """Audio time over which ``auto`` pacing measures whether the device blocks."""

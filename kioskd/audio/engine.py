@@ -40,7 +40,6 @@ from kioskd.audio.devices import (
     DeviceOpened,
     Direction,
     Listening,
-    Pacing,
     PlaybackThread,
     Stream,
     open_stream,
@@ -103,16 +102,14 @@ class AudioEngine:
         *,
         backoff_base: float = DEVICE_BACKOFF_BASE,
         backoff_cap: float = DEVICE_BACKOFF_CAP,
-        pacing: Pacing = "auto",
         opener: Callable[[str, Direction, int, int], Stream] = open_stream,
     ) -> None:
-        """Prepare (devices open in :meth:`run`). ``pacing``/``opener`` are for tests and tools."""
+        """Prepare (devices open in :meth:`run`). ``opener`` is for tests and tools."""
         self.config = config
         self._mic_enabled = True
         self.cues: dict[str, np.ndarray] = {}
         """Cue name → 16 kHz samples for :meth:`play_cue` (a missing name is a cue turned off)."""
         self._backoff = (backoff_base, backoff_cap)
-        self._pacing: Pacing = pacing
         self._opener = opener
         self._devices: dict[Direction, _Device] = {"input": _Device(config.input), "output": _Device(config.output)}
         self._last_error: str | None = None
@@ -382,7 +379,7 @@ class AudioEngine:
     def _make_thread(self, direction: Direction, on_event: Callable[[Any], object]) -> CaptureThread | PlaybackThread:
         assert self._trio_token is not None
         c = self.config
-        common: dict[str, Any] = dict(pacing=self._pacing, opener=self._opener)
+        common: dict[str, Any] = dict(pacing=self.config.pacing, opener=self._opener)
         if direction == "input":
             capture = CaptureThread(
                 c.input, c.input_rate, FRAME_MS, self._trio_token, on_event,
