@@ -64,6 +64,7 @@ async def test_heartbeat_then_fleet_json_shows_it(redis_url: str) -> None:
                 anonymous = await client.post("/heartbeat", json=status)
                 no_state = await client.post("/heartbeat", json={"version": "1"}, headers=bearer(TOKEN_A))
                 not_object = await client.post("/heartbeat", content=b"[1]", headers=bearer(TOKEN_A))
+                anonymous_bad = await client.post("/heartbeat", content=b"[1]")  # the token is checked first
                 huge = await client.post(
                     "/heartbeat", json={"state": "idle", "pad": "x" * MAX_HEARTBEAT_BYTES}, headers=bearer(TOKEN_A)
                 )
@@ -71,7 +72,7 @@ async def test_heartbeat_then_fleet_json_shows_it(redis_url: str) -> None:
                 as_kiosk = await client.get("/fleet.json", headers=bearer(TOKEN_A))
                 page = await client.get("/fleet", headers=bearer(OPERATOR))
     assert beat.status_code == 200 and beat.json()["ok"] is True and beat.json()["kiosk"] == "lobby"
-    assert anonymous.status_code == 401
+    assert anonymous.status_code == 401 and anonymous_bad.status_code == 401
     assert no_state.status_code == 400 and "'state' is required" in no_state.json()["detail"]
     assert not_object.status_code == 400 and "JSON object" in not_object.json()["detail"]
     assert huge.status_code == 413

@@ -42,9 +42,9 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import h11
@@ -73,6 +73,7 @@ from kioskd.ops import logs
 __all__ = ["API_KEY_ENV", "build_app", "hash_token", "main", "serve", "signed_url_problem", "upstream_retry_after"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 API_KEY_ENV = "ELEVENLABS_API_KEY"
 #: The signed-URL endpoint as the current API (and the Python SDK) spells it, then the seed's
@@ -97,6 +98,14 @@ SHUTDOWN_TIMEOUT = 5.0
 def hash_token(token: str) -> str:
     """The SHA-256 hex digest of a kiosk token, as written in ``token_sha256``."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def bearer_digest(authorization: str | None) -> str | None:
+    """The SHA-256 of the token in ``Authorization: Bearer …``, or None without one."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return hash_token(token.strip())
 
 
 def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -175,10 +184,8 @@ class Signer:
 
     async def authenticate(self, authorization: str | None) -> KioskEntry | None:
         """The kiosk whose token is in ``Authorization: Bearer …``, or None (unknown or revoked)."""
-        scheme, _, token = (authorization or "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        return await self.store.kiosk_for_token(hash_token(token.strip()))
+        digest = bearer_digest(authorization)
+        return await self.store.kiosk_for_token(digest) if digest is not None else None
 
     async def fetch(self, agent_id: str) -> str:
         """A signed URL from the ElevenLabs API, within ``upstream_timeout``. Raises UpstreamError."""
@@ -225,9 +232,14 @@ class Signer:
         if wait > 0:
             return self._throttled(address, wait)
         self._throttle_logged.discard(address)
-        kiosk = await self.authenticate(request.headers.get("authorization"))
+        authorization = request.headers.get("authorization")
         agent_ids = request.query_params.getlist("agent_id")
-        response = await self._decide(kiosk, agent_ids)
+        kiosk: KioskEntry | None
+        if len(agent_ids) != 1 or not AGENT_ID.fullmatch(agent_ids[0]):
+            kiosk = await self.authenticate(authorization)  # logged, and not charged to the address if known
+            response = _error(400, "bad_request", "agent_id must be given once: 1-64 of A-Z a-z 0-9 _ -")
+        else:
+            kiosk, response = await self._decide(bearer_digest(authorization), agent_ids[0])
         if kiosk is None:
             self._throttle.charge(address, now)
         log.info(
@@ -256,8 +268,9 @@ class Signer:
             {"Retry-After": str(retry_after)},
         )
 
-    async def admit(self, request: Request) -> KioskEntry | JSONResponse:
-        """The request's kiosk, or the refusal: 429 while its address is throttled, 401 (charged) without a valid token.
+    async def admit(self, request: Request, authorize: Callable[[str], Awaitable[T | None]]) -> T | JSONResponse:
+        """``authorize(token sha256)``'s answer, or the refusal: 429 while the address is throttled,
+        401 (charged to the address) without a valid token or when ``authorize`` gives None.
 
         For the endpoints besides ``/signed-url`` (heartbeats), under the same throttle.
         """
@@ -266,24 +279,24 @@ class Signer:
         wait = self._throttle.wait(address, now)
         if wait > 0:
             return self._throttled(address, wait)
-        kiosk = await self.authenticate(request.headers.get("authorization"))
-        if kiosk is None:
+        digest = bearer_digest(request.headers.get("authorization"))
+        found = await authorize(digest) if digest is not None else None
+        if found is None:
             self._throttle.charge(address, now)
             return _error(401, "unauthorized", "missing or unknown kiosk token", {"WWW-Authenticate": "Bearer"})
-        return kiosk
+        return found
 
-    async def _decide(self, kiosk: KioskEntry | None, agent_ids: list[str]) -> JSONResponse:
-        if len(agent_ids) != 1 or not AGENT_ID.fullmatch(agent_ids[0]):
-            return _error(400, "bad_request", "agent_id must be given once: 1-64 of A-Z a-z 0-9 _ -")
-        (agent_id,) = agent_ids
-        if kiosk is None:
-            return _error(401, "unauthorized", "missing or unknown kiosk token", {"WWW-Authenticate": "Bearer"})
-        if agent_id not in kiosk.agents:
-            return _error(403, "forbidden", "this kiosk may not use that agent")
-        wait = await self.store.take(kiosk.id)
-        if wait > 0:
-            retry_after = TokenBucket.retry_after(wait)
-            return _error(429, "rate_limited", f"retry in {retry_after} s", {"Retry-After": str(retry_after)})
+    async def _decide(self, digest: str | None, agent_id: str) -> tuple[KioskEntry | None, JSONResponse]:
+        """Admission (look-up, agent, charge: one store step), then the upstream call."""
+        admission = await self.store.admit_signed_url(digest, agent_id) if digest is not None else None
+        if admission is None:
+            return None, _error(401, "unauthorized", "missing or unknown kiosk token", {"WWW-Authenticate": "Bearer"})
+        kiosk = admission.kiosk
+        if not admission.allowed:
+            return kiosk, _error(403, "forbidden", "this kiosk may not use that agent")
+        if admission.wait > 0:
+            retry_after = TokenBucket.retry_after(admission.wait)
+            return kiosk, _error(429, "rate_limited", f"retry in {retry_after} s", {"Retry-After": str(retry_after)})
         try:
             signed = await self.fetch(agent_id)
         except UpstreamError as exc:
@@ -291,9 +304,9 @@ class Signer:
             log.warning("upstream failed kiosk=%s agent=%s error=%r", kiosk.id, agent_id, str(exc))
             if exc.retry_after is not None:
                 headers = {"Retry-After": str(exc.retry_after)}
-                return _error(429, "upstream_rate_limited", f"{exc}; retry in {exc.retry_after} s", headers)
-            return _error(502, "upstream", str(exc))
-        return JSONResponse({"signed_url": signed}, headers={"Cache-Control": "no-store"})
+                return kiosk, _error(429, "upstream_rate_limited", f"{exc}; retry in {exc.retry_after} s", headers)
+            return kiosk, _error(502, "upstream", str(exc))
+        return kiosk, JSONResponse({"signed_url": signed}, headers={"Cache-Control": "no-store"})
 
 
 #: ``Retry-After`` on a 503 while the shared state is unreachable.

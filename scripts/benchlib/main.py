@@ -229,7 +229,15 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
             p95 = _get(e, key, "p95")
             add(f"8 barge-in detect p95, {label}", p95, None, " ms", "≤ 300 ms" if key != "barge_in_detect_reference_ms"
                 else "", None if p95 is None or "reference" in key else p95 <= 300.0, ratio=False)
-        for cand, figs in (e.get("candidates") or {}).items():
+        cands = e.get("candidates") or {}
+        cpu_keys = (("cpu_pct", "blocks of 2 frames, as the engine"), ("cpu_pct_frame_by_frame", "frame by frame"))
+        for key, label in cpu_keys:
+            ours, aec3 = _get(cands, name, key), _get(cands, "aec3", key)
+            if ours is not None:
+                add(f"8 canceller CPU per second of audio, {label} (AEC3 beside it)",
+                    f"{_fmt(ours)} % (AEC3 {_fmt(aec3)} %)", None, "", "≤ AEC3",
+                    None if aec3 is None or key != "cpu_pct" else ours <= aec3, ratio=False)
+        for cand, figs in cands.items():
             add(
                 f"8 candidate {cand}: double talk room / no echo, ERLE, CPU",
                 f"{_fmt(_get(figs, 'room_after_2s', 'median_db'))} / {_fmt(_get(figs, 'noecho_after_1s', 'median_db'))}"
@@ -292,6 +300,14 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                 None,
                 ratio=False,
             )
+        for key, one, many in (("two_replicas", "signed URL (2 replicas)", "signed URLs"),
+                               ("heartbeats_alone", "heartbeat", "heartbeats")):
+            cpu = _get(b, key, "cpu_ms_per_request") or {}
+            total = sum(cpu.values()) if cpu else None
+            parts = " + ".join(f"{name} {value:.2f}" for name, value in cpu.items())
+            add(f"10 backend CPU per {one}, all processes: {parts}", total, None, " ms", "", None, ratio=False)
+            add(f"10 backend: {many}/s that 2 idle cores carry at that cost", 2000 / total if total else None, None,
+                "/s", "", None, ratio=False)
         hb = _get(b, "two_replicas_with_heartbeats", "heartbeats")
         hb99 = _get(hb, "latency", "p99")
         add(f"10 heartbeats, {_fmt(_get(hb, 'kiosks'))} kiosks at {_fmt(_get(hb, 'rate_per_s'), '/s')}: p50 / p99",
