@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kioskd.audio.formats import AudioFormat
-from kioskd.protocol import ClientMessage
+from kioskd.protocol.client_messages import ClientMessage
 
 __all__ = [
     "CLOSE_TIMEOUT",

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("kioskd.service.daemon:main", "run the kiosk daemon (what systemd starts)"),
     "demo": ("kioskd.ops.demo:main", "run simulator and daemon on loopback: one whole conversation, no hardware"),
     "check-config": ("kioskd.ops.check_config:main", "validate a config.toml; exit 2 naming each bad key"),
-    "ctl": ("kioskd.ops.control:main", "talk to a running daemon: start | end | status"),
+    "ctl": ("kioskd.ops.ctl:main", "talk to a running daemon: start | end | status"),
     "devices": ("kioskd.hardware.checks:devices_main", "list audio input and output devices with their rates"),
     "test-mic": ("kioskd.hardware.checks:test_mic_main", "show a live microphone level meter"),
     "test-speaker": ("kioskd.hardware.checks:test_speaker_main", "play a short tone on the speaker"),

@@ -1,13 +1,16 @@
 """What each WebSocket close code of the agent means, and whether the conversation may resume.
 
-Pure: a number in, a sentence and a yes/no out. Only link and server faults are
-resumable; an end the agent chose (1000, 1002, 1008, the 4000 range, anything
-unknown) is not, so a kiosk never loops reopening a conversation closed on purpose.
+Pure: a number in, a sentence and a yes/no out (:func:`closed_outcome`: the outcome of such
+a close). Only link and server faults are resumable; an end the agent chose (1000, 1002,
+1008, the 4000 range, anything unknown) is not, so a kiosk never loops reopening a
+conversation closed on purpose.
 """
 
 from __future__ import annotations
 
-__all__ = ["APPLICATION_CODES", "CLOSE_CODES", "DROPPED", "REJECTED", "describe_close"]
+from kioskd.actions import SessionOutcome
+
+__all__ = ["APPLICATION_CODES", "CLOSE_CODES", "DROPPED", "REJECTED", "closed_outcome", "describe_close"]
 
 #: Close codes (NOTES): what they mean, and whether the conversation may be resumed.
 CLOSE_CODES: dict[int, tuple[str, bool]] = {
@@ -36,3 +39,9 @@ def describe_close(code: int | None) -> tuple[str, bool]:
     if code in APPLICATION_CODES:
         return f"the agent closed it with application code {code}", False
     return CLOSE_CODES.get(code, (f"closed with code {code}", False))
+
+
+def closed_outcome(code: int | None) -> SessionOutcome:
+    """The outcome of a close with ``code`` (None: dropped without a close frame)."""
+    meaning, resumable = describe_close(code)
+    return SessionOutcome(meaning, resumable=resumable, rejected=code == REJECTED, close_code=code)

@@ -8,14 +8,11 @@ repository root documents every key.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, get_args
-from urllib.parse import urlsplit
 
+from kioskd.backend.client_config import BackendConfig
 from kioskd.hardware.config import ButtonConfig, LedConfig
 from kioskd.ops.config import CuesConfig, HooksConfig, HoursConfig, PrivacyConfig, StateConfig
 from kioskd.schema import ConfigError, load_as, parse_as
@@ -24,7 +21,6 @@ __all__ = [
     "DEFAULT_CONFIG",
     "AgentConfig",
     "AudioConfig",
-    "BackendConfig",
     "ButtonConfig",
     "Config",
     "ConfigError",
@@ -43,8 +39,6 @@ __all__ = [
     "ToolsConfig",
     "TriggerConfig",
     "VadWakeConfig",
-    "https_or_loopback",
-    "is_loopback",
     "load_config",
     "parse_config",
 ]
@@ -53,34 +47,6 @@ __all__ = [
 DEFAULT_CONFIG = "/etc/kioskd/config.toml"
 
 SCALAR = str | int | float | bool
-
-
-# --------------------------------------------------------------------------- URLs
-
-
-def is_loopback(host: str | None) -> bool:
-    """True for ``localhost`` and addresses in 127.0.0.0/8 or ``::1``."""
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def https_or_loopback(url: str) -> bool:
-    """True for an ``https://`` URL with a host, or ``http://`` to a loopback host (a local test double).
-
-    Tokens and keys travel in these requests: never in clear text over a network.
-    """
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return False
-    return bool(host) and (parts.scheme == "https" or (parts.scheme == "http" and is_loopback(host)))
 
 
 # --------------------------------------------------------------------------- sections
@@ -113,7 +79,7 @@ class AgentConfig:
     client_events: list[str] = field(default_factory=list)
 
     def problems(self) -> list[tuple[str, str]]:
-        from kioskd.protocol import SCHEMA_EVENT_TYPES  # late: keep config importable on its own
+        from kioskd.protocol.server_events import SCHEMA_EVENT_TYPES  # late: keep config importable on its own
 
         out = []
         if not self.agent_id.strip():
@@ -129,43 +95,16 @@ class AgentConfig:
         return out
 
 
-@dataclass(frozen=True)
-class BackendConfig:
-    """This kiosk's signing backend (which holds the ElevenLabs API key, not the kiosk)."""
-
-    url: str = ""
-    token_file: str = "/etc/kioskd/token"
-    timeout: float = 5.0
-    prefetch: bool = True
-    url_max_age: float = 600.0
-    health_interval: float = 60.0
-    #: Where the kiosk POSTs its status; empty = ``url`` with its last path segment replaced by ``heartbeat``.
-    heartbeat_url: str = ""
-    #: Seconds between heartbeats; 0 = off (then health checks fetch signed URLs).
-    heartbeat_interval: float = 60.0
-
-    def problems(self) -> list[tuple[str, str]]:
-        out = []
-        if not https_or_loopback(self.url):
-            out.append(("url", f"must be an https:// URL (http:// only on loopback), got {self.url!r}"))
-        if self.heartbeat_url and not https_or_loopback(self.heartbeat_url):
-            problem = f"must be an https:// URL (http:// only on loopback) or empty, got {self.heartbeat_url!r}"
-            out.append(("heartbeat_url", problem))
-        if self.heartbeat_interval < 0:
-            out.append(("heartbeat_interval", "must be 0 (off) or positive"))
-        if self.timeout <= 0:
-            out.append(("timeout", "must be positive"))
-        if not 0 < self.url_max_age <= 840:
-            out.append(("url_max_age", "must be in (0, 840] seconds: a signed URL is valid 15 minutes"))
-        if self.health_interval <= 0:
-            out.append(("health_interval", "must be positive"))
-        return out
-
-
 EchoMode = Literal["aec", "half_duplex", "off"]
 """``aec``: echo cancellation, full duplex (the visitor is heard while the agent talks and can
 interrupt it); ``half_duplex``: the microphone is muted while the agent speaks (the visitor
 cannot interrupt); ``off``: nothing (a headset, or a speakerphone with its own canceller)."""
+
+Pacing = Literal["auto", "clock", "device"]
+"""How a device loop keeps real time: ``device``: the device blocks (real sound cards);
+``clock``: on the monotonic clock (devices with no clock of their own: ALSA ``type file``
+PCMs, some virtual sinks); ``auto``: measured over the first 0.3 s of audio (a guess on a
+machine too slow or too loaded to move audio much faster than real time)."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +126,7 @@ class AudioConfig:
     fade_ms: int = 5
     echo: EchoMode = "aec"
     volume: float = 1.0
+    pacing: Pacing = "auto"
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -336,7 +276,7 @@ class ScreenConfig:
     def problems(self) -> list[tuple[str, str]]:
         if not self.listen:
             return []
-        from kioskd.backend.server_config import parse_listen  # late import: it imports config
+        from kioskd.backend.server_config import parse_listen  # late: it imports trio (resp.py); config stays pure
 
         try:
             host, _ = parse_listen(self.listen)
@@ -409,53 +349,6 @@ class Config:
 
     def problems(self) -> list[tuple[str, str]]:
         return pin_problems(self)
-
-    def kiosk_token(self) -> str:
-        """This kiosk's backend token: ``$KIOSKD_TOKEN``, else the first line of ``token_file``.
-
-        A byte-order mark and surrounding whitespace are dropped; what is left must be
-        printable ASCII without spaces (it becomes an HTTP header). Raises ConfigError naming
-        ``KIOSKD_TOKEN`` or ``backend.token_file`` (never echoing the token) when neither gives one.
-        """
-        env = os.environ.get("KIOSKD_TOKEN", "")
-        if env.strip():
-            return _checked_token(env, "KIOSKD_TOKEN: ")
-        assert self.backend is not None
-        path = self.backend.token_file
-        where = f"backend.token_file: {path}: "
-        try:
-            raw = Path(path).read_bytes()
-        except OSError as exc:
-            raise ConfigError([f"backend.token_file: cannot read {path}: {exc.strerror}"]) from None
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise ConfigError([f"{where}not UTF-8 text"]) from None
-        if not text.strip():
-            raise ConfigError([f"backend.token_file: {path} is empty"])
-        return _checked_token(text.splitlines()[0], where)
-
-
-#: What a token may hold: printable ASCII, no spaces (RFC 6750 b64token and more).
-_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
-
-
-def _checked_token(line: str, where: str) -> str:
-    """``line`` without a BOM and surrounding whitespace, if it is a usable token; else ConfigError."""
-    token = line.lstrip("\ufeff").strip()
-    if not token:
-        raise ConfigError([f"{where}the first line is empty (the token goes on line 1)"])
-    if not _TOKEN_CHARS.fullmatch(token):
-        bad = next(i for i, ch in enumerate(token) if not _TOKEN_CHARS.fullmatch(ch))
-        problem = f"the token has {_kind(token[bad])} at position {bad + 1}"
-        raise ConfigError([f"{where}{problem}; it must be printable ASCII without spaces"])
-    return token
-
-
-def _kind(char: str) -> str:
-    if char.isspace():
-        return "a space"
-    return "a non-ASCII character" if char.isprintable() else "a control character"
 
 
 def parse_config(data: dict[str, Any]) -> Config:

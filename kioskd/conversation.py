@@ -12,7 +12,9 @@ It owns the conversation's explicit :class:`Phase`, the transcript, the routing 
 client tool calls (and what ``end_conversation`` does), and the watchdogs as deadline
 values: a stalled link (nothing heard for ``network.stall_timeout``), an idle
 conversation (``conversation.idle_timeout``) and the maximum length
-(``conversation.max_duration``). :attr:`Conversation.deadline` says when to tick next.
+(``conversation.max_duration``), kept in :class:`~kioskd.watchdogs.Watchdogs`.
+:attr:`Conversation.deadline` says when to tick next. Its first message and the words for
+a refused override come from :mod:`kioskd.overrides`.
 
 Facts from the service's AsyncAPI and the official clients it relies on (../shared/NOTES.md,
 "The real service today"): by default the service sends no ``vad_score``, so the visitor
@@ -34,10 +36,9 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Literal
 
-from kioskd import __version__
 from kioskd.actions import (
     CLOSE_TIMEOUT,
     Action,
@@ -52,12 +53,14 @@ from kioskd.actions import (
     StopMic,
 )
 from kioskd.audio.formats import AudioFormat
-from kioskd.close_codes import REJECTED, describe_close
+from kioskd.close_codes import closed_outcome
 from kioskd.config import Config
-from kioskd.protocol import (
+from kioskd.overrides import client_data, override_fields, refusal_words, refused_override
+from kioskd.protocol.client_messages import ClientToolResult, Feedback, Pong, UserActivity, UserMessage
+from kioskd.protocol.codec import ProtocolError, tool_result_text
+from kioskd.protocol.common import ContextualUpdate
+from kioskd.protocol.server_events import (
     AgentChatResponsePart,
-    AgentOverride,
-    AgentPromptOverride,
     AgentResponse,
     AgentResponseCorrection,
     AgentToolRequest,
@@ -65,44 +68,27 @@ from kioskd.protocol import (
     AgentToolResponseFullPayload,
     AudioEvent,
     ClientToolCall,
-    ClientToolResult,
-    ContextualUpdate,
-    ConversationConfigOverride,
-    ConversationInitiationClientData,
     ConversationInitiationMetadata,
-    ConversationOverride,
-    DynamicValue,
     ErrorBody,
     ErrorEvent,
-    Feedback,
     InternalTentativeAgentResponse,
     Interruption,
     McpToolCall,
     Ping,
-    Pong,
-    ProtocolError,
     ServerEvent,
-    SourceInfo,
     TentativeUserTranscript,
-    TtsOverride,
     UnknownEvent,
-    UserActivity,
-    UserMessage,
     UserTranscript,
     VadScore,
-    tool_result_text,
 )
 from kioskd.state import KioskState
 from kioskd.tools import END_CONVERSATION, ToolRegistry
+from kioskd.watchdogs import Drain, Watchdogs
 
-__all__ = ["Conversation", "NotNow", "Phase", "VisitorMessage", "client_data", "closed_outcome"]
+__all__ = ["Conversation", "NotNow", "Phase", "VisitorMessage"]
 
 log = logging.getLogger(__name__)
 
-#: A stalled link gets no close handshake: nothing would come back, and recovery must not wait.
-STALLED_CLOSE_TIMEOUT = 0.0
-#: The close code we send when we give up on a stalled link.
-STALLED_CLOSE_CODE = 1001
 #: A server vad_score at or above this counts as the visitor speaking (keeps the idle timer alive).
 VAD_ACTIVITY = 0.5
 #: How long the agent's last words may keep playing after it ended the conversation.
@@ -114,8 +100,6 @@ DRAIN_LIMIT = 15.0
 GOODBYE_QUIET = 0.5
 #: The agent's system tool that ends the call (agent_tool_response.tool_name).
 END_CALL = "end_call"
-#: What the kiosk tells the service it is (the official clients send their own name).
-SOURCE = "kioskd"
 #: How many distinct unknown event types ``ctl status`` counts (a hostile server cannot grow it).
 UNKNOWN_TYPES_KEPT = 32
 #: The format assumed when the agent names one we do not know.
@@ -139,49 +123,6 @@ class Phase(enum.Enum):
     ENDED = "ended"
 
 
-def client_data(config: Config) -> ConversationInitiationClientData:
-    """The first message of every conversation: overrides and dynamic variables from config."""
-    agent = config.agent
-    agent_override = AgentOverride(
-        prompt=AgentPromptOverride(prompt=agent.prompt) if agent.prompt else None,
-        first_message=agent.first_message or None,
-        language=agent.language or None,
-    )
-    override = ConversationConfigOverride(
-        agent=agent_override if agent_override != AgentOverride() else None,
-        tts=TtsOverride(voice_id=agent.voice_id) if agent.voice_id else None,
-        # only when set: an override the agent's security settings do not allow is refused
-        conversation=ConversationOverride(client_events=list(agent.client_events)) if agent.client_events else None,
-    )
-    variables: dict[str, DynamicValue] = {"kiosk_id": config.kiosk.id, "kiosk_location": config.kiosk.location}
-    variables.update(agent.dynamic_variables)
-    return ConversationInitiationClientData(
-        conversation_config_override=override if override != ConversationConfigOverride() else None,
-        dynamic_variables=variables,
-        user_id=config.kiosk.id,
-        source_info=SourceInfo(source=SOURCE, version=__version__),
-    )
-
-
-def override_fields(data: ConversationInitiationClientData) -> list[str]:
-    """Dotted names of the overrides ``data`` asks for ("agent.first_message", "conversation.client_events", …)."""
-    override = data.conversation_config_override
-    if override is None:
-        return []
-    out = []
-    for section in ("agent", "tts", "conversation"):
-        value = getattr(override, section)
-        if value is not None:
-            out += [f"{section}.{name}" for name in value.__struct_fields__ if getattr(value, name) is not None]
-    return out
-
-
-def closed_outcome(code: int | None) -> SessionOutcome:
-    """The outcome of a close with ``code`` (None: dropped without a close frame)."""
-    meaning, resumable = describe_close(code)
-    return SessionOutcome(meaning, resumable=resumable, rejected=code == REJECTED, close_code=code)
-
-
 def _parse_format(name: str, direction: str) -> AudioFormat:
     try:
         return AudioFormat.parse(name)
@@ -190,22 +131,11 @@ def _parse_format(name: str, direction: str) -> AudioFormat:
         return AudioFormat.parse(FALLBACK_FORMAT)
 
 
-@dataclass(frozen=True)
-class _Drain:
-    """A pending end: once nothing plays and no audio came for ``quiet`` since ``since`` (at most until ``until``)."""
-
-    outcome: SessionOutcome
-    since: float
-    until: float
-    quiet: float = 0.0
-
-
 class Conversation:
     """One conversation's state and rules; see the module docstring for the contract."""
 
     def __init__(self, config: Config, tools: ToolRegistry, *, context: str | None = None) -> None:
-        self._limits = config.conversation
-        self._stall = config.network.stall_timeout
+        self._clock = Watchdogs(config.conversation, config.network.stall_timeout)
         self._client_data = client_data(config)
         self._tools = tools
         self._context = context
@@ -217,11 +147,7 @@ class Conversation:
         self.ending: End | None = None
         self._transcript: deque[str] = deque(maxlen=max(config.conversation.context_lines, 1))
         self._audio_open = False
-        self._link_closed = False
-        self._drain: _Drain | None = None
-        self._opened_at = self._last_heard = self._last_activity = 0.0
-        #: when agent audio last arrived; the agent event id feedback rates (as the JS client's currentEventId)
-        self._last_audio = 0.0
+        #: the agent event id feedback rates (as the JS client's currentEventId)
         self._agent_event_id = 0
         #: the agent sends vad_score (then the light follows it, not the local VAD level)
         self._server_vad = False
@@ -240,12 +166,7 @@ class Conversation:
     @property
     def deadline(self) -> float:
         """The next time :meth:`tick` must be called at (a watchdog or a pending end is due)."""
-        times = [self._last_activity + self._limits.idle_timeout, self._opened_at + self._limits.max_duration]
-        if not self._link_closed:
-            times.append(self._last_heard + self._stall)
-        if self._drain is not None:
-            times.append(max(self._drain.since, self._last_audio) + self._drain.quiet)
-        return min(times)
+        return self._clock.deadline
 
     def result(self) -> SessionOutcome:
         """The outcome so far, with the conversation id, whether it opened and the transcript."""
@@ -261,7 +182,7 @@ class Conversation:
 
     def connected(self, now: float) -> list[Action]:
         """The link is up: introduce the kiosk (nothing, if it ended while connecting). Timers start now."""
-        self._opened_at = self._last_heard = self._last_activity = now
+        self._clock.start(now)
         if self.phase is Phase.ENDED:
             return []
         self.phase = Phase.OPENING
@@ -269,21 +190,21 @@ class Conversation:
 
     def receive(self, event: ServerEvent | UnknownEvent, now: float) -> list[Action]:
         """A decoded server event arrived at ``now``."""
-        self._last_heard = max(self._last_heard, now)
+        self._clock.heard(now)
         if self.phase is Phase.ENDED:
             return []
         return self._handle(event, now)
 
     def malformed(self, error: ProtocolError, now: float) -> list[Action]:
         """A message arrived that is not valid protocol: skipped, counted, logged."""
-        self._last_heard = max(self._last_heard, now)
+        self._clock.heard(now)
         self.stats.malformed += 1
         log.warning("malformed server message skipped id=%s error=%r", self.conversation_id, str(error)[:200])
         return []
 
     def heard(self, now: float) -> None:
         """Something arrived on the link (a pong): it is alive."""
-        self._last_heard = max(self._last_heard, now)
+        self._clock.heard(now)
 
     def closed(self, code: int | None, now: float, reason: str | None = None) -> list[Action]:
         """The agent closed the link (``code`` None: dropped without a close frame; ``reason`` its text).
@@ -292,14 +213,14 @@ class Conversation:
         out first (the driver ticks on); anything else ends it at once. The outcome says
         it in words: the code's meaning, the close reason and the latest error event.
         """
-        self._link_closed = True
+        self._clock.link_closed = True
         outcome = self._closed_in_words(closed_outcome(code), reason)
         level = logging.INFO if code in (1000, None) and self._error is None else logging.WARNING
         log.log(level, "conversation closed id=%s code=%s reason=%r", self.conversation_id, code, outcome.reason)
-        if self._drain is not None and code == 1000:
+        if self._clock.drain is not None and code == 1000:
             return []  # already ending on the agent's word: the goodbye plays on
         if code == 1000 and self._audio_open and self.phase is not Phase.ENDED:
-            self._drain = _Drain(outcome, since=now, until=now + DRAIN_LIMIT)
+            self._clock.drain = Drain(outcome, since=now, until=now + DRAIN_LIMIT)
             self.phase = Phase.DRAINING
             return []
         return self.finish(outcome)
@@ -312,9 +233,9 @@ class Conversation:
         if self.phase in (Phase.CONNECTING, Phase.ENDED):
             return []
         if speaking:
-            self._last_activity = now
+            self._clock.active(now)
         if visitor_at is not None:
-            self._last_activity = max(self._last_activity, visitor_at)
+            self._clock.active_since(visitor_at)
         shown: list[Action] = []
         if voice_level is not None and not self._server_vad and voice_level != self._shown_level:
             self._shown_level = voice_level
@@ -323,23 +244,12 @@ class Conversation:
 
     def _due(self, now: float, speaking: bool) -> list[Action]:
         """The watchdog or pending end that is due at ``now``, if any."""
-        if not self._link_closed and now >= self._last_heard + self._stall:
-            log.warning("link stalled id=%s silent_for=%.1fs", self.conversation_id, now - self._last_heard)
-            return self.finish(
-                SessionOutcome(f"link stalled: nothing heard for {self._stall:g} s", resumable=True),
-                close_code=STALLED_CLOSE_CODE,
-                close_timeout=STALLED_CLOSE_TIMEOUT,
-            )
-        if now >= self._last_activity + self._limits.idle_timeout:
-            return self.finish(SessionOutcome(f"no speech from visitor or agent for {self._limits.idle_timeout:g} s"))
-        if now >= self._opened_at + self._limits.max_duration:
-            return self.finish(SessionOutcome(f"maximum length of {self._limits.max_duration:g} s reached"))
-        drain = self._drain
-        if drain is not None and (
-            now >= drain.until or (not speaking and now >= max(drain.since, self._last_audio) + drain.quiet)
-        ):
-            return self.finish(drain.outcome)
-        return []
+        due = self._clock.due(now, speaking)
+        if due is None:
+            return []
+        if self._clock.stalled(now):
+            log.warning("link stalled id=%s silent_for=%.1fs", self.conversation_id, now - self._clock.last_heard)
+        return self.finish(due.outcome, close_code=due.close_code, close_timeout=due.close_timeout)
 
     def visitor_message(self, kind: VisitorMessage, text: str = "") -> list[Action]:
         """What the visitor (a touch screen, a second button, a script) sends the agent.
@@ -387,7 +297,7 @@ class Conversation:
         match event:
             case AudioEvent(audio_event=body):
                 self.stats.audio_events += 1
-                self._last_activity = self._last_audio = now
+                self._clock.audio(now)
                 self._agent_event_id = body.event_id
                 return [Play(body.event_id, body.audio_base_64)] if self._audio_open else []
             case Ping(ping_event=body):
@@ -397,18 +307,18 @@ class Conversation:
             case VadScore(vad_score_event=body):
                 self._server_vad = True
                 if body.vad_score >= VAD_ACTIVITY:
-                    self._last_activity = now
+                    self._clock.active(now)
                 return [Show({"vad_score": body.vad_score})]
             case Interruption(interruption_event=body):
                 self.stats.interruptions += 1
                 log.info("agent interrupted id=%s event_id=%d", cid, body.event_id)
                 return [Interrupt(body.event_id)] if self._audio_open else []
             case UserTranscript(user_transcription_event=body):
-                self._last_activity = now
+                self._clock.active(now)
                 self._transcript.append(f"Visitor: {body.user_transcript}")
                 self._log_words("visitor said", cid, body.user_transcript)
             case TentativeUserTranscript(tentative_user_transcription_event=body):
-                self._last_activity = now  # the visitor is talking
+                self._clock.active(now)  # the visitor is talking
                 self._log_words("visitor saying", cid, body.user_transcript, logging.DEBUG)
             case AgentResponse(agent_response_event=body):
                 self._agent_event_id = body.event_id or self._agent_event_id
@@ -439,8 +349,8 @@ class Conversation:
             case ErrorEvent(error_event=body):
                 self._error = body
                 log.warning("agent reported an error id=%s error=%r", cid, body.describe())
-                if self._refused_override(body, None):
-                    log.warning("%s", self._refusal_words(body, None))
+                if refused_override(self._overrides, body, None):
+                    log.warning("%s", refusal_words(self._overrides, body, None))
             case ConversationInitiationMetadata(conversation_initiation_metadata_event=meta):
                 return self._metadata(
                     meta.conversation_id, meta.user_input_audio_format, meta.agent_output_audio_format
@@ -455,9 +365,9 @@ class Conversation:
 
     def _agent_ends(self, outcome: SessionOutcome, now: float) -> list[Action]:
         """The agent ends the call: the microphone stops now, the end comes after the goodbye."""
-        if self._drain is not None:
+        if self._clock.drain is not None:
             return []
-        self._drain = _Drain(outcome, since=now, until=now + DRAIN_LIMIT, quiet=GOODBYE_QUIET)
+        self._clock.drain = Drain(outcome, since=now, until=now + DRAIN_LIMIT, quiet=GOODBYE_QUIET)
         self.phase = Phase.DRAINING
         return [StopMic()]
 
@@ -469,26 +379,11 @@ class Conversation:
         if reason:
             words += f" (close reason: {reason[:200]!r})"
         error = self._error
-        if self._refused_override(error, reason):
-            words = self._refusal_words(error, reason)
+        if refused_override(self._overrides, error, reason):
+            words = refusal_words(self._overrides, error, reason)
         elif error is not None:
             words += f"; the agent's error: {error.describe()}"
         return replace(outcome, reason=words)
-
-    def _refused_override(self, error: ErrorBody | None, reason: str | None) -> bool:
-        text = " ".join(t for t in (reason, error and error.error_type, error and error.message) if t).lower()
-        return bool(self._overrides) and ("override" in text)
-
-    def _refusal_words(self, error: ErrorBody | None, reason: str | None) -> str:
-        """Which override the agent refused, and what to do about it."""
-        said = " ".join(t for t in (reason, *(() if error is None else (
-            error.message, error.reason, error.debug_message))) if t)
-        named = [f for f in self._overrides if f.rsplit(".", 1)[-1] in said] or self._overrides
-        what = error.describe() if error is not None else f"close reason {reason!r}"
-        return (
-            f"the agent refused this kiosk's override of {', '.join(named)} ({what}): allow it in the agent's "
-            f"security settings (overrides) or remove it from [agent] in config.toml"
-        )
 
     def _log_words(self, what: str, cid: str | None, text: str, level: int = logging.INFO) -> None:
         """Visitors' and the agent's words reach the log only with ``[log] transcripts = true`` (privacy)."""

@@ -15,7 +15,7 @@ import tomllib
 import types
 from typing import Any, Literal, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
-__all__ = ["ConfigError", "convert", "load_as", "parse_as"]
+__all__ = ["ConfigError", "convert", "load_as", "parse_as", "read_toml"]
 
 T = TypeVar("T")
 
@@ -123,13 +123,17 @@ def parse_as(tp: type[T], data: dict[str, Any]) -> T:
     return cast(T, result)
 
 
-def load_as(tp: type[T], path: str | os.PathLike[str]) -> T:
-    """Read the TOML file ``path`` and validate it as ``tp``. Raises :class:`ConfigError`."""
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The TOML file ``path`` as a tree. Raises :class:`ConfigError` when it cannot be read or parsed."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
-    return parse_as(tp, data)
+
+
+def load_as(tp: type[T], path: str | os.PathLike[str]) -> T:
+    """Read the TOML file ``path`` and validate it as ``tp``. Raises :class:`ConfigError`."""
+    return parse_as(tp, read_toml(path))

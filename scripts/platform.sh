@@ -1,5 +1,6 @@
 # Platform checks shared by scripts/setup and scripts/install.sh (sourced, not run).
 #
+#   kioskd_apt_packages           prints the apt packages scripts/setup installs, less the browser
 #   kioskd_refuse_32bit NAME      exit 1 at once on 32-bit ARM, saying why
 #   kioskd_lgpio_package          prints python3-lgpio when the apt archive has it (Raspberry Pi OS)
 #   kioskd_venv_gpio VENV NAME    let VENV see the system's lgpio, then say which GPIO it has
@@ -27,6 +28,10 @@ on the Pi, and that build is neither tested nor supported here.
 Nothing was changed.
 EOF
     exit 1
+}
+
+kioskd_apt_packages() {
+    echo python3-venv python3-dev gcc portaudio19-dev libasound2-plugins espeak-ng sox systemd redis-server
 }
 
 kioskd_lgpio_package() {

@@ -32,6 +32,10 @@ from pathlib import Path
 import numpy as np
 
 SYSTEM_ALSA_CONF = "/usr/share/alsa/alsa.conf"
+PACING = "clock"
+"""``[audio] pacing`` for these PCMs: they have no clock, so the tests say so (as an operator
+would) instead of leaving it to ``auto``, whose measurement takes a file PCM for a sound
+card when the machine is slow or loaded (under emulation, beside the suite)."""
 
 DEVICES: dict[str, tuple[str, int]] = {
     # name: (direction, channels)

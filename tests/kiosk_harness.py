@@ -17,9 +17,9 @@ import trio
 from board_wait import wait_for_status
 from kioskd.audio.engine import AudioEngine
 from kioskd.config import Config, parse_config
-from kioskd.ops.control import request
-from kioskd.service.daemon import Kiosk
+from kioskd.ops.ctl import request
 from kioskd.ops.logs import setup_logging
+from kioskd.service.daemon import Kiosk
 from kioskd.simulator import Simulator
 from kioskd.state import KioskState
 

@@ -57,6 +57,12 @@ class RedisServer:
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.02)
 
+    @property
+    def pid(self) -> int:
+        """The running server's process id."""
+        assert self._proc is not None, "not started"
+        return self._proc.pid
+
     def stop(self) -> None:
         """Stop it (the data goes with it)."""
         if self._proc is not None:

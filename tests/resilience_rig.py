@@ -13,15 +13,14 @@ from typing import Any
 import trio
 
 from board_wait import wait_for_status
+from kiosk_harness import SPEECH_WAV, kiosk_config, read_wav
 from kioskd.audio.formats import AudioFormat
 from kioskd.backend.client import SignedUrlProvider
+from kioskd.service.supervisor import Supervisor
 from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
 from kioskd.simulator.proxy import FaultProxy
 from kioskd.state import KioskState, StatusBoard
-from kioskd.service.supervisor import Supervisor
 from kioskd.tools import ToolRegistry
-
-from kiosk_harness import SPEECH_WAV, kiosk_config, read_wav
 
 CHUNK = 0.1  # seconds of microphone audio per message (long: virtual time runs faster)
 
@@ -105,7 +104,9 @@ class Rig:
 
 
 @asynccontextmanager
-async def open_rig(tmp_path: Path, sim_config: SimulatorConfig | None = None, **sections: dict[str, Any]) -> AsyncIterator[Rig]:
+async def open_rig(
+    tmp_path: Path, sim_config: SimulatorConfig | None = None, **sections: dict[str, Any]
+) -> AsyncIterator[Rig]:
     """Simulator, two proxies, provider and supervisor, running until the block ends."""
     async with AsyncExitStack() as stack:
         sim = await stack.enter_async_context(open_simulator(sim_config or SimulatorConfig()))
@@ -121,7 +122,7 @@ async def open_rig(tmp_path: Path, sim_config: SimulatorConfig | None = None, **
         board.listen(lambda s: states.append((trio.current_time(), s.state, s.reason)))
         audio = FakeAudio()
         assert config.backend is not None
-        urls = SignedUrlProvider(config.backend, config.network, config.agent.agent_id, config.kiosk_token())
+        urls = SignedUrlProvider(config.backend, config.network, config.agent.agent_id, config.backend.kiosk_token())
         stack.push_async_callback(urls.aclose)
         supervisor = Supervisor(config, audio, board, urls, ToolRegistry.from_config(config), rng=random.Random(0))
         nursery = await stack.enter_async_context(trio.open_nursery())

@@ -11,20 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+from tests.alsa_pcm import AlsaFiles, alsa_devices
 
 from kioskd.audio import devices, wavio
-from kioskd.audio.devices import (
-    CaptureThread,
-    DeviceError,
-    DeviceFailed,
-    DeviceOpened,
-    Pacer,
-    PlaybackThread,
-    find_device,
-    list_devices,
-    open_stream,
-)
-from tests.alsa_pcm import AlsaFiles, alsa_devices
+from kioskd.audio.device_threads import CaptureThread, PlaybackThread
+from kioskd.audio.devices import DeviceError, DeviceFailed, DeviceOpened, find_device, list_devices, open_stream
+from kioskd.audio.pacer import Pacer
 
 
 @pytest.fixture(scope="session")

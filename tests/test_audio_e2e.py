@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import soxr
 import trio
+from tests.alsa_pcm import PACING, AlsaFiles, alsa_devices
+from tests.kiosk_harness import kiosk_config, running_kiosk
 
 from kioskd.audio.engine import AudioEngine
 from kioskd.audio.formats import AudioFormat, decode, encode
 from kioskd.simulator import SimulatorConfig, open_simulator
 from kioskd.simulator.speech import synth_speech
 from kioskd.state import Command, KioskState
-from tests.alsa_pcm import AlsaFiles, alsa_devices
-from tests.kiosk_harness import kiosk_config, running_kiosk
 
 FORMATS = ["pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000"]
 LIMIT = 20.0
@@ -92,7 +92,7 @@ async def test_mic_and_agent_audio_cross_intact_in_every_format(alsa: AlsaFiles,
     )  # fmt: skip
     async with open_simulator(sim_config) as sim:
         audio = {"input": "kiosk_mic", "input_rate": MIC_RATE, "output": "kiosk_spk", "output_rate": SPEAKER_RATE,
-                 "preroll_ms": 3000, "max_backlog_ms": 6000}
+                 "pacing": PACING, "preroll_ms": 3000, "max_backlog_ms": 6000}
         config = kiosk_config(sim, tmp_path, audio=audio)
         with trio.fail_after(LIMIT):
             async with running_kiosk(config) as k:
@@ -237,7 +237,7 @@ async def test_half_duplex_sends_silence_while_the_agent_speaks(alsa: AlsaFiles,
                                  barge_in_ms=200)
     async with open_simulator(sim_config) as sim:
         audio = {"input": "kiosk_mic", "input_rate": MIC_RATE, "output": "kiosk_spk", "output_rate": SPEAKER_RATE,
-                 "echo": "half_duplex", "preroll_ms": 3000, "max_backlog_ms": 6000}
+                 "pacing": PACING, "echo": "half_duplex", "preroll_ms": 3000, "max_backlog_ms": 6000}
         # half duplex mutes the mic under any sound, the "listening" cue too: the visitor speaks at once here
         config = kiosk_config(sim, tmp_path, audio=audio, cues={"listening": ""})
         with trio.fail_after(LIMIT):

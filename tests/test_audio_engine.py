@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import soxr
 import trio
+from tests.alsa_pcm import PACING, AlsaFiles, alsa_devices
 
 from kioskd.audio import devices
 from kioskd.audio.engine import AudioEngine
 from kioskd.audio.formats import AudioFormat, decode, encode
 from kioskd.config import AudioConfig
-from tests.alsa_pcm import AlsaFiles, alsa_devices
 
 LIMIT = 10.0  # every test's bound (seconds)
 FAST = {"backoff_base": 0.02, "backoff_cap": 0.05}
@@ -35,7 +35,7 @@ def alsa(tmp_path_factory: pytest.TempPathFactory) -> AlsaFiles:
 
 
 def cfg(**kw: Any) -> AudioConfig:
-    base = dict(input="kiosk_mic", output="kiosk_spk", echo="off", preroll_ms=2000, fade_ms=0)
+    base = dict(input="kiosk_mic", output="kiosk_spk", echo="off", preroll_ms=2000, fade_ms=0, pacing=PACING)
     base.update(kw)
     return AudioConfig(**base)
 

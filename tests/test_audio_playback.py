@@ -105,7 +105,9 @@ class RingDevice(FakeDevice):
 RING = 2 * PERIOD
 
 
-def opener(devices: dict[Direction, FakeDevice], kind: type[FakeDevice] = FakeDevice) -> Callable[[str, Direction, int, int], Stream]:
+def opener(
+    devices: dict[Direction, FakeDevice], kind: type[FakeDevice] = FakeDevice
+) -> Callable[[str, Direction, int, int], Stream]:
     def open_fake(name: str, direction: Direction, rate: int, period_ms: int) -> Stream:
         devices[direction] = kind(name, direction)
         return devices[direction]

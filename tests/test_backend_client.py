@@ -9,11 +9,10 @@ import pytest
 import trio
 import trio.testing
 
+from kiosk_harness import kiosk_config
 from kioskd.backend.client import SignedUrlError, SignedUrlProvider, parse_reply
 from kioskd.backoff import Backoff
 from kioskd.simulator import SimulatorConfig, open_simulator
-
-from kiosk_harness import kiosk_config
 
 TIMEOUT = 30
 
@@ -55,7 +54,7 @@ async def _provider(sim, tmp_path: Path, **backend: object) -> SignedUrlProvider
     config = kiosk_config(sim, tmp_path, backend=dict(backend))
     assert config.backend is not None
     return SignedUrlProvider(
-        config.backend, config.network, config.agent.agent_id, config.kiosk_token(),
+        config.backend, config.network, config.agent.agent_id, config.backend.kiosk_token(),
         backoff=Backoff(config.network.backoff_base, config.network.backoff_cap, rng=random.Random(0)),
     )
 

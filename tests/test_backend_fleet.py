@@ -17,7 +17,6 @@ import trio
 from kioskd.backend.fleet import MAX_HEARTBEAT_BYTES, fleet_view
 from kioskd.backend.server_config import KioskEntry
 from kioskd.backend.store import Heartbeat, KioskRecord
-
 from redis_server import RedisServer, free_port, running_redis
 from test_backend_server import (
     API_KEY,
@@ -65,6 +64,7 @@ async def test_heartbeat_then_fleet_json_shows_it(redis_url: str) -> None:
                 anonymous = await client.post("/heartbeat", json=status)
                 no_state = await client.post("/heartbeat", json={"version": "1"}, headers=bearer(TOKEN_A))
                 not_object = await client.post("/heartbeat", content=b"[1]", headers=bearer(TOKEN_A))
+                anonymous_bad = await client.post("/heartbeat", content=b"[1]")  # the token is checked first
                 huge = await client.post(
                     "/heartbeat", json={"state": "idle", "pad": "x" * MAX_HEARTBEAT_BYTES}, headers=bearer(TOKEN_A)
                 )
@@ -72,7 +72,7 @@ async def test_heartbeat_then_fleet_json_shows_it(redis_url: str) -> None:
                 as_kiosk = await client.get("/fleet.json", headers=bearer(TOKEN_A))
                 page = await client.get("/fleet", headers=bearer(OPERATOR))
     assert beat.status_code == 200 and beat.json()["ok"] is True and beat.json()["kiosk"] == "lobby"
-    assert anonymous.status_code == 401
+    assert anonymous.status_code == 401 and anonymous_bad.status_code == 401
     assert no_state.status_code == 400 and "'state' is required" in no_state.json()["detail"]
     assert not_object.status_code == 400 and "JSON object" in not_object.json()["detail"]
     assert huge.status_code == 413
@@ -94,8 +94,10 @@ async def test_heartbeats_without_a_valid_token_share_the_signed_url_throttle() 
         async with serving_app(upstream.app()) as api_base:
             config = backend_config(api_base, unauthenticated_burst=3, unauthenticated_rate_per_minute=0.6)
             async with serving_backend(config) as client:
-                guesses = [(await client.post("/heartbeat", json={"state": "idle"}, headers=bearer(f"guess-{i}"))).status_code
-                           for i in range(4)]
+                guesses = [
+                    (await client.post("/heartbeat", json={"state": "idle"}, headers=bearer(f"guess-{i}"))).status_code
+                    for i in range(4)
+                ]
                 signed = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer("guess-5"))
     assert guesses == [401, 401, 401, 429]
     assert signed.status_code == 429 and int(signed.headers["retry-after"]) > 0
@@ -116,7 +118,11 @@ async def test_fleet_needs_the_operator_login_form_sets_a_cookie() -> None:
                 with_cookie = await client.get("/fleet.json")
     assert disabled.status_code == 404 and "operator_token_sha256" in disabled.json()["detail"]
     assert form.status_code == 401 and '<form method="post" action="/fleet/login">' in form.text
-    assert wrong.status_code == 401 and "not the operator" in wrong.text and "kioskd_operator" not in wrong.headers.get("set-cookie", "")
+    assert (
+        wrong.status_code == 401
+        and "not the operator" in wrong.text
+        and "kioskd_operator" not in wrong.headers.get("set-cookie", "")
+    )
     assert login.status_code == 303 and login.headers["location"] == "/fleet"
     set_cookie = login.headers["set-cookie"].lower()
     assert "httponly" in set_cookie and "samesite=strict" in set_cookie and cookie == OPERATOR
@@ -178,9 +184,15 @@ async def test_upstream_failure_refunds_the_charge() -> None:
     upstream = FakeElevenLabs(mode="error500")
     with trio.fail_after(IO_TIMEOUT):
         async with serving_app(upstream.app()) as api_base, serving_backend(backend_config(api_base)) as client:
-            failed = [await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A)) for _ in range(4)]
+            failed = [
+                await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
+                for _ in range(4)
+            ]
             upstream.mode = "ok"
-            ok = [await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A)) for _ in range(4)]
+            ok = [
+                await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
+                for _ in range(4)
+            ]
     assert [r.status_code for r in failed] == [502] * 4
     assert [r.status_code for r in ok] == [200, 200, 200, 429]
 
@@ -194,15 +206,17 @@ async def test_redis_down_is_503_with_retry_after_and_recovers(tmp_path: Path) -
     redis.start()
     try:
         with trio.fail_after(IO_TIMEOUT):
-            async with serving_app(upstream.app()) as api_base:
-                async with serving_backend(backend_config(api_base, redis_url=redis.url)) as client:
-                    before = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
-                    redis.stop()
-                    down = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
-                    beat_down = await client.post("/heartbeat", json={"state": "idle"}, headers=bearer(TOKEN_A))
-                    health = await client.get("/healthz")
-                    redis.start()
-                    after = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
+            async with (
+                serving_app(upstream.app()) as api_base,
+                serving_backend(backend_config(api_base, redis_url=redis.url)) as client,
+            ):
+                before = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
+                redis.stop()
+                down = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
+                beat_down = await client.post("/heartbeat", json={"state": "idle"}, headers=bearer(TOKEN_A))
+                health = await client.get("/healthz")
+                redis.start()
+                after = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
     finally:
         redis.stop()
     assert before.status_code == 200
@@ -231,7 +245,9 @@ def _kiosks_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @asynccontextmanager
-async def replicas(tmp_path: Path, api_base: str, redis_url: str, n: int) -> AsyncIterator[tuple[Path, list[httpx.AsyncClient]]]:
+async def replicas(
+    tmp_path: Path, api_base: str, redis_url: str, n: int
+) -> AsyncIterator[tuple[Path, list[httpx.AsyncClient]]]:
     """``n`` real ``kioskd backend`` processes sharing ``redis_url``; yields the config and a client per replica."""
     env = {**os.environ, "ELEVENLABS_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1"}
     procs, clients = [], []
@@ -267,7 +283,10 @@ async def test_two_replicas_share_one_allowance_and_the_registry(tmp_path: Path,
     redis.flush()
     upstream = FakeElevenLabs()
     with trio.fail_after(60):
-        async with serving_app(upstream.app()) as api_base, replicas(tmp_path, api_base, redis.url, 2) as (config, (r1, r2)):
+        async with (
+            serving_app(upstream.app()) as api_base,
+            replicas(tmp_path, api_base, redis.url, 2) as (config, (r1, r2)),
+        ):
             codes = []
             for i in range(6):
                 client = (r1, r2)[i % 2]
@@ -275,7 +294,9 @@ async def test_two_replicas_share_one_allowance_and_the_registry(tmp_path: Path,
                 codes.append(r.status_code)
             added = await trio.to_thread.run_sync(_kiosks_cli, config, "add", "cafe", "--agent", "agent_1")
             token = next(line.split(" = ", 1)[1] for line in added.stdout.splitlines() if line.startswith("token = "))
-            new_kiosk = [await c.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(token)) for c in (r1, r2)]
+            new_kiosk = [
+                await c.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(token)) for c in (r1, r2)
+            ]
             listed = await trio.to_thread.run_sync(_kiosks_cli, config, "list", "--json")
             revoked = await trio.to_thread.run_sync(_kiosks_cli, config, "revoke", "cafe")
             after_revoke = [await c.post("/heartbeat", json={"state": "idle"}, headers=bearer(token)) for c in (r1, r2)]

@@ -21,9 +21,8 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kioskd.ops import logs
 from kioskd.backend import server
-
+from kioskd.ops import logs
 from test_backend_server import API_KEY, TOKEN_A, FakeElevenLabs, backend_config, serving_app
 
 #: What the backend (or hypercorn for a request it cannot parse) may answer.
@@ -98,7 +97,9 @@ header_values = st.binary(max_size=200) | st.sampled_from(
 ).map(str.encode)
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(
     query=query_text | st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
     raw_query=st.booleans(),

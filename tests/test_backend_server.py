@@ -22,7 +22,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from kioskd.ops import logs
 from kioskd.backend import server
 from kioskd.backend.server_config import (
     AddressThrottle,
@@ -33,6 +32,7 @@ from kioskd.backend.server_config import (
     parse_server_config,
 )
 from kioskd.config import ConfigError
+from kioskd.ops import logs
 
 API_KEY = "sk_test_backend_key_5f5f5f5f5f"
 TOKEN_A = "kiosk-a-token-AAAAAAAAAAAAAAAAAAAAAAAA"
@@ -189,7 +189,13 @@ async def test_neither_spelling_served_is_a_502_naming_the_404() -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, bearer("not-a-kiosk-token"), {"Authorization": TOKEN_A}, {"Authorization": f"Basic {TOKEN_A}"}, {"Authorization": "Bearer"}],
+    [
+        {},
+        bearer("not-a-kiosk-token"),
+        {"Authorization": TOKEN_A},
+        {"Authorization": f"Basic {TOKEN_A}"},
+        {"Authorization": "Bearer"},
+    ],
     ids=["missing", "unknown", "no-scheme", "basic", "scheme-only"],
 )
 async def test_bad_or_unknown_token_is_401(headers: dict[str, str], log_output: io.StringIO) -> None:
@@ -243,11 +249,13 @@ async def test_upstream_down_is_502_quickly(log_output: io.StringIO) -> None:
 async def test_upstream_slow_is_502_after_the_timeout() -> None:
     upstream = FakeElevenLabs(mode="slow")
     with trio.fail_after(IO_TIMEOUT):
-        async with serving_app(upstream.app()) as api_base:
-            async with serving_backend(backend_config(api_base, upstream_timeout=0.3)) as client:
-                started = trio.current_time()
-                r = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
-                waited = trio.current_time() - started
+        async with (
+            serving_app(upstream.app()) as api_base,
+            serving_backend(backend_config(api_base, upstream_timeout=0.3)) as client,
+        ):
+            started = trio.current_time()
+            r = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
+            waited = trio.current_time() - started
     assert r.status_code == 502 and "within 0.3 s" in r.json()["detail"]
     assert waited >= 0.3  # it did wait for the timeout (an upper bound is fail_after's job)
     assert upstream.seen_keys == [API_KEY]
@@ -322,7 +330,9 @@ def test_hash_token_prints_a_matching_pair(capsys: pytest.CaptureFixture[str]) -
     assert len(lines["token"]) >= 40 and lines["token_sha256"] == sha(lines["token"])
 
 
-def test_missing_api_key_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_missing_api_key_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     monkeypatch.delenv(server.API_KEY_ENV, raising=False)
     assert server.main(["--config", str(tmp_path / "none.toml")]) == 2
     assert "ELEVENLABS_API_KEY is not set" in capsys.readouterr().err
@@ -333,7 +343,7 @@ def test_bad_config_exits_2_naming_the_key(
 ) -> None:
     monkeypatch.setenv(server.API_KEY_ENV, API_KEY)
     path = tmp_path / "backend.toml"
-    path.write_text('burst = "lots"\n[[kiosk]]\nid = "a"\ntoken_sha256 = "%s"\nagents = ["x"]\n' % sha("t"))
+    path.write_text(f'burst = "lots"\n[[kiosk]]\nid = "a"\ntoken_sha256 = "{sha("t")}"\nagents = ["x"]\n')
     assert server.main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "burst: expected an integer" in err and API_KEY not in err
@@ -354,7 +364,9 @@ async def test_against_the_simulator_upstream(log_output: io.StringIO) -> None:
             async with serving_backend(config) as client:
                 ok = await client.get("/signed-url", params={"agent_id": sim_config.agent_id}, headers=bearer(TOKEN_A))
                 sim.upstream_faults.set("timeout", times=1)
-                slow = await client.get("/signed-url", params={"agent_id": sim_config.agent_id}, headers=bearer(TOKEN_A))
+                slow = await client.get(
+                    "/signed-url", params={"agent_id": sim_config.agent_id}, headers=bearer(TOKEN_A)
+                )
     assert ok.status_code == 200, ok.text
     signed = ok.json()["signed_url"]
     assert signed.startswith(sim.ws_base) and "token=" in signed
@@ -438,14 +450,16 @@ async def test_unauthenticated_requests_are_throttled_per_address(log_output: io
     upstream = FakeElevenLabs()
     config = backend_config("http://127.0.0.1:1", unauthenticated_rate_per_minute=1.0, unauthenticated_burst=4)
     with trio.fail_after(IO_TIMEOUT):
-        async with serving_app(upstream.app()) as api_base:
-            async with serving_backend(replace(config, api_base=api_base)) as client:
-                codes = []
-                for _ in range(10):
-                    r = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer("guess"))
-                    codes.append(r.status_code)
-                retry_after = int(r.headers["retry-after"])
-                good = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
+        async with (
+            serving_app(upstream.app()) as api_base,
+            serving_backend(replace(config, api_base=api_base)) as client,
+        ):
+            codes = []
+            for _ in range(10):
+                r = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer("guess"))
+                codes.append(r.status_code)
+            retry_after = int(r.headers["retry-after"])
+            good = await client.get("/signed-url", params={"agent_id": "agent_1"}, headers=bearer(TOKEN_A))
     assert codes == [401] * 4 + [429] * 6
     assert 1 <= retry_after <= 60 and r.json()["error"] == "rate_limited"
     assert good.status_code == 429  # refused before authentication: a guess and a good token look alike

@@ -9,8 +9,7 @@ import pytest
 import trio
 
 from kioskd.backend.server_config import BackendServerConfig, KioskEntry
-from kioskd.backend.store import MemoryStore, Store, StoreUnavailable, open_store
-
+from kioskd.backend.store import Admission, MemoryStore, Store, StoreUnavailable, open_store
 from redis_server import RedisServer, free_port, running_redis
 from test_backend_server import sha
 
@@ -62,6 +61,36 @@ async def test_heartbeats_keep_the_latest_status_per_kiosk(store: Store) -> None
     assert set(beats) == {"lobby", "cafe"}
     assert beats["lobby"].status == {"state": "conversation"} and beats["lobby"].last_seen == second >= first
     assert beats["cafe"].status["problems"] == ["mic missing"]
+
+
+async def test_signed_url_admission_checks_the_agent_before_it_charges(store: Store) -> None:
+    hall = KioskEntry(id="hall", token_sha256=sha("hall-token"), agents=["agent_2"])
+    with trio.fail_after(IO_TIMEOUT):
+        await store.add_kiosk(hall)
+        toml = [await store.admit_signed_url(TOML_KIOSK.token_sha256.upper(), "agent_1") for _ in range(4)]
+        toml_forbidden = await store.admit_signed_url(TOML_KIOSK.token_sha256, "agent_2")
+        first = await store.admit_signed_url(hall.token_sha256, "agent_2")
+        forbidden = await store.admit_signed_url(hall.token_sha256, "agent_1")  # nothing charged
+        rest = [await store.admit_signed_url(hall.token_sha256, "agent_2") for _ in range(3)]
+        unknown = await store.admit_signed_url(sha("nobody"), "agent_1")
+        await store.revoke("hall")
+        revoked = await store.admit_signed_url(hall.token_sha256, "agent_2")
+    assert [a.kiosk for a in toml if a] == [TOML_KIOSK] * 4 and all(a and a.allowed for a in toml)
+    assert [a.wait for a in toml if a][:3] == [0.0, 0.0, 0.0] and 90 < toml[3].wait <= 100  # type: ignore[union-attr]
+    assert toml_forbidden == Admission(TOML_KIOSK, allowed=False)
+    assert first == Admission(hall) and forbidden == Admission(hall, allowed=False)
+    assert [a.wait for a in rest if a][:2] == [0.0, 0.0] and rest[2] is not None and rest[2].wait > 90
+    assert unknown is None and revoked is None
+
+
+async def test_heartbeat_admission_records_only_for_a_known_token(store: Store) -> None:
+    with trio.fail_after(IO_TIMEOUT):
+        admitted = await store.admit_heartbeat(TOML_KIOSK.token_sha256, {"state": "idle", "n": [1, 2]})
+        unknown = await store.admit_heartbeat(sha("nobody"), {"state": "idle"})
+        beats = await store.heartbeats()
+    assert admitted is not None and admitted[0] == TOML_KIOSK and unknown is None
+    recorded = [(hb.kiosk_id, hb.status, hb.last_seen) for hb in beats]
+    assert recorded == [("lobby", {"state": "idle", "n": [1, 2]}, admitted[1])]
 
 
 async def test_registry_add_revoke_and_the_toml_list(store: Store) -> None:

@@ -18,7 +18,16 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_bench_quick_jitter_runs_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench"), "--quick", "--only", "jitter", "--no-official", "--json", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench"),
+            "--quick",
+            "--only",
+            "jitter",
+            "--no-official",
+            "--json",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -14,9 +14,9 @@ from gpiozero.exc import BadPinFactory
 from gpiozero.pins.mock import MockFactory
 
 from kioskd.config import ButtonConfig
-from kioskd.state import Command
 from kioskd.hardware.button import ButtonLogic, ButtonTrigger
 from kioskd.hardware.handoff import ToTrio
+from kioskd.state import Command
 
 PIN = 17
 BOUNCE = 0.05

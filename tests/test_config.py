@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kioskd.ops.check_config import main as check_config
 from kioskd.config import Config, ConfigError, load_config, parse_config
+from kioskd.ops.check_config import main as check_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,6 +76,13 @@ def test_every_problem_is_reported_with_its_key() -> None:
     ]
 
 
+def test_audio_pacing_is_one_of_three() -> None:
+    assert parse_config({"agent": {"agent_id": "a"}}).audio.pacing == "auto"
+    assert parse_config({"agent": {"agent_id": "a"}, "audio": {"pacing": "clock"}}).audio.pacing == "clock"
+    assert problems({"agent": {"agent_id": "a"}, "audio": {"pacing": "fast"}}) == [
+        "audio.pacing: expected one of 'auto', 'clock', 'device', got 'fast'"]
+
+
 def test_wrong_section_type() -> None:
     assert problems({"agent": "x"}) == ["agent: expected a table, got str"]
 
@@ -88,23 +95,26 @@ def test_dynamic_variables_are_scalars() -> None:
 
 
 def test_int_is_accepted_where_a_float_is_expected() -> None:
-    assert parse_config({"agent": {"agent_id": "a"}, "conversation": {"idle_timeout": 5}}).conversation.idle_timeout == 5.0
+    assert (
+        parse_config({"agent": {"agent_id": "a"}, "conversation": {"idle_timeout": 5}}).conversation.idle_timeout == 5.0
+    )
 
 
 def test_token_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KIOSKD_TOKEN", raising=False)
     token = tmp_path / "token"
-    config = parse_config({"agent": {"agent_id": "a"},
-                           "backend": {"url": "https://b/signed-url", "token_file": str(token)}})
-    with pytest.raises(ConfigError, match="backend.token_file: cannot read"):
-        config.kiosk_token()
+    backend = parse_config({"agent": {"agent_id": "a"},
+                            "backend": {"url": "https://b/signed-url", "token_file": str(token)}}).backend
+    assert backend is not None
+    with pytest.raises(ConfigError, match=r"backend.token_file: cannot read"):
+        backend.kiosk_token()
     token.write_text("")
-    with pytest.raises(ConfigError, match="backend.token_file: .* is empty"):
-        config.kiosk_token()
+    with pytest.raises(ConfigError, match=r"backend.token_file: .* is empty"):
+        backend.kiosk_token()
     token.write_text("secret-1\n")
-    assert config.kiosk_token() == "secret-1"
+    assert backend.kiosk_token() == "secret-1"
     monkeypatch.setenv("KIOSKD_TOKEN", "secret-2")
-    assert config.kiosk_token() == "secret-2"
+    assert backend.kiosk_token() == "secret-2"
 
 
 def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -204,8 +214,10 @@ def test_token_file_first_line_only(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("KIOSKD_TOKEN", raising=False)
     token = tmp_path / "token"
     token.write_bytes(content if isinstance(content, bytes) else content.encode())
-    config = parse_config({"agent": {"agent_id": "a"}, "backend": {"url": "https://b/s", "token_file": str(token)}})
-    assert config.kiosk_token() == expected
+    backend = parse_config(
+        {"agent": {"agent_id": "a"}, "backend": {"url": "https://b/s", "token_file": str(token)}}
+    ).backend
+    assert backend is not None and backend.kiosk_token() == expected
 
 
 @pytest.mark.parametrize(
@@ -229,9 +241,10 @@ def test_bad_token_file_is_named_without_echoing_it(
 
 def test_bad_token_in_the_environment_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KIOSKD_TOKEN", "two words")
-    config = parse_config({"agent": {"agent_id": "a"}, "backend": {"url": "https://b/s"}})
+    backend = parse_config({"agent": {"agent_id": "a"}, "backend": {"url": "https://b/s"}}).backend
+    assert backend is not None
     with pytest.raises(ConfigError, match=r"^KIOSKD_TOKEN: .*space") as info:
-        config.kiosk_token()
+        backend.kiosk_token()
     assert "words" not in str(info.value)
 
 

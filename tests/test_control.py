@@ -22,8 +22,9 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kioskd.ops import control
-from kioskd.ops.control import ControlServer, ControlSocketInUse, request
+from kioskd.ops import control, ctl
+from kioskd.ops.control import ControlServer, ControlSocketInUse
+from kioskd.ops.ctl import request
 from kioskd.state import Command
 
 IO_TIMEOUT = 20
@@ -107,20 +108,19 @@ async def trickle_until_closed(tmp_path: Path) -> None:
     """A newline every 2 s used to hold a connection forever; now it is closed REQUEST_TIMEOUT after opening."""
     path = short_path(tmp_path)
     with trio.fail_after(IO_TIMEOUT):
-        async with serving(path):
-            async with await trio.open_unix_socket(path) as stream:
-                opened = trio.current_time()
-                closed_at = None
-                with trio.move_on_after(4 * control.REQUEST_TIMEOUT):
-                    while closed_at is None:
-                        try:
-                            await stream.send_all(b"\n")
-                        except trio.BrokenResourceError:
+        async with serving(path), await trio.open_unix_socket(path) as stream:
+            opened = trio.current_time()
+            closed_at = None
+            with trio.move_on_after(4 * control.REQUEST_TIMEOUT):
+                while closed_at is None:
+                    try:
+                        await stream.send_all(b"\n")
+                    except trio.BrokenResourceError:
+                        closed_at = trio.current_time()
+                        break
+                    with trio.move_on_after(2.0):
+                        if await stream.receive_some(100) == b"":
                             closed_at = trio.current_time()
-                            break
-                        with trio.move_on_after(2.0):
-                            if await stream.receive_some(100) == b"":
-                                closed_at = trio.current_time()
     assert closed_at is not None
     assert closed_at - opened == pytest.approx(control.REQUEST_TIMEOUT)
 
@@ -175,7 +175,11 @@ async def test_a_client_that_never_reads_cannot_hold_a_slot(tmp_path: Path) -> N
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(chunks=st.lists(st.binary(max_size=600) | st.sampled_from([b"\n", b'{"cmd": "status"}\n', b"\xff" * 5000]), max_size=8))
+@given(
+    chunks=st.lists(
+        st.binary(max_size=600) | st.sampled_from([b"\n", b'{"cmd": "status"}\n', b"\xff" * 5000]), max_size=8
+    )
+)
 def test_fuzzed_control_bytes_get_json_lines_and_the_server_carries_on(tmp_path: Path, chunks: list[bytes]) -> None:
     path = short_path(tmp_path, "fuzz.sock")
 
@@ -334,7 +338,7 @@ def test_ctl_visitor_commands_need_their_text(capsys: pytest.CaptureFixture[str]
     for argv, words in ((["say"], "say needs some text"), (["feedback"], "feedback needs like or dislike"),
                         (["activity", "now"], "no other command takes one"), (["volume", "loud"], "volume needs")):
         with pytest.raises(SystemExit) as exc:
-            control.main(["--socket", "/nonexistent.sock", *argv])
+            ctl.main(["--socket", "/nonexistent.sock", *argv])
         assert exc.value.code == 2 and words in capsys.readouterr().err
 
 
@@ -350,7 +354,7 @@ async def test_ctl_say_sends_the_words_as_text(tmp_path: Path) -> None:
     with trio.fail_after(IO_TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
-            code = await trio.to_thread.run_sync(control.main, ["--socket", path, "say", "Where", "is", "the", "exit?"])
+            code = await trio.to_thread.run_sync(ctl.main, ["--socket", path, "say", "Where", "is", "the", "exit?"])
             nursery.cancel_scope.cancel()
     assert code == 0 and [(r.cmd, r.text) for r in got] == [("say", "Where is the exit?")]
 

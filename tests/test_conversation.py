@@ -14,17 +14,12 @@ from kioskd.actions import End, Interrupt, OpenAudio, Play, Send, SessionOutcome
 from kioskd.audio.formats import AudioFormat
 from kioskd.close_codes import CLOSE_CODES, describe_close
 from kioskd.config import Config, parse_config
-from kioskd.conversation import DRAIN_LIMIT, GOODBYE_QUIET, Conversation, Phase, client_data
-from kioskd.protocol import (
-    ClientToolResult,
-    ContextualUpdate,
-    ConversationConfigOverride,
-    Pong,
-    ProtocolError,
-    ServerEvent,
-    UnknownEvent,
-    decode_server_event,
-)
+from kioskd.conversation import DRAIN_LIMIT, GOODBYE_QUIET, Conversation, Phase
+from kioskd.overrides import client_data
+from kioskd.protocol.client_messages import ClientToolResult, ConversationConfigOverride, Pong
+from kioskd.protocol.codec import ProtocolError, decode_server_event
+from kioskd.protocol.common import ContextualUpdate
+from kioskd.protocol.server_events import ServerEvent, UnknownEvent
 from kioskd.state import KioskState
 from kioskd.tools import ToolRegistry
 
@@ -329,7 +324,9 @@ def test_events_after_the_end_are_ignored_and_the_first_end_wins() -> None:
 
 # ------------------------------------------------------------------ the real service's defaults (issue 12)
 
-TENTATIVE = event("tentative_user_transcript", tentative_user_transcription_event={"user_transcript": "wh", "event_id": 2})
+TENTATIVE = event(
+    "tentative_user_transcript", tentative_user_transcription_event={"user_transcript": "wh", "event_id": 2}
+)
 
 
 def run_script(conv: Conversation, script: dict[float, object], until: float) -> tuple[float, list[object]] | None:
@@ -421,7 +418,9 @@ END_CALL_TABLE: list[tuple[str, list[tuple[float, object]], float]] = [
 
 
 @pytest.mark.parametrize(("name", "script", "ends_at"), END_CALL_TABLE, ids=[row[0] for row in END_CALL_TABLE])
-def test_end_call_ends_after_the_goodbye_has_played(name: str, script: list[tuple[float, object]], ends_at: float) -> None:
+def test_end_call_ends_after_the_goodbye_has_played(
+    name: str, script: list[tuple[float, object]], ends_at: float
+) -> None:
     conv = opened(make_config(idle_timeout=100.0, max_duration=100.0))
     steps = dict(script)
     (end_call_at,) = [t for t, what in script if what is END_CALL_EVENT]
@@ -523,7 +522,7 @@ def test_events_a_kiosk_does_not_use_are_counted_by_type() -> None:
 
 def test_visitor_messages() -> None:
     from kioskd.conversation import NotNow
-    from kioskd.protocol import Feedback, UserActivity, UserMessage
+    from kioskd.protocol.client_messages import Feedback, UserActivity, UserMessage
 
     conv = new()
     with pytest.raises(NotNow, match="no conversation is open"):

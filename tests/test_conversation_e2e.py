@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import trio
 
+from kiosk_harness import SPEECH_WAV, kiosk_config, read_wav, running_kiosk
 from kioskd.simulator import SimulatorConfig, open_simulator
 from kioskd.simulator.speech import synth_speech
 from kioskd.state import KioskState
-
-from kiosk_harness import kiosk_config, read_wav, running_kiosk, SPEECH_WAV
 
 TIMEOUT = 30
 

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import trio
 
-from kioskd.ops.control import request
-from kioskd.simulator import SimulatorConfig, open_simulator
-
 from kiosk_harness import SPEECH_WAV
+from kioskd.ops.ctl import request
+from kioskd.simulator import SimulatorConfig, open_simulator
 
 TIMEOUT = 40
 

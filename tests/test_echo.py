@@ -10,6 +10,7 @@ first second, ≤ 3 dB within 1 s with no echo path, ERLE ≥ 25 dB.
 from __future__ import annotations
 
 import shutil
+from typing import Any
 
 import numpy as np
 import pytest
@@ -165,3 +166,64 @@ def test_rejects_wrong_frame_size() -> None:
         ec.near(np.zeros(320, np.int16))
     with pytest.raises(ValueError, match="160 samples"):
         ec.far(np.zeros(100, np.int16))
+    with pytest.raises(ValueError, match=r"160 samples .* shape \(3, 100\)"):
+        ec.near(np.zeros((3, 100), np.int16))
+    with pytest.raises(ValueError, match="160 samples"):
+        ec.far(np.zeros((1, 2, FRAME), np.int16))
+    assert ec.near(np.zeros((2, FRAME), np.int16)).shape == (2, FRAME)
+
+
+def _blockwise(scene: lab.Scene, sizes: list[int], one_by_one: bool, ec: EchoCanceller | None = None) -> np.ndarray:
+    """Blocks of ``sizes`` microphone frames (cycled), the far frames of each block queued
+    first, as the engine hands them over; ``one_by_one``: the block's frames in turn. The far
+    stream starts 30 frames ahead (trimmed later), skips a frame now and then (the queue runs
+    dry) and bursts 60 frames once (the backlog bound drops some), so every realignment of
+    the filter happens inside blocks too."""
+    ec = ec or EchoCanceller(RATE)
+    far, mic = scene.far.reshape(-1, FRAME), scene.mic.reshape(-1, FRAME)
+    ec.far(np.zeros((30, FRAME), np.int16))
+    out, j, pushed, k = [], 0, 0, 0
+    while j < len(mic):
+        b = min(sizes[k % len(sizes)], len(mic) - j)
+        k += 1
+        target = j + b + (60 if k == 40 else 0) - (1 if k % 17 == 0 else 0)
+        if pushed < target:
+            ec.far(far[pushed:target])
+            pushed = target
+        block = mic[j : j + b]
+        out.append(np.concatenate([ec.near(x) for x in block]) if one_by_one else ec.near(block).reshape(-1))
+        j += b
+    return np.concatenate(out)
+
+
+def test_blocks_give_exactly_the_frames_one_by_one() -> None:
+    # The batched path (spectra, powers, bands and the output transform for the whole block;
+    # blocks longer than BLOCK_FRAMES split) is exact: the same samples, the same counters.
+    scene = lab.make_scene(visitor_from=3.0)
+    sizes = [2, 1, 5, 13, 3, 10, 11]
+    a, b = EchoCanceller(RATE), EchoCanceller(RATE)
+    blocks, frames = _blockwise(scene, sizes, False, a), _blockwise(scene, sizes, True, b)
+    assert np.array_equal(blocks, frames)
+    stats = a.stats()
+    assert stats == b.stats()
+    assert stats["aec_far_trimmed"] > 0 and stats["aec_far_missing"] > 0 and stats["aec_far_dropped"] > 0
+
+
+class _NoShortcut(EchoCanceller):
+    """Every far slot counts as sounding: the full filter update runs on all-zero far spectra."""
+
+    def _push_far(self, *args: Any) -> tuple[list[int], list[int]]:
+        out = super()._push_far(*args)
+        self._sound[:] = bytes([1]) * len(self._sound)
+        return out
+
+
+def test_a_silent_far_window_skips_the_filter_exactly() -> None:
+    # The agent is silent for the first second and between phrases: the skipped estimate and
+    # gradient are exactly zero, so skipping them changes nothing.
+    scene = lab.make_scene(visitor_from=0.5)
+    far = scene.far.reshape(-1, FRAME)
+    silent = [not far[max(0, j - 8) : j + 1].any() for j in range(len(far))]
+    assert sum(silent) > 100
+    fast, full = lab.run_canceller(EchoCanceller(RATE), scene), lab.run_canceller(_NoShortcut(RATE), scene)
+    assert np.array_equal(fast, full)

@@ -154,31 +154,34 @@ async def test_unreachable_target_closes_the_client() -> None:
 async def test_proxy_in_front_of_the_simulator_carries_and_cuts_a_conversation() -> None:
     from trio_websocket import ConnectionClosed, open_websocket_url
 
-    from kioskd import protocol as p
+    from kioskd.protocol.codec import decode_server_event
+    from kioskd.protocol.server_events import ConversationInitiationMetadata
     from kioskd.simulator import SimulatorConfig, open_simulator
 
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(SimulatorConfig(client_data_wait=0.1, ping_interval=0.1)) as sim:
-            async with FaultProxy("127.0.0.1", sim.agent.port) as proxy:
-                url = sim.signed_url().replace(f":{sim.agent.port}/", f":{proxy.port}/")
-                async with open_websocket_url(url) as ws:
-                    first = p.decode_server_event(await ws.get_message())
-                    assert isinstance(first, p.ConversationInitiationMetadata)
-                    assert proxy.stats.bytes_down > 0 and proxy.stats.bytes_up > 0
-                    proxy.stall = True
-                    held = proxy.stats.bytes_down
-                    with trio.move_on_after(0.4):
-                        while True:
-                            await ws.get_message()  # drain what crossed before the stall
-                    assert proxy.stats.bytes_down == held  # pings pile up at the proxy
-                    assert sim.conversations[0].open
-                    proxy.drop()
-                    with pytest.raises(ConnectionClosed) as closed:
-                        while True:
-                            await ws.get_message()
-                    assert closed.value.reason.code == 1006
-                await sim.wait_for(lambda: not sim.conversations[0].open)
-                assert sim.conversations[0].close_code in (None, 1006)
+        async with (
+            open_simulator(SimulatorConfig(client_data_wait=0.1, ping_interval=0.1)) as sim,
+            FaultProxy("127.0.0.1", sim.agent.port) as proxy,
+        ):
+            url = sim.signed_url().replace(f":{sim.agent.port}/", f":{proxy.port}/")
+            async with open_websocket_url(url) as ws:
+                first = decode_server_event(await ws.get_message())
+                assert isinstance(first, ConversationInitiationMetadata)
+                assert proxy.stats.bytes_down > 0 and proxy.stats.bytes_up > 0
+                proxy.stall = True
+                held = proxy.stats.bytes_down
+                with trio.move_on_after(0.4):
+                    while True:
+                        await ws.get_message()  # drain what crossed before the stall
+                assert proxy.stats.bytes_down == held  # pings pile up at the proxy
+                assert sim.conversations[0].open
+                proxy.drop()
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        await ws.get_message()
+                assert closed.value.reason.code == 1006
+            await sim.wait_for(lambda: not sim.conversations[0].open)
+            assert sim.conversations[0].close_code in (None, 1006)
 
 
 async def test_throttled_proxy_pushes_back_on_the_sender() -> None:

@@ -11,7 +11,16 @@ from typing import Any
 import pytest
 import trio
 
-from test_backend_server import TOKEN_A, TOKEN_B, FakeElevenLabs, backend_config, bearer, serving_app, serving_backend, sha
+from test_backend_server import (
+    TOKEN_A,
+    TOKEN_B,
+    FakeElevenLabs,
+    backend_config,
+    bearer,
+    serving_app,
+    serving_backend,
+    sha,
+)
 
 OPERATOR = "operator-token-browser-OOOOOOOOOOOOOOOO"
 IO_TIMEOUT = 90  # Chromium's first start on a busy 2-core machine

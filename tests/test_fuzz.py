@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from kioskd.backend.client import SignedUrlError, parse_reply
 from kioskd.config import ConfigError, parse_config
-from kioskd.ops.control import handle_request
-from kioskd.protocol import ProtocolError, decode_server_event
 from kioskd.conversation import Conversation
+from kioskd.ops.control import handle_request
+from kioskd.protocol.codec import ProtocolError, decode_server_event
 from kioskd.state import Command
 from kioskd.tools import ToolRegistry
 
@@ -44,7 +44,11 @@ def test_reply_parser_raises_only_signed_url_error_on_bodies(body: bytes | str) 
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(-1000, 1000), st.text(max_size=80), st.dictionaries(st.sampled_from(["retry-after", "x"]), st.text(max_size=20)))
+@given(
+    st.integers(-1000, 1000),
+    st.text(max_size=80),
+    st.dictionaries(st.sampled_from(["retry-after", "x"]), st.text(max_size=20)),
+)
 def test_reply_parser_raises_only_signed_url_error_on_urls(status: int, url: str, headers: dict[str, str]) -> None:
     import json
 
@@ -77,7 +81,7 @@ def test_toml_text_raises_only_toml_or_config_errors(text: str) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode)
-       | st.builds(lambda c: ('{"cmd": %s}' % c).encode(), st.text(max_size=20).map(repr)))
+       | st.builds(lambda c: f'{{"cmd": {c}}}'.encode(), st.text(max_size=20).map(repr)))
 def test_control_requests_never_raise(line: bytes) -> None:
     sent: list[Command] = []
     answer = handle_request(line, sent.append, lambda: {"state": "idle"})

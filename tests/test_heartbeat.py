@@ -1,4 +1,7 @@
-"""Kiosk heartbeats against the real ``kioskd backend`` (in virtual time): idle kiosks stop minting URLs to check health."""
+"""Kiosk heartbeats against the real ``kioskd backend`` (in virtual time).
+
+Idle kiosks stop minting URLs to check health.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +14,12 @@ import trio
 import trio.testing
 
 from kioskd.backend.client import SignedUrlProvider
+from kioskd.backend.client_config import BackendConfig
 from kioskd.backend.heartbeat import HeartbeatSender, heartbeat_url
 from kioskd.backoff import Backoff
-from kioskd.config import BackendConfig, NetworkConfig
+from kioskd.config import NetworkConfig
 from kioskd.simulator import SimulatorConfig, open_simulator
-
 from redis_server import free_port
-
 from test_backend_server import TOKEN_A, FakeElevenLabs, backend_config, bearer, serving_app, serving_backend, sha
 
 TIMEOUT = 3600  # virtual seconds: the clock jumps while everything waits
@@ -76,7 +78,9 @@ async def test_idle_kiosk_health_by_heartbeat(
         async with serving_app(upstream.app()) as api_base:
             config = backend_config(api_base, rate_per_minute=600, burst=100, operator_token_sha256=sha(OPERATOR))
             async with serving_backend(config) as client:
-                kiosk = Kiosk(f"{client.base_url}/signed-url", TOKEN_A, prefetch=prefetch, heartbeat_interval=heartbeats)
+                kiosk = Kiosk(
+                    f"{client.base_url}/signed-url", TOKEN_A, prefetch=prefetch, heartbeat_interval=heartbeats
+                )
                 async with kiosk.running():
                     await trio.sleep(1800.5)
                     healthy = kiosk.provider.healthy
@@ -139,7 +143,9 @@ async def test_revoked_or_unknown_token_heartbeat_is_unhealthy(virtual_clock: tr
 async def test_backend_without_heartbeats_falls_back_to_fetches(virtual_clock: trio.testing.MockClock) -> None:
     """The simulator's signing backend has no /heartbeat: the kiosk checks health by signed URL as before."""
     async with open_simulator(SimulatorConfig()) as sim:
-        kiosk = Kiosk(sim.backend_url, sim.config.kiosk_token, sim.config.agent_id, prefetch=False, heartbeat_interval=60.0)
+        kiosk = Kiosk(
+            sim.backend_url, sim.config.kiosk_token, sim.config.agent_id, prefetch=False, heartbeat_interval=60.0
+        )
         with trio.fail_after(TIMEOUT):
             async with kiosk.running():
                 await trio.sleep(300.5)

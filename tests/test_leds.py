@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import AsyncIterator, Iterator
@@ -66,7 +67,7 @@ def samples(state: LightState, seconds: float, vad: float = 0.0) -> list[float]:
 
 
 def rising_edges(levels: list[float]) -> int:
-    return sum(1 for a, b in zip(levels, levels[1:]) if a == 0.0 and b > 0.0)
+    return sum(1 for a, b in itertools.pairwise(levels) if a == 0.0 and b > 0.0)
 
 
 def test_idle_breathes_dimly() -> None:
@@ -182,7 +183,7 @@ async def test_at_most_update_hz(factory: MockFactory, autojump_clock: trio.test
                 board.update(vad_score=(i % 100) / 100)
                 await trio.sleep(0.001)
     times = [t for t, _ in driver.history]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(times) > seconds * UPDATE_HZ / 2  # it did follow
     assert min(gaps) >= 1.0 / UPDATE_HZ - 1e-9
 

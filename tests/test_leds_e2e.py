@@ -22,14 +22,22 @@ import numpy as np
 import trio
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from kioskd.service.daemon import Kiosk
-from kioskd.hardware.leds import COLOURS, LEVELS, LISTEN_SPAN, PRIVACY_MIN_BRIGHTNESS, UPDATE_HZ, VAD_TAU, LightState, light_state
-from kioskd.protocol import UserAudioChunk
-from kioskd.simulator.settings import AGENT_CLIENT_EVENTS
-from kioskd.simulator import SimulatorConfig, open_simulator
-from kioskd.state import KioskState, Status
-
 from kiosk_harness import SPEECH_WAV, RunningKiosk, kiosk_config, running_kiosk
+from kioskd.hardware.leds import (
+    COLOURS,
+    LEVELS,
+    LISTEN_SPAN,
+    PRIVACY_MIN_BRIGHTNESS,
+    UPDATE_HZ,
+    VAD_TAU,
+    LightState,
+    light_state,
+)
+from kioskd.protocol.client_messages import UserAudioChunk
+from kioskd.service.daemon import Kiosk
+from kioskd.simulator import SimulatorConfig, open_simulator
+from kioskd.simulator.settings import AGENT_CLIENT_EVENTS
+from kioskd.state import KioskState, Status
 
 TIMEOUT = 30.0
 BUTTON_PIN = 17
@@ -58,8 +66,8 @@ def colour_name(rgb: RGB) -> RGB | None:
     if top <= 0.0:
         return None
     norm = tuple(c / top for c in rgb)
-    best = min(COLOURS.values(), key=lambda c: sum((a - b) ** 2 for a, b in zip(c, norm)))
-    assert sum((a - b) ** 2 for a, b in zip(best, norm)) < 0.02, f"{rgb} is no pattern's colour"
+    best = min(COLOURS.values(), key=lambda c: sum((a - b) ** 2 for a, b in zip(c, norm, strict=True)))
+    assert sum((a - b) ** 2 for a, b in zip(best, norm, strict=True)) < 0.02, f"{rgb} is no pattern's colour"
     return best
 
 
@@ -133,7 +141,9 @@ async def test_light_over_a_whole_conversation(tmp_path: Path) -> None:
         kiosk.board.listen(lambda status: board.append((trio.current_time(), status)))
 
     # an agent configured to send vad_score (the service's default events have none)
-    async with open_simulator(SimulatorConfig(vad_score_ms=50, client_events=(*AGENT_CLIENT_EVENTS, "vad_score"))) as sim:
+    async with open_simulator(
+        SimulatorConfig(vad_score_ms=50, client_events=(*AGENT_CLIENT_EVENTS, "vad_score"))
+    ) as sim:
         config = kiosk_config(
             sim,
             tmp_path,

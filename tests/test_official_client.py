@@ -31,7 +31,10 @@ CHUNK = 4000  # 250 ms at 16 kHz: what the client's DefaultAudioInterface delive
 
 
 class ScriptedAudio(AudioInterface):
-    """A microphone that says one sentence once ``go`` is set (silence before and after); a speaker that keeps everything."""
+    """A microphone that says one sentence once ``go`` is set (silence before and after).
+
+    And a speaker that keeps everything.
+    """
 
     def __init__(self) -> None:
         self.go = threading.Event()
@@ -83,7 +86,8 @@ async def test_official_python_client_holds_a_voice_turn_a_tool_call_and_feedbac
                 ElevenLabs(api_key=cfg.api_key, base_url=sim.api_base),
                 cfg.agent_id,
                 user_id="visitor-7",
-                requires_auth=True,  # the client fetches a signed URL from {base_url}/v1/convai/conversation/get-signed-url
+                # the client fetches a signed URL from {base_url}/v1/convai/conversation/get-signed-url
+                requires_auth=True,
                 audio_interface=audio,
                 client_tools=tools,
                 callback_agent_response=heard["agent"].append,
@@ -106,7 +110,9 @@ async def test_official_python_client_holds_a_voice_turn_a_tool_call_and_feedbac
                 reply_id = next(event_id for kind, event_id in reversed(conv.sent) if kind == "agent_response")
                 ws = conversation._ws
                 assert ws is not None
-                await trio.to_thread.run_sync(ws.send, json.dumps({"type": "feedback", "score": "like", "event_id": reply_id}))
+                await trio.to_thread.run_sync(
+                    ws.send, json.dumps({"type": "feedback", "score": "like", "event_id": reply_id})
+                )
                 await sim.wait_for(lambda: bool(conv.feedback))
             finally:
                 await trio.to_thread.run_sync(conversation.end_session)
@@ -126,7 +132,11 @@ async def test_official_python_client_holds_a_voice_turn_a_tool_call_and_feedbac
     # the tool call: run with its parameters (plus the id the client adds), answered as a string
     assert tool_params and tool_params[0]["detail"] == "short"
     result = conv.tool_results[0]
-    assert (result.tool_call_id, result.result, result.is_error) == (conv.tool_calls[0], "Lobby kiosk, ground floor", False)
+    assert (result.tool_call_id, result.result, result.is_error) == (
+        conv.tool_calls[0],
+        "Lobby kiosk, ground floor",
+        False,
+    )
     # feedback on the reply's event id; pings answered with their own ids
     assert [(f.event_id, f.score) for f in conv.feedback] == [(reply_id, "like")]
     assert conv.pongs and all(pong.rtt is not None for pong in conv.pongs)

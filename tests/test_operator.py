@@ -70,11 +70,15 @@ async def test_check_config_online_opens_devices_and_fetches_a_signed_url(alsa: 
     assert lines[1].startswith("ok    audio.input: 'kiosk_mic' opened: 'kiosk_mic' at ")
     assert lines[2].startswith("FAIL  audio.output: no output device matches 'speaker_that_is_not_there' (available: ")
     assert "kiosk_spk" in lines[2]  # what exists is listed
-    assert lines[3] == f"ok    backend: {sim.backend_url}: token accepted, signed URL for '{sim_config.agent_id}' received"
+    assert (
+        lines[3] == f"ok    backend: {sim.backend_url}: token accepted, signed URL for '{sim_config.agent_id}' received"
+    )
     assert len(lines) == 4
     assert b"Cannot connect to server" not in good.stderr + good.stdout  # PortAudio's JACK probe is silenced
     backend = bad.stdout.decode().splitlines()[3]
-    assert backend.startswith(f"FAIL  backend: {sim.backend_url}: unauthorized: the backend rejected this kiosk's token")
+    assert backend.startswith(
+        f"FAIL  backend: {sim.backend_url}: unauthorized: the backend rejected this kiosk's token"
+    )
     assert "check /etc/kioskd/token" in backend
     assert sim_config.kiosk_token not in (good.stdout + good.stderr + bad.stdout + bad.stderr).decode()
 
@@ -236,8 +240,8 @@ async def test_one_accurate_line_per_event(tmp_path: Path) -> None:
     assert not any("state=conversation reason=" in line for line in lines)
     assert not any("logger=httpx" in line for line in lines)  # no line per HTTP request
     ended = [line for line in lines if 'msg="conversation ended"' in line]
-    assert ended == [f"level=info logger=kioskd.service.supervisor msg=\"conversation ended\" id=conv_sim_1 "
-                     f"reason='ended by the visitor or operator'"]
+    assert ended == ["level=info logger=kioskd.service.supervisor msg=\"conversation ended\" id=conv_sim_1 "
+                     "reason='ended by the visitor or operator'"]
 
 
 def test_portaudio_jack_probe_is_silent() -> None:

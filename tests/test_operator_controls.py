@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import signal
@@ -256,7 +257,7 @@ async def test_the_kiosk_closes_and_opens_by_the_hours(
         await nursery.start(controls.run)
         await trio.sleep(16 * 3600 + 60)
         nursery.cancel_scope.cancel()
-    changes = [(t, r) for (t, r), (_, before) in zip(reasons[1:], reasons) if r != before]
+    changes = [(t, r) for (_, before), (t, r) in itertools.pairwise(reasons) if r != before]
     assert reasons[0] == (0.0, None)
     # 17:00:00 is at +10 s, 09:00:00 at +57610 s; the hours are looked at every 30 s
     assert changes == [(30.0, CLOSED_BY_HOURS), (57630.0, None)]
@@ -325,7 +326,9 @@ async def test_privacy_notice_plays_and_is_shown_before_the_first_turn(tmp_path:
     assert next(e for e in seen if e["type"] == "notice")["text"] == text
     out, _ = read_wav(tmp_path / "out.wav")
     start = int(np.flatnonzero(out)[0])
-    assert np.array_equal(out[start : start + len(samples) - 1], samples[1:])  # the notice is what the speaker played first
+    assert np.array_equal(
+        out[start : start + len(samples) - 1], samples[1:]
+    )  # the notice is what the speaker played first
 
 
 # --------------------------------------------------------------------------- sound cues

@@ -34,7 +34,8 @@ def test_pyproject_uses_an_spdx_license_and_a_setuptools_that_reads_it() -> None
 def test_clean_wheel_build_prints_no_deprecation_and_carries_the_license(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHONWARNINGS")}
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-w", str(tmp_path),
+         str(ROOT)],
         capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT,
     )  # fmt: skip
     output = result.stdout + result.stderr

@@ -138,3 +138,24 @@ def test_no_pin_factory_names_each_one_tried_and_the_fix() -> None:
     assert message.startswith("no working GPIO pin factory: lgpio: "), message
     assert all(f"{factory}: " in message for factory in ("lgpio", "rpigpio", "pigpio", "native")), message
     assert "install python3-lgpio" in message and "system site-packages" in message
+
+
+def test_setup_refuses_an_unknown_argument_before_installing_anything(tmp_path: Path) -> None:
+    env = shim(tmp_path, "x86_64", "amd64")
+    result = subprocess.run([ROOT / "scripts/setup", "--browser-less"], env=env, capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    assert (result.returncode, result.stderr) == (2, "usage: scripts/setup [--no-browser]\n")
+    assert not (tmp_path / "apt-get.called").exists()
+
+
+def test_the_setup_without_browser_installs_the_same_packages_less_chromium() -> None:
+    packages = subprocess.run(["bash", "-c", f". {PLATFORM} && kioskd_apt_packages"], capture_output=True,
+                              text=True, timeout=TIMEOUT, check=True).stdout.split()
+    assert "python3-dev" in packages and "redis-server" in packages
+    assert not {"chromium", "chromium-driver"} & set(packages)
+
+
+def test_the_arm64_check_names_an_unknown_argument(tmp_path: Path) -> None:
+    result = subprocess.run([ROOT / "scripts/check-arm64", "--fast"], capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert (result.returncode, result.stderr) == (1, "check-arm64: unknown argument: --fast (see --help)\n")

@@ -9,46 +9,42 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kioskd.protocol import (
-    AgentResponse,
-    AgentResponseCorrection,
-    AudioEvent,
-    ClientToolCall,
+from kioskd.protocol.client_messages import (
+    AgentOverride,
     ClientToolResult,
-    ContextualUpdate,
     ConversationConfigOverride,
     ConversationInitiationClientData,
+    ConversationOverride,
+    Feedback,
+    Pong,
+    SourceInfo,
+    TtsOverride,
+    UserActivity,
+    UserAudioChunk,
+    UserMessage,
+)
+from kioskd.protocol.codec import ProtocolError, decode_client_message, decode_server_event, encode, tool_result_text
+from kioskd.protocol.common import ContextualUpdate
+from kioskd.protocol.server_events import (
+    SCHEMA_EVENT_TYPES,
+    AgentChatResponsePart,
+    AgentResponse,
+    AgentResponseCorrection,
+    AgentToolRequest,
+    AgentToolResponse,
+    AgentToolResponseFullPayload,
+    AudioEvent,
+    ClientToolCall,
     ConversationInitiationMetadata,
     ErrorEvent,
     InternalTentativeAgentResponse,
     Interruption,
+    McpToolCall,
     Ping,
-    Pong,
-    ProtocolError,
+    TentativeUserTranscript,
     UnknownEvent,
-    UserActivity,
-    UserAudioChunk,
-    UserMessage,
     UserTranscript,
     VadScore,
-    decode_client_message,
-    decode_server_event,
-    encode,
-)
-from kioskd.protocol import (
-    SCHEMA_EVENT_TYPES,
-    AgentChatResponsePart,
-    AgentOverride,
-    AgentToolRequest,
-    AgentToolResponse,
-    AgentToolResponseFullPayload,
-    ConversationOverride,
-    Feedback,
-    McpToolCall,
-    SourceInfo,
-    TentativeUserTranscript,
-    TtsOverride,
-    tool_result_text,
 )
 
 
@@ -186,36 +182,105 @@ def test_unknown_event_type_is_a_value_not_an_error() -> None:
 
 def test_every_event_a_kiosk_uses_decodes_with_its_event_id() -> None:
     cases = [
-        ({"type": "user_transcript", "user_transcription_event": {"user_transcript": "hi", "event_id": 5}},
-         UserTranscript, lambda e: e.user_transcription_event.event_id),
-        ({"type": "tentative_user_transcript",
-          "tentative_user_transcription_event": {"user_transcript": "h", "event_id": 5}},
-         TentativeUserTranscript, lambda e: e.tentative_user_transcription_event.event_id),
-        ({"type": "agent_response", "agent_response_event": {"agent_response": "a", "event_id": 6}},
-         AgentResponse, lambda e: e.agent_response_event.event_id),
-        ({"type": "agent_response_correction", "agent_response_correction_event": {
-            "original_agent_response": "a b", "corrected_agent_response": "a", "event_id": 6}},
-         AgentResponseCorrection, lambda e: e.agent_response_correction_event.event_id),
-        ({"type": "agent_chat_response_part", "text_response_part": {"text": "He", "type": "delta", "event_id": 6}},
-         AgentChatResponsePart, lambda e: e.text_response_part.event_id),
-        ({"type": "agent_tool_request", "agent_tool_request": {
-            "tool_name": "end_call", "tool_call_id": "c", "tool_type": "system", "event_id": 6}},
-         AgentToolRequest, lambda e: e.agent_tool_request.event_id),
-        ({"type": "agent_tool_response", "agent_tool_response": {
-            "tool_name": "end_call", "tool_call_id": "c", "tool_type": "system", "is_error": False,
-            "is_called": True, "event_id": 6}},
-         AgentToolResponse, lambda e: e.agent_tool_response.event_id),
-        ({"type": "agent_tool_response_full_payload", "agent_tool_response_full_payload": {
-            "tool_name": "lookup", "tool_call_id": "c", "tool_type": "webhook", "is_error": False,
-            "is_called": True, "event_id": 6, "is_blocked": False, "full_tool_result": "{\"a\": 1}", "truncated": False}},
-         AgentToolResponseFullPayload, lambda e: e.agent_tool_response_full_payload.event_id),
-        ({"type": "client_tool_call", "client_tool_call": {
-            "tool_name": "t", "tool_call_id": "c", "parameters": {}, "event_id": 6}},
-         ClientToolCall, lambda e: e.client_tool_call.event_id),
-        ({"type": "audio", "audio_event": {"audio_base_64": "AAAA", "event_id": 6}},
-         AudioEvent, lambda e: e.audio_event.event_id),
-        ({"type": "interruption", "interruption_event": {"event_id": 6}},
-         Interruption, lambda e: e.interruption_event.event_id),
+        (
+            {"type": "user_transcript", "user_transcription_event": {"user_transcript": "hi", "event_id": 5}},
+            UserTranscript,
+            lambda e: e.user_transcription_event.event_id,
+        ),
+        (
+            {
+                "type": "tentative_user_transcript",
+                "tentative_user_transcription_event": {"user_transcript": "h", "event_id": 5},
+            },
+            TentativeUserTranscript,
+            lambda e: e.tentative_user_transcription_event.event_id,
+        ),
+        (
+            {"type": "agent_response", "agent_response_event": {"agent_response": "a", "event_id": 6}},
+            AgentResponse,
+            lambda e: e.agent_response_event.event_id,
+        ),
+        (
+            {
+                "type": "agent_response_correction",
+                "agent_response_correction_event": {
+                    "original_agent_response": "a b",
+                    "corrected_agent_response": "a",
+                    "event_id": 6,
+                },
+            },
+            AgentResponseCorrection,
+            lambda e: e.agent_response_correction_event.event_id,
+        ),
+        (
+            {"type": "agent_chat_response_part", "text_response_part": {"text": "He", "type": "delta", "event_id": 6}},
+            AgentChatResponsePart,
+            lambda e: e.text_response_part.event_id,
+        ),
+        (
+            {
+                "type": "agent_tool_request",
+                "agent_tool_request": {
+                    "tool_name": "end_call",
+                    "tool_call_id": "c",
+                    "tool_type": "system",
+                    "event_id": 6,
+                },
+            },
+            AgentToolRequest,
+            lambda e: e.agent_tool_request.event_id,
+        ),
+        (
+            {
+                "type": "agent_tool_response",
+                "agent_tool_response": {
+                    "tool_name": "end_call",
+                    "tool_call_id": "c",
+                    "tool_type": "system",
+                    "is_error": False,
+                    "is_called": True,
+                    "event_id": 6,
+                },
+            },
+            AgentToolResponse,
+            lambda e: e.agent_tool_response.event_id,
+        ),
+        (
+            {
+                "type": "agent_tool_response_full_payload",
+                "agent_tool_response_full_payload": {
+                    "tool_name": "lookup",
+                    "tool_call_id": "c",
+                    "tool_type": "webhook",
+                    "is_error": False,
+                    "is_called": True,
+                    "event_id": 6,
+                    "is_blocked": False,
+                    "full_tool_result": '{"a": 1}',
+                    "truncated": False,
+                },
+            },
+            AgentToolResponseFullPayload,
+            lambda e: e.agent_tool_response_full_payload.event_id,
+        ),
+        (
+            {
+                "type": "client_tool_call",
+                "client_tool_call": {"tool_name": "t", "tool_call_id": "c", "parameters": {}, "event_id": 6},
+            },
+            ClientToolCall,
+            lambda e: e.client_tool_call.event_id,
+        ),
+        (
+            {"type": "audio", "audio_event": {"audio_base_64": "AAAA", "event_id": 6}},
+            AudioEvent,
+            lambda e: e.audio_event.event_id,
+        ),
+        (
+            {"type": "interruption", "interruption_event": {"event_id": 6}},
+            Interruption,
+            lambda e: e.interruption_event.event_id,
+        ),
     ]
     for obj, kind, event_id in cases:
         ev = server(obj)
@@ -329,14 +394,21 @@ def test_client_data_as_the_official_clients_send_it() -> None:
     assert isinstance(msg, ConversationInitiationClientData)
     assert msg.user_id == "u1" and msg.source_info == SourceInfo("python_sdk", "2.78.0")
     assert msg.custom_llm_extra_body == {"x": [1]}
-    nulls = {"type": "conversation_initiation_client_data", "user_id": None,
-             "conversation_config_override": {"agent": {"first_message": None}, "conversation": {"client_events": None}}}
+    nulls = {
+        "type": "conversation_initiation_client_data",
+        "user_id": None,
+        "conversation_config_override": {"agent": {"first_message": None}, "conversation": {"client_events": None}},
+    }
     msg = decode_client_message(json.dumps(nulls))
     assert isinstance(msg, ConversationInitiationClientData) and msg.user_id is None
 
 
 def test_feedback_keeps_a_null_score() -> None:
-    assert json.loads(encode(Feedback(event_id=4, score="like"))) == {"type": "feedback", "event_id": 4, "score": "like"}
+    assert json.loads(encode(Feedback(event_id=4, score="like"))) == {
+        "type": "feedback",
+        "event_id": 4,
+        "score": "like",
+    }
     assert json.loads(encode(Feedback(event_id=4, score=None))) == {"type": "feedback", "event_id": 4, "score": None}
     assert decode_client_message('{"type": "feedback", "event_id": 4, "score": null}') == Feedback(4, None)
     with pytest.raises(ProtocolError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import trio
@@ -17,7 +18,9 @@ def race() -> Race[str]:
     return Race[str](interval=INTERVAL, slots=SLOTS, backoff=Backoff(0.1, 0.5, rng=random.Random(1)))
 
 
-async def test_a_late_attempt_wins_over_hanging_ones_and_they_are_cancelled(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_late_attempt_wins_over_hanging_ones_and_they_are_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     started: list[float] = []
     cancelled: list[int] = []
 
@@ -41,7 +44,9 @@ async def test_a_late_attempt_wins_over_hanging_ones_and_they_are_cancelled(auto
     assert trio.current_time() - t0 == 3 * INTERVAL
 
 
-async def test_fast_failures_are_paced_by_the_backoff_and_the_deadline_ends_the_race(autojump_clock: trio.testing.MockClock) -> None:
+async def test_fast_failures_are_paced_by_the_backoff_and_the_deadline_ends_the_race(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     started: list[float] = []
 
     async def attempt(r: Race[str]) -> None:
@@ -55,12 +60,14 @@ async def test_fast_failures_are_paced_by_the_backoff_and_the_deadline_ends_the_
     assert r.last_reason == "refused"
     assert trio.current_time() - t0 == 2
     expected = Backoff(0.1, 0.5, rng=random.Random(1))
-    gaps = [b - a for a, b in zip(started, started[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(started)]
     for gap in gaps:
         assert abs(gap - max(INTERVAL, expected.next_delay())) < 1e-9
 
 
-async def test_a_stop_ends_the_race_at_once_and_a_wait_delays_the_next_attempt(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_stop_ends_the_race_at_once_and_a_wait_delays_the_next_attempt(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     started: list[float] = []
 
     async def attempt(r: Race[str]) -> None:

@@ -10,6 +10,7 @@ own messages over the control socket and a feedback button.
 
 from __future__ import annotations
 
+import itertools
 import json
 import wave
 from pathlib import Path
@@ -19,12 +20,11 @@ import pytest
 import trio
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from kioskd.protocol import Feedback, UserAudioChunk
+from kiosk_harness import kiosk_config, read_wav, running_kiosk
+from kioskd.protocol.client_messages import Feedback, UserAudioChunk
 from kioskd.simulator import SimulatorConfig, open_simulator
 from kioskd.simulator.speech import silence, synth_speech
 from kioskd.state import KioskState, Status
-
-from kiosk_harness import kiosk_config, read_wav, running_kiosk
 
 TIMEOUT = 40
 RATE = 16000
@@ -62,7 +62,7 @@ class BoardLog:
 
     def speaking_ended(self) -> list[float]:
         """When agent audio stopped being audible."""
-        return [t for (t, s), (_, prev) in zip(self.history[1:], self.history) if prev.agent_speaking
+        return [t for (_, prev), (t, s) in itertools.pairwise(self.history) if prev.agent_speaking
                 and not s.agent_speaking]
 
 
@@ -216,9 +216,13 @@ async def test_visitor_messages_over_the_control_socket(tmp_path: Path) -> None:
                 conv = await sim.wait_for_conversation()
                 await sim.wait_for(lambda: conv.greeting is not None and "audio" in conv.sent_types)
                 greeting_id = next(i for kind, i in conv.sent if kind == "agent_response")
-                answers = [await k.ctl("feedback", text="like"), await k.ctl("context", text="the front door just opened"),
-                           await k.ctl("activity"), await k.ctl("say", text="Where is the cloakroom?"),
-                           await k.ctl("feedback", text="meh")]
+                answers = [
+                    await k.ctl("feedback", text="like"),
+                    await k.ctl("context", text="the front door just opened"),
+                    await k.ctl("activity"),
+                    await k.ctl("say", text="Where is the cloakroom?"),
+                    await k.ctl("feedback", text="meh"),
+                ]
                 await sim.wait_for(lambda: bool(conv.turns) and bool(conv.feedback))
                 await k.ctl("end")
                 await sim.wait_for(lambda: not conv.open)

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import trio
 
+from kiosk_harness import SPEECH_WAV, running_kiosk
 from kioskd.config import load_config
 from kioskd.simulator import SimulatorConfig, open_simulator
-
-from kiosk_harness import SPEECH_WAV, running_kiosk
 
 TIMEOUT = 20
 NEW_TOKEN = "rotated-kiosk-token-Zq9Wv8Zq9Wv8Zq9Wv8"

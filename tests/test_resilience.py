@@ -12,12 +12,11 @@ import pytest
 import trio
 import trio.testing
 
-from kioskd.simulator import SimulatorConfig
-from kioskd.protocol import AgentResponse, UserTranscript
-from kioskd.state import Command, KioskState
-from kioskd.service.supervisor import RESUME_INTERVAL
-
 from board_wait import wait_for_status
+from kioskd.protocol.server_events import AgentResponse, UserTranscript
+from kioskd.service.supervisor import RESUME_INTERVAL
+from kioskd.simulator import SimulatorConfig
+from kioskd.state import Command, KioskState
 from resilience_rig import Rig, open_rig
 
 TIMEOUT = 60  # real seconds, per test

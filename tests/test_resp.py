@@ -11,7 +11,6 @@ import trio
 import trio.testing
 
 from kioskd.backend.resp import RedisClient, RedisEndpoint, ReplyError, Script, _Reader, encode_command, parse_endpoint
-
 from redis_server import RedisServer, running_redis
 
 IO_TIMEOUT = 10

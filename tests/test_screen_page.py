@@ -18,11 +18,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from tests.screen_browser import artifacts_dir, browser  # noqa: F401  (fixture)
+from tests.test_screen_model import status
 
 from kioskd.screen import ScreenActions, ScreenModel, ScreenServer
 from kioskd.screen.server import MAX_STREAMS
-from tests.screen_browser import artifacts_dir, browser  # noqa: F401  (fixture)
-from tests.test_screen_model import status
 
 WAIT = 10.0
 
@@ -94,7 +94,10 @@ async def start_server(nursery: trio.Nursery, model: ScreenModel, recorder: Reco
 
 
 TEXT = "return document.getElementById('state').textContent"
-CAPTIONS = "return [...document.querySelectorAll('#captions li')].map(li => li.className + '|' + li.querySelector('.text').textContent)"
+CAPTIONS = (
+    "return [...document.querySelectorAll('#captions li')]"
+    ".map(li => li.className + '|' + li.querySelector('.text').textContent)"
+)
 
 
 async def test_a_whole_visit_on_the_page(browser: Any) -> None:  # noqa: F811
@@ -126,7 +129,9 @@ async def test_a_whole_visit_on_the_page(browser: Any) -> None:  # noqa: F811
             set_status(server)
             await in_browser(wait_for, browser, TEXT, "Listening — speak now")
             assert not await in_browser(browser.execute_script, "return document.getElementById('privacy').hidden")
-            assert await in_browser(browser.execute_script, "return document.getElementById('talk').textContent") == "End"
+            assert (
+                await in_browser(browser.execute_script, "return document.getElementById('talk').textContent") == "End"
+            )
 
             # the visitor's words: tentative (italic), then final
             server.model.on_visitor("where is", final=False)
@@ -230,9 +235,13 @@ async def test_language_larger_text_and_reduced_motion(browser: Any) -> None:  #
             assert await in_browser(browser.execute_script, size) == after
             await in_browser(browser.execute_script, "localStorage.clear()")
             # every control has an accessible name; the captions region is labelled
-            names = await in_browser(browser.execute_script, """
+            names = await in_browser(
+                browser.execute_script,
+                """
                 return [...document.querySelectorAll('button, input')].map(
-                    e => e.getAttribute('aria-label') || e.textContent.trim() || (e.labels[0] || {}).textContent || '')""")
+                    e => e.getAttribute('aria-label') || e.textContent.trim()
+                         || (e.labels[0] || {}).textContent || '')""",
+            )
             assert all(name.strip() for name in names), names
             nursery.cancel_scope.cancel()
 

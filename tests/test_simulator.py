@@ -19,12 +19,46 @@ import soxr
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from kioskd import protocol as p
-from kioskd.simulator.settings import DEFAULT_KIOSK_TOKEN
-from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
 from kioskd.audio.formats import AudioFormat, decode, encode
+from kioskd.protocol import codec
+from kioskd.protocol.client_messages import (
+    DEFAULT_CLIENT_EVENTS,
+    AgentOverride,
+    ClientMessage,
+    ClientToolResult,
+    ConversationConfigOverride,
+    ConversationInitiationClientData,
+    ConversationOverride,
+    Feedback,
+    Pong,
+    SourceInfo,
+    UserActivity,
+    UserAudioChunk,
+    UserMessage,
+)
+from kioskd.protocol.codec import ProtocolError, decode_server_event
+from kioskd.protocol.common import ContextualUpdate
+from kioskd.protocol.server_events import (
+    AgentChatResponsePart,
+    AgentResponse,
+    AgentResponseCorrection,
+    AgentToolResponse,
+    AudioEvent,
+    ClientToolCall,
+    ConversationInitiationMetadata,
+    ErrorEvent,
+    InternalTentativeAgentResponse,
+    Interruption,
+    Ping,
+    ServerEvent,
+    TentativeUserTranscript,
+    UnknownEvent,
+    UserTranscript,
+    VadScore,
+)
+from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
 from kioskd.simulator.faults import BackendFaults
-from kioskd.simulator.settings import AGENT_CLIENT_EVENTS, LEGACY
+from kioskd.simulator.settings import AGENT_CLIENT_EVENTS, DEFAULT_KIOSK_TOKEN, LEGACY
 from kioskd.simulator.speech import silence, synth_speech
 from kioskd.simulator.turns import EndOfSpeech, FrameSplitter, TurnDetector, VadScoreWindow
 
@@ -52,10 +86,10 @@ class Client:
     def __init__(self, ws: WebSocketConnection, *, answer_pings: bool = True) -> None:
         self.ws = ws
         self.answer_pings = answer_pings
-        self.events: list[p.ServerEvent | p.UnknownEvent] = []
+        self.events: list[ServerEvent | UnknownEvent] = []
 
-    async def send(self, message: p.ClientMessage) -> None:
-        await self.ws.send_message(p.encode(message))
+    async def send(self, message: ClientMessage) -> None:
+        await self.ws.send_message(codec.encode(message))
 
     async def send_audio(self, samples: np.ndarray, fmt: str = "pcm_16000", chunk_ms: int = 100) -> bytes:
         """Send samples in ``fmt`` as user_audio_chunk messages; returns the bytes sent."""
@@ -65,14 +99,14 @@ class Client:
         for i in range(0, len(samples), step):
             data = encode(samples[i : i + step], f)
             sent += data
-            await self.send(p.UserAudioChunk(user_audio_chunk=data))
+            await self.send(UserAudioChunk(user_audio_chunk=data))
         return bytes(sent)
 
-    async def next(self) -> p.ServerEvent | p.UnknownEvent:
-        event = p.decode_server_event(await self.ws.get_message())
+    async def next(self) -> ServerEvent | UnknownEvent:
+        event = decode_server_event(await self.ws.get_message())
         self.events.append(event)
-        if self.answer_pings and isinstance(event, p.Ping):
-            await self.send(p.Pong(event_id=event.ping_event.event_id))
+        if self.answer_pings and isinstance(event, Ping):
+            await self.send(Pong(event_id=event.ping_event.event_id))
         return event
 
     async def until(self, kind: type[E]) -> E:
@@ -157,21 +191,25 @@ def test_backend_faults_count_down_and_reject_unknown_modes() -> None:
 
 
 @pytest.mark.parametrize(("input_format", "output_format"), [("pcm_16000", "pcm_16000"), ("ulaw_8000", "pcm_44100")])
-async def test_metadata_first_with_configured_formats_and_client_data_recorded(input_format: str, output_format: str) -> None:
+async def test_metadata_first_with_configured_formats_and_client_data_recorded(
+    input_format: str, output_format: str
+) -> None:
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(fast_config(input_format=input_format, output_format=output_format)) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                data = p.ConversationInitiationClientData(dynamic_variables={"kiosk": "lobby", "floor": 2})
-                await client.send(data)
-                first = await client.next()
-                assert isinstance(first, p.ConversationInitiationMetadata)
-                body = first.conversation_initiation_metadata_event
-                assert body.conversation_id == "conv_sim_1"
-                assert (body.user_input_audio_format, body.agent_output_audio_format) == (input_format, output_format)
-                conv = await sim.wait_for_conversation(0)
-                assert conv.client_data == data
-                assert conv.open
+        async with (
+            open_simulator(fast_config(input_format=input_format, output_format=output_format)) as sim,
+            open_websocket_url(sim.signed_url()) as ws,
+        ):
+            client = Client(ws)
+            data = ConversationInitiationClientData(dynamic_variables={"kiosk": "lobby", "floor": 2})
+            await client.send(data)
+            first = await client.next()
+            assert isinstance(first, ConversationInitiationMetadata)
+            body = first.conversation_initiation_metadata_event
+            assert body.conversation_id == "conv_sim_1"
+            assert (body.user_input_audio_format, body.agent_output_audio_format) == (input_format, output_format)
+            conv = await sim.wait_for_conversation(0)
+            assert conv.client_data == data
+            assert conv.open
 
 
 async def test_metadata_is_sent_without_client_data_after_the_wait(sim: Simulator) -> None:
@@ -179,60 +217,58 @@ async def test_metadata_is_sent_without_client_data_after_the_wait(sim: Simulato
         async with open_websocket_url(sim.signed_url()) as ws:
             start = trio.current_time()
             first = await Client(ws).next()
-            assert isinstance(first, p.ConversationInitiationMetadata)
+            assert isinstance(first, ConversationInitiationMetadata)
             assert trio.current_time() - start >= sim.config.client_data_wait * 0.9
             assert sim.conversations[0].client_data is None
 
 
 async def test_pings_rise_pongs_are_recorded_and_rtt_reported() -> None:
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(fast_config(ping_interval=0.1)) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                pings = [await client.until(p.Ping) for _ in range(3)]
-                ids = [ping.ping_event.event_id for ping in pings]
-                assert ids == sorted(ids) and len(set(ids)) == 3
-                assert pings[0].ping_event.ping_ms is None
-                assert pings[2].ping_event.ping_ms is not None and pings[2].ping_event.ping_ms >= 0
-                conv = sim.conversations[0]
-                await sim.wait_for(lambda: len(conv.pongs) >= 3)
-                assert [pong.event_id for pong in conv.pongs[:3]] == ids
-                assert all(pong.rtt is not None and pong.rtt >= 0 for pong in conv.pongs)
+        async with open_simulator(fast_config(ping_interval=0.1)) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            pings = [await client.until(Ping) for _ in range(3)]
+            ids = [ping.ping_event.event_id for ping in pings]
+            assert ids == sorted(ids) and len(set(ids)) == 3
+            assert pings[0].ping_event.ping_ms is None
+            assert pings[2].ping_event.ping_ms is not None and pings[2].ping_event.ping_ms >= 0
+            conv = sim.conversations[0]
+            await sim.wait_for(lambda: len(conv.pongs) >= 3)
+            assert [pong.event_id for pong in conv.pongs[:3]] == ids
+            assert all(pong.rtt is not None and pong.rtt >= 0 for pong in conv.pongs)
 
 
 @pytest.mark.parametrize("input_format", ["pcm_16000", "ulaw_8000", "pcm_44100"])
 async def test_audio_round_trip_gives_transcript_response_and_rising_audio(input_format: str) -> None:
     cfg = fast_config(input_format=input_format, transcripts=("where is the library",), replies=("Second floor.",))
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(cfg) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.until(p.ConversationInitiationMetadata)
-                rate = AudioFormat.parse(input_format).rate
-                sent = await client.send_audio(utterance(rate=rate), input_format)
-                transcript = await client.until(p.UserTranscript)
-                assert transcript.user_transcription_event.user_transcript == "where is the library"
-                response = await client.until(p.AgentResponse)
-                assert response.agent_response_event.agent_response == "Second floor."
-                audio = bytearray()
-                ids: list[int] = []
-                while len(audio) < 2 * 16000 * cfg.reply_seconds:
-                    event = await client.until(p.AudioEvent)
-                    ids.append(event.audio_event.event_id)
-                    audio += event.audio_event.audio_base_64
-                # one agent turn, one event id: the visitor's turn's, shared by transcript, response and audio
-                turn = transcript.user_transcription_event.event_id
-                assert len(ids) >= 4 and set(ids) == {turn} and response.agent_response_event.event_id == turn
-                assert len(audio) == 2 * 16000 * cfg.reply_seconds
-                tentative = client.of(p.TentativeUserTranscript)
-                assert tentative and {e.tentative_user_transcription_event.event_id for e in tentative} == {turn}
-                assert "where is the library".startswith(tentative[0].tentative_user_transcription_event.user_transcript)
-                assert not client.of(p.VadScore), "vad_score is not among the default client events"
-                conv = sim.conversations[0]
-                await sim.wait_for(lambda: len(conv.audio_raw) == len(sent))
-                assert bytes(conv.audio_raw) == sent
-                assert np.array_equal(conv.audio_pcm, decode(sent, AudioFormat.parse(input_format)))
-                assert len(conv.turns) == 1 and 1200 <= conv.turns[0].speech_ms <= 1800
+        async with open_simulator(cfg) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.until(ConversationInitiationMetadata)
+            rate = AudioFormat.parse(input_format).rate
+            sent = await client.send_audio(utterance(rate=rate), input_format)
+            transcript = await client.until(UserTranscript)
+            assert transcript.user_transcription_event.user_transcript == "where is the library"
+            response = await client.until(AgentResponse)
+            assert response.agent_response_event.agent_response == "Second floor."
+            audio = bytearray()
+            ids: list[int] = []
+            while len(audio) < 2 * 16000 * cfg.reply_seconds:
+                event = await client.until(AudioEvent)
+                ids.append(event.audio_event.event_id)
+                audio += event.audio_event.audio_base_64
+            # one agent turn, one event id: the visitor's turn's, shared by transcript, response and audio
+            turn = transcript.user_transcription_event.event_id
+            assert len(ids) >= 4 and set(ids) == {turn} and response.agent_response_event.event_id == turn
+            assert len(audio) == 2 * 16000 * cfg.reply_seconds
+            tentative = client.of(TentativeUserTranscript)
+            assert tentative and {e.tentative_user_transcription_event.event_id for e in tentative} == {turn}
+            assert "where is the library".startswith(tentative[0].tentative_user_transcription_event.user_transcript)
+            assert not client.of(VadScore), "vad_score is not among the default client events"
+            conv = sim.conversations[0]
+            await sim.wait_for(lambda: len(conv.audio_raw) == len(sent))
+            assert bytes(conv.audio_raw) == sent
+            assert np.array_equal(conv.audio_pcm, decode(sent, AudioFormat.parse(input_format)))
+            assert len(conv.turns) == 1 and 1200 <= conv.turns[0].speech_ms <= 1800
 
 
 async def test_espeak_speech_is_heard_as_a_turn(tmp_path: Path) -> None:
@@ -245,13 +281,12 @@ async def test_espeak_speech_is_heard_as_a_turn(tmp_path: Path) -> None:
         rate = w.getframerate()
     speech16 = soxr.resample(speech, rate, 16000).astype(np.int16)
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(fast_config()) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.send_audio(np.concatenate([speech16, silence(0.8)]))
-                transcript = await client.until(p.UserTranscript)
-                assert transcript.user_transcription_event.user_transcript.startswith("(simulated transcript: ")
-                assert sim.conversations[0].turns[0].speech_ms >= 1000
+        async with open_simulator(fast_config()) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.send_audio(np.concatenate([speech16, silence(0.8)]))
+            transcript = await client.until(UserTranscript)
+            assert transcript.user_transcription_event.user_transcript.startswith("(simulated transcript: ")
+            assert sim.conversations[0].turns[0].speech_ms >= 1000
 
 
 @pytest.mark.parametrize("event_ids", ["turn", "message"])
@@ -259,92 +294,89 @@ async def test_speaking_over_the_agent_interrupts_it(event_ids: str) -> None:
     events = (*AGENT_CLIENT_EVENTS, "agent_response_correction")
     cfg = fast_config(reply_seconds=3.0, reply_speedup=2.0, tool_call=None, event_ids=event_ids, client_events=events)
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(cfg) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.send_audio(utterance())
-                await client.until(p.AudioEvent)
-                await client.send_audio(utterance(0.5, 0.8, seed=7))  # barge in
-                interruption = await client.until(p.Interruption)
-                cut = interruption.interruption_event.event_id
-                audio_ids = [e.audio_event.event_id for e in client.of(p.AudioEvent)]
-                if event_ids == "turn":
-                    # the interruption carries the interrupting turn's id: the old reply's is lower
-                    assert set(audio_ids) == {cut - 1}
-                else:  # today's behaviour before issue 12: the id of the last audio chunk sent
-                    assert cut == max(audio_ids)
-                correction = await client.until(p.AgentResponseCorrection)
-                body = correction.agent_response_correction_event
-                assert body.original_agent_response == cfg.replies[0]
-                assert body.corrected_agent_response.endswith("...")
-                # The barge-in utterance is a turn of its own; its reply carries the interruption's id
-                # (per turn) or continues the ids (per message).
-                transcript = await client.until(p.UserTranscript)
-                nxt = await client.until(p.AudioEvent)
-                if event_ids == "turn":
-                    assert nxt.audio_event.event_id == cut == transcript.user_transcription_event.event_id
-                else:
-                    assert nxt.audio_event.event_id > cut
-                between = client.events[client.events.index(interruption) : -1]
-                assert not any(isinstance(e, p.AudioEvent) for e in between), "audio of the interrupted reply kept coming"
-                conv = sim.conversations[0]
-                assert conv.interruptions == [cut]
-                assert len(conv.turns) == 2
+        async with open_simulator(cfg) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.send_audio(utterance())
+            await client.until(AudioEvent)
+            await client.send_audio(utterance(0.5, 0.8, seed=7))  # barge in
+            interruption = await client.until(Interruption)
+            cut = interruption.interruption_event.event_id
+            audio_ids = [e.audio_event.event_id for e in client.of(AudioEvent)]
+            if event_ids == "turn":
+                # the interruption carries the interrupting turn's id: the old reply's is lower
+                assert set(audio_ids) == {cut - 1}
+            else:  # today's behaviour before issue 12: the id of the last audio chunk sent
+                assert cut == max(audio_ids)
+            correction = await client.until(AgentResponseCorrection)
+            body = correction.agent_response_correction_event
+            assert body.original_agent_response == cfg.replies[0]
+            assert body.corrected_agent_response.endswith("...")
+            # The barge-in utterance is a turn of its own; its reply carries the interruption's id
+            # (per turn) or continues the ids (per message).
+            transcript = await client.until(UserTranscript)
+            nxt = await client.until(AudioEvent)
+            if event_ids == "turn":
+                assert nxt.audio_event.event_id == cut == transcript.user_transcription_event.event_id
+            else:
+                assert nxt.audio_event.event_id > cut
+            between = client.events[client.events.index(interruption) : -1]
+            assert not any(isinstance(e, AudioEvent) for e in between), "audio of the interrupted reply kept coming"
+            conv = sim.conversations[0]
+            assert conv.interruptions == [cut]
+            assert len(conv.turns) == 2
 
 
 async def test_no_interruption_when_the_agent_has_finished() -> None:
     cfg = fast_config(reply_seconds=0.3, tool_call=None)
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(cfg) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.send_audio(utterance())
-                await client.until(p.AgentResponse)
-                await sim.wait_for(lambda: len(sim.conversations[0].audio_event_ids) >= 2)
-                await trio.sleep(0.4)  # the 0.3 s reply has played out
-                await client.send_audio(utterance(0.6, 0.8, seed=9))
-                await client.until(p.UserTranscript)
-                assert len(client.of(p.UserTranscript)) == 2
-                assert not client.of(p.Interruption)
-                assert sim.conversations[0].interruptions == []
+        async with open_simulator(cfg) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.send_audio(utterance())
+            await client.until(AgentResponse)
+            await sim.wait_for(lambda: len(sim.conversations[0].audio_event_ids) >= 2)
+            await trio.sleep(0.4)  # the 0.3 s reply has played out
+            await client.send_audio(utterance(0.6, 0.8, seed=9))
+            await client.until(UserTranscript)
+            assert len(client.of(UserTranscript)) == 2
+            assert not client.of(Interruption)
+            assert sim.conversations[0].interruptions == []
 
 
 async def test_scripted_tool_call_result_is_recorded() -> None:
     cfg = fast_config(tool_call=("show_map", {"floor": 2}))
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(cfg) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.send_audio(utterance())
-                call = await client.until(p.ClientToolCall)
-                assert call.client_tool_call.tool_name == "show_map"
-                assert call.client_tool_call.parameters == {"floor": 2}
-                await client.send(p.ClientToolResult(tool_call_id=call.client_tool_call.tool_call_id, result="shown"))
-                conv = sim.conversations[0]
-                await sim.wait_for(lambda: bool(conv.tool_results))
-                assert conv.tool_results == [
-                    p.ClientToolResult(tool_call_id=call.client_tool_call.tool_call_id, result="shown", is_error=False)
-                ]
-                assert conv.tool_calls == [call.client_tool_call.tool_call_id]
+        async with open_simulator(cfg) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.send_audio(utterance())
+            call = await client.until(ClientToolCall)
+            assert call.client_tool_call.tool_name == "show_map"
+            assert call.client_tool_call.parameters == {"floor": 2}
+            await client.send(ClientToolResult(tool_call_id=call.client_tool_call.tool_call_id, result="shown"))
+            conv = sim.conversations[0]
+            await sim.wait_for(lambda: bool(conv.tool_results))
+            assert conv.tool_results == [
+                ClientToolResult(tool_call_id=call.client_tool_call.tool_call_id, result="shown", is_error=False)
+            ]
+            assert conv.tool_calls == [call.client_tool_call.tool_call_id]
 
 
 async def test_text_messages_are_recorded_and_user_message_is_a_turn(sim: Simulator) -> None:
     with trio.fail_after(TIMEOUT):
         async with open_websocket_url(sim.signed_url()) as ws:
             client = Client(ws)
-            await client.until(p.ConversationInitiationMetadata)
-            await client.send(p.ContextualUpdate(text="visitor is holding a map"))
-            await client.send(p.UserActivity())
-            await client.send(p.UserMessage(text="what time is it?"))
-            response = await client.until(p.AgentResponse)
+            await client.until(ConversationInitiationMetadata)
+            await client.send(ContextualUpdate(text="visitor is holding a map"))
+            await client.send(UserActivity())
+            await client.send(UserMessage(text="what time is it?"))
+            response = await client.until(AgentResponse)
             assert response.agent_response_event.agent_response == sim.config.replies[0]
-            await client.until(p.AudioEvent)
+            await client.until(AudioEvent)
             conv = sim.conversations[0]
             assert conv.contextual_updates == ["visitor is holding a map"]
             assert len(conv.user_activity) == 1
             assert conv.user_messages == ["what time is it?"]
-            assert not client.of(p.UserTranscript)
-            assert [type(m) for _, m in conv.messages] == [p.ContextualUpdate, p.UserActivity, p.UserMessage]
+            assert not client.of(UserTranscript)
+            assert [type(m) for _, m in conv.messages] == [ContextualUpdate, UserActivity, UserMessage]
 
 
 # ------------------------------------------------------------------ authorisation and closes
@@ -372,7 +404,7 @@ async def test_public_agent_accepts_a_missing_token_but_not_a_bad_one() -> None:
     with trio.fail_after(TIMEOUT):
         async with open_simulator(fast_config(require_token=False)) as sim:
             async with open_websocket_url(sim.public_url()) as ws:
-                assert isinstance(await Client(ws).next(), p.ConversationInitiationMetadata)
+                assert isinstance(await Client(ws).next(), ConversationInitiationMetadata)
             async with open_websocket_url(sim.public_url() + "&token=bad") as ws:
                 assert await close_code(ws) == 1008
 
@@ -401,12 +433,12 @@ async def test_expired_token_cannot_start_a_conversation() -> None:
 async def test_invalid_client_message_closes_1008_and_the_simulator_keeps_serving(sim: Simulator, bad: str) -> None:
     with trio.fail_after(TIMEOUT):
         async with open_websocket_url(sim.signed_url()) as ws:
-            await Client(ws).until(p.ConversationInitiationMetadata)
+            await Client(ws).until(ConversationInitiationMetadata)
             await ws.send_message(bad)
             assert await close_code(ws) == 1008
         assert sim.conversations[0].close_code == 1008
         async with open_websocket_url(sim.signed_url()) as ws:
-            assert isinstance(await Client(ws).next(), p.ConversationInitiationMetadata)
+            assert isinstance(await Client(ws).next(), ConversationInitiationMetadata)
         assert sim.conversations[1].conversation_id == "conv_sim_2"
 
 
@@ -431,7 +463,7 @@ async def test_max_duration_sends_error_then_closes_1000() -> None:
         async with open_simulator(fast_config(max_duration=0.4)) as sim:
             async with open_websocket_url(sim.signed_url()) as ws:
                 client = Client(ws)
-                error = await client.until(p.ErrorEvent)
+                error = await client.until(ErrorEvent)
                 assert error.error_event.error_type == "max_duration_exceeded"
                 assert await close_code(ws) == 1000
             assert sim.conversations[0].close_code == 1000
@@ -443,7 +475,7 @@ async def test_max_duration_sends_error_then_closes_1000() -> None:
 async def test_fault_drop_kills_the_tcp_connection(sim: Simulator) -> None:
     with trio.fail_after(TIMEOUT):
         async with open_websocket_url(sim.signed_url()) as ws:
-            await Client(ws).until(p.ConversationInitiationMetadata)
+            await Client(ws).until(ConversationInitiationMetadata)
             assert sim.faults.drop() == 1
             assert await close_code(ws) == 1006  # abnormal: no close frame
         conv = sim.conversations[0]
@@ -453,7 +485,7 @@ async def test_fault_drop_kills_the_tcp_connection(sim: Simulator) -> None:
 async def test_fault_close_with_code(sim: Simulator) -> None:
     with trio.fail_after(TIMEOUT):
         async with open_websocket_url(sim.signed_url()) as ws:
-            await Client(ws).until(p.ConversationInitiationMetadata)
+            await Client(ws).until(ConversationInitiationMetadata)
             assert sim.faults.close(1011) == 1
             assert await close_code(ws) == 1011
         assert sim.conversations[0].close_code == 1011
@@ -461,55 +493,53 @@ async def test_fault_close_with_code(sim: Simulator) -> None:
 
 async def test_fault_stall_sends_nothing_and_ignores_input_then_resumes() -> None:
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(fast_config(ping_interval=0.1)) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.until(p.Ping)
-                sim.faults.stall = True
-                await trio.sleep(0.15)  # let anything already in flight land
-                client.events.clear()
-                await client.send(p.UserMessage(text="anyone there?"))
-                with trio.move_on_after(0.5) as quiet:
-                    await client.next()
-                assert quiet.cancelled_caught, f"stalled agent sent {client.events}"
-                conv = sim.conversations[0]
-                assert conv.open and conv.user_messages == [] and conv.ignored_messages >= 1
-                sim.faults.stall = False
-                await client.until(p.Ping)
+        async with open_simulator(fast_config(ping_interval=0.1)) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.until(Ping)
+            sim.faults.stall = True
+            await trio.sleep(0.15)  # let anything already in flight land
+            client.events.clear()
+            await client.send(UserMessage(text="anyone there?"))
+            with trio.move_on_after(0.5) as quiet:
+                await client.next()
+            assert quiet.cancelled_caught, f"stalled agent sent {client.events}"
+            conv = sim.conversations[0]
+            assert conv.open and conv.user_messages == [] and conv.ignored_messages >= 1
+            sim.faults.stall = False
+            await client.until(Ping)
 
 
 async def test_fault_delay_holds_each_outgoing_message(sim: Simulator) -> None:
     with trio.fail_after(TIMEOUT):
         async with open_websocket_url(sim.signed_url()) as ws:
             client = Client(ws)
-            await client.until(p.ConversationInitiationMetadata)
+            await client.until(ConversationInitiationMetadata)
             sim.faults.delay = 0.3
             start = trio.current_time()
-            await client.send(p.UserMessage(text="hi"))
-            await client.until(p.AudioEvent)
+            await client.send(UserMessage(text="hi"))
+            await client.until(AudioEvent)
             # agent_response, then the first audio: two messages, each delayed.
             assert trio.current_time() - start >= 2 * 0.3 * 0.9
 
 
 async def test_fault_malformed_events_reach_the_client() -> None:
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(fast_config(ping_interval=0.2)) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.until(p.ConversationInitiationMetadata)
-                assert sim.faults.malformed(8) == 1
-                errors = unknown = 0
-                while errors + unknown < 8:
-                    try:
-                        event = p.decode_server_event(await ws.get_message())
-                    except p.ProtocolError:
-                        errors += 1
-                        continue
-                    unknown += isinstance(event, p.UnknownEvent)
-                assert (errors, unknown) == (6, 2)  # json, type, base64 are errors; unknown-type decodes
-                # The conversation carries on.
-                await client.until(p.Ping)
-                assert sum(t.startswith("malformed:") for t in sim.conversations[0].sent_types) == 8
+        async with open_simulator(fast_config(ping_interval=0.2)) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.until(ConversationInitiationMetadata)
+            assert sim.faults.malformed(8) == 1
+            errors = unknown = 0
+            while errors + unknown < 8:
+                try:
+                    event = decode_server_event(await ws.get_message())
+                except ProtocolError:
+                    errors += 1
+                    continue
+                unknown += isinstance(event, UnknownEvent)
+            assert (errors, unknown) == (6, 2)  # json, type, base64 are errors; unknown-type decodes
+            # The conversation carries on.
+            await client.until(Ping)
+            assert sum(t.startswith("malformed:") for t in sim.conversations[0].sent_types) == 8
 
 
 # ------------------------------------------------------------------ signing backend
@@ -526,7 +556,7 @@ async def test_backend_signed_url_starts_a_conversation(sim: Simulator) -> None:
         url = r.json()["signed_url"]
         assert url.startswith(f"{sim.ws_base}/v1/convai/conversation?agent_id=agent_sim&token=")
         async with open_websocket_url(url) as ws:
-            assert isinstance(await Client(ws).next(), p.ConversationInitiationMetadata)
+            assert isinstance(await Client(ws).next(), ConversationInitiationMetadata)
         assert sim.backend_requests[-1].status == 200
 
 
@@ -597,9 +627,11 @@ async def test_upstream_endpoint_good_and_bad_key(sim: Simulator, spelling: str)
             unknown = await http.get(url, params={"agent_id": "agent_x"}, headers={"xi-api-key": "sim-api-key"})
             assert unknown.status_code == 404
             sim.upstream_faults.set("503", times=1)
-            assert (await http.get(url, params={"agent_id": "agent_sim"}, headers={"xi-api-key": "sim-api-key"})).status_code == 503
+            assert (
+                await http.get(url, params={"agent_id": "agent_sim"}, headers={"xi-api-key": "sim-api-key"})
+            ).status_code == 503
         async with open_websocket_url(signed) as ws:
-            assert isinstance(await Client(ws).next(), p.ConversationInitiationMetadata)
+            assert isinstance(await Client(ws).next(), ConversationInitiationMetadata)
 
 
 async def test_cli_description_names_the_urls_and_kiosk_config(sim: Simulator) -> None:
@@ -621,7 +653,9 @@ def test_cli_description_never_echoes_a_chosen_token() -> None:
                           api_base="http://h:2")
     text = describe(sim)  # type: ignore[arg-type]
     assert "my-own-secret" not in text
-    assert "kiosk token:        the one in $KIOSKD_SIM_KIOSK_TOKEN or --kiosk-token-file (the only one accepted)" in text
+    assert (
+        "kiosk token:        the one in $KIOSKD_SIM_KIOSK_TOKEN or --kiosk-token-file (the only one accepted)" in text
+    )
 
 
 def test_cli_rejects_unknown_format_and_reports_a_busy_port(capsys: pytest.CaptureFixture[str]) -> None:
@@ -652,7 +686,7 @@ async def test_default_silence_timeout_in_virtual_time(mock_clock: trio.testing.
             async with open_websocket_url(sim.signed_url()) as ws:
                 start = trio.current_time()
                 client = Client(ws)
-                await client.until(p.ConversationInitiationMetadata)
+                await client.until(ConversationInitiationMetadata)
                 assert await close_code(ws) == 1002
                 assert 60.0 <= trio.current_time() - start <= 61.5
             conv = sim.conversations[0]
@@ -673,67 +707,70 @@ async def test_default_conversation_event_for_event_like_the_service() -> None:
     only the default client events (no vad_score, corrections or internal events)."""
     cfg = real_config(transcripts=("where is the cafe",), replies=("Ground floor.",), tool_call=None, ping_interval=0.3)
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(cfg) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.send(p.ConversationInitiationClientData())
-                assert isinstance(await client.next(), p.ConversationInitiationMetadata)
-                greeting = await client.until(p.AgentResponse)
-                assert greeting.agent_response_event.agent_response == cfg.first_message
-                assert greeting.agent_response_event.event_id == 1
-                chars = ""
-                while len(chars) < len(cfg.first_message):
-                    audio = (await client.until(p.AudioEvent)).audio_event
-                    assert audio.event_id == 1 and audio.alignment is not None
-                    assert len(audio.alignment.chars) == len(audio.alignment.char_start_times_ms)
-                    chars += "".join(audio.alignment.chars)
-                assert chars == cfg.first_message
-                await trio.sleep(cfg.reply_seconds)  # the greeting has played: no barge-in
-                await client.send_audio(utterance())
-                transcript = await client.until(p.UserTranscript)
-                assert transcript.user_transcription_event.event_id == 2
-                reply = await client.until(p.AgentResponse)
-                assert reply.agent_response_event.event_id == 2
-                assert (await client.until(p.AudioEvent)).audio_event.event_id == 2
-                await client.until(p.Ping)
-                conv = sim.conversations[0]
-                assert conv.greeting == cfg.first_message
-                kinds = {kind for kind, _ in conv.sent}
-                assert kinds <= set(p.DEFAULT_CLIENT_EVENTS) | {"agent_tool_response", "client_tool_call"}
-                assert {"tentative_user_transcript", "user_transcript", "agent_response", "audio", "ping"} <= kinds
-                ping_ids = [event_id for kind, event_id in conv.sent if kind == "ping"]
-                assert ping_ids[:2] == [1, 2], "pings count on their own"
-                tentative = [e.tentative_user_transcription_event for e in client.of(p.TentativeUserTranscript)]
-                assert [t.user_transcript for t in tentative][:2] == ["where", "where is"]
+        async with open_simulator(cfg) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.send(ConversationInitiationClientData())
+            assert isinstance(await client.next(), ConversationInitiationMetadata)
+            greeting = await client.until(AgentResponse)
+            assert greeting.agent_response_event.agent_response == cfg.first_message
+            assert greeting.agent_response_event.event_id == 1
+            chars = ""
+            while len(chars) < len(cfg.first_message):
+                audio = (await client.until(AudioEvent)).audio_event
+                assert audio.event_id == 1 and audio.alignment is not None
+                assert len(audio.alignment.chars) == len(audio.alignment.char_start_times_ms)
+                chars += "".join(audio.alignment.chars)
+            assert chars == cfg.first_message
+            await trio.sleep(cfg.reply_seconds)  # the greeting has played: no barge-in
+            await client.send_audio(utterance())
+            transcript = await client.until(UserTranscript)
+            assert transcript.user_transcription_event.event_id == 2
+            reply = await client.until(AgentResponse)
+            assert reply.agent_response_event.event_id == 2
+            assert (await client.until(AudioEvent)).audio_event.event_id == 2
+            await client.until(Ping)
+            conv = sim.conversations[0]
+            assert conv.greeting == cfg.first_message
+            kinds = {kind for kind, _ in conv.sent}
+            assert kinds <= set(DEFAULT_CLIENT_EVENTS) | {"agent_tool_response", "client_tool_call"}
+            assert {"tentative_user_transcript", "user_transcript", "agent_response", "audio", "ping"} <= kinds
+            ping_ids = [event_id for kind, event_id in conv.sent if kind == "ping"]
+            assert ping_ids[:2] == [1, 2], "pings count on their own"
+            tentative = [e.tentative_user_transcription_event for e in client.of(TentativeUserTranscript)]
+            assert [t.user_transcript for t in tentative][:2] == ["where", "where is"]
 
 
 async def test_client_events_override_is_honoured() -> None:
     events = ["conversation_initiation_metadata", "agent_response", "vad_score", "audio"]
-    override = p.ConversationConfigOverride(conversation=p.ConversationOverride(client_events=events))
+    override = ConversationConfigOverride(conversation=ConversationOverride(client_events=events))
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(real_config(first_message="", tool_call=None)) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.send(p.ConversationInitiationClientData(conversation_config_override=override))
-                await client.until(p.ConversationInitiationMetadata)
-                await client.send_audio(utterance())
-                await client.until(p.AudioEvent)
-                conv = sim.conversations[0]
-                assert conv.client_events == frozenset(events)
-                assert client.of(p.VadScore) and max(e.vad_score_event.vad_score for e in client.of(p.VadScore)) > 0.8
-                assert not client.of(p.UserTranscript) and not client.of(p.TentativeUserTranscript)
-                assert {kind for kind, _ in conv.sent} <= set(events)
+        async with (
+            open_simulator(real_config(first_message="", tool_call=None)) as sim,
+            open_websocket_url(sim.signed_url()) as ws,
+        ):
+            client = Client(ws)
+            await client.send(ConversationInitiationClientData(conversation_config_override=override))
+            await client.until(ConversationInitiationMetadata)
+            await client.send_audio(utterance())
+            await client.until(AudioEvent)
+            conv = sim.conversations[0]
+            assert conv.client_events == frozenset(events)
+            assert client.of(VadScore) and max(e.vad_score_event.vad_score for e in client.of(VadScore)) > 0.8
+            assert not client.of(UserTranscript) and not client.of(TentativeUserTranscript)
+            assert {kind for kind, _ in conv.sent} <= set(events)
 
 
 async def test_a_forbidden_override_is_refused_with_an_override_error_and_1008() -> None:
-    override = p.ConversationConfigOverride(conversation=p.ConversationOverride(client_events=["audio", "vad_score"]))
+    override = ConversationConfigOverride(conversation=ConversationOverride(client_events=["audio", "vad_score"]))
     cfg = real_config(forbidden_overrides=("conversation.client_events",))
     with trio.fail_after(TIMEOUT):
         async with open_simulator(cfg) as sim:
             async with open_websocket_url(sim.signed_url()) as ws:
-                await ws.send_message(p.encode(p.ConversationInitiationClientData(conversation_config_override=override)))
-                error = p.decode_server_event(await ws.get_message())
-                assert isinstance(error, p.ErrorEvent)
+                await ws.send_message(
+                    codec.encode(ConversationInitiationClientData(conversation_config_override=override))
+                )
+                error = decode_server_event(await ws.get_message())
+                assert isinstance(error, ErrorEvent)
                 assert (error.error_event.code, error.error_event.error_type) == (1008, "override_error")
                 assert "client_events" in (error.error_event.message or "")
                 with pytest.raises(ConnectionClosed) as closed:
@@ -741,11 +778,11 @@ async def test_a_forbidden_override_is_refused_with_an_override_error_and_1008()
                 assert closed.value.reason.code == 1008 and "client_events" in (closed.value.reason.reason or "")
             assert sim.conversations[0].close_code == 1008
             # an allowed override passes
-            first = p.ConversationConfigOverride(agent=p.AgentOverride(first_message="Moin!"))
+            first = ConversationConfigOverride(agent=AgentOverride(first_message="Moin!"))
             async with open_websocket_url(sim.signed_url()) as ws:
                 client = Client(ws)
-                await client.send(p.ConversationInitiationClientData(conversation_config_override=first))
-                assert (await client.until(p.AgentResponse)).agent_response_event.agent_response == "Moin!"
+                await client.send(ConversationInitiationClientData(conversation_config_override=first))
+                assert (await client.until(AgentResponse)).agent_response_event.agent_response == "Moin!"
 
 
 @pytest.mark.parametrize("when", ["before", "during", "after"])
@@ -757,7 +794,7 @@ async def test_goodbye_ends_the_call_with_end_call_and_closes_1000_after_the_goo
             async with open_websocket_url(sim.signed_url()) as ws:
                 client = Client(ws)
                 await client.send_audio(utterance())
-                response = await client.until(p.AgentResponse)
+                response = await client.until(AgentResponse)
                 assert response.agent_response_event.agent_response == cfg.goodbye
                 code = None
                 try:
@@ -766,14 +803,14 @@ async def test_goodbye_ends_the_call_with_end_call_and_closes_1000_after_the_goo
                 except ConnectionClosed as exc:
                     code = exc.reason.code
                 kinds = [type(e) for e in client.events]
-                end = kinds.index(p.AgentToolResponse)
+                end = kinds.index(AgentToolResponse)
                 tool = client.events[end]
-                assert isinstance(tool, p.AgentToolResponse)
+                assert isinstance(tool, AgentToolResponse)
                 body = tool.agent_tool_response
                 assert (body.tool_name, body.tool_type, body.is_error, body.event_id) == (
                     "end_call", "system", False, response.agent_response_event.event_id)
-                audio_before = kinds[:end].count(p.AudioEvent)
-                audio_after = kinds[end:].count(p.AudioEvent)
+                audio_before = kinds[:end].count(AudioEvent)
+                audio_after = kinds[end:].count(AudioEvent)
                 assert {"before": audio_before == 0, "during": audio_before and audio_after,
                         "after": audio_after == 0}[when]
                 assert code == 1000
@@ -788,73 +825,75 @@ async def test_client_messages_are_accepted_and_recorded_verbatim() -> None:
     data = {"type": "conversation_initiation_client_data", "user_id": "lobby-1",
             "source_info": {"source": "kioskd", "version": "0.1.0"}, "tool_mock_config": {"mocking_strategy": "none"}}
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(real_config()) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await ws.send_message(json.dumps(data))
-                greeting = await client.until(p.AgentResponse)
-                await client.send(p.Feedback(event_id=greeting.agent_response_event.event_id, score="like"))
-                await client.send(p.Feedback(event_id=greeting.agent_response_event.event_id, score=None))
-                await client.send(p.UserActivity())
-                await client.send(p.ContextualUpdate(text="the door opened", context_id="door"))
-                conv = sim.conversations[0]
-                await sim.wait_for(lambda: len(conv.raw_messages) == 5)
-                assert conv.open
-                assert conv.client_data is not None and conv.client_data.user_id == "lobby-1"
-                assert conv.client_data.source_info == p.SourceInfo("kioskd", "0.1.0")
-                assert json.loads(conv.raw_messages[0][1]) == data, "fields the struct does not know are kept too"
-                assert conv.feedback == [p.Feedback(1, "like"), p.Feedback(1, None)]
-                assert len(conv.user_activity) == 1 and conv.contextual_updates == ["the door opened"]
+        async with open_simulator(real_config()) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await ws.send_message(json.dumps(data))
+            greeting = await client.until(AgentResponse)
+            await client.send(Feedback(event_id=greeting.agent_response_event.event_id, score="like"))
+            await client.send(Feedback(event_id=greeting.agent_response_event.event_id, score=None))
+            await client.send(UserActivity())
+            await client.send(ContextualUpdate(text="the door opened", context_id="door"))
+            conv = sim.conversations[0]
+            await sim.wait_for(lambda: len(conv.raw_messages) == 5)
+            assert conv.open
+            assert conv.client_data is not None and conv.client_data.user_id == "lobby-1"
+            assert conv.client_data.source_info == SourceInfo("kioskd", "0.1.0")
+            assert json.loads(conv.raw_messages[0][1]) == data, "fields the struct does not know are kept too"
+            assert conv.feedback == [Feedback(1, "like"), Feedback(1, None)]
+            assert len(conv.user_activity) == 1 and conv.contextual_updates == ["the door opened"]
 
 
 async def test_text_only_conversation_streams_text_and_never_times_out_on_silence() -> None:
-    override = p.ConversationConfigOverride(conversation=p.ConversationOverride(text_only=True))
+    override = ConversationConfigOverride(conversation=ConversationOverride(text_only=True))
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(real_config(silence_timeout=0.3, tool_call=None)) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.send(p.ConversationInitiationClientData(conversation_config_override=override))
-                await client.until(p.AgentResponse)  # the greeting, as text
-                await client.send(p.UserMessage(text="what is on today?"))
-                reply = await client.until(p.AgentResponse)
+        async with (
+            open_simulator(real_config(silence_timeout=0.3, tool_call=None)) as sim,
+            open_websocket_url(sim.signed_url()) as ws,
+        ):
+            client = Client(ws)
+            await client.send(ConversationInitiationClientData(conversation_config_override=override))
+            await client.until(AgentResponse)  # the greeting, as text
+            await client.send(UserMessage(text="what is on today?"))
+            reply = await client.until(AgentResponse)
+            parts = []
+            while not parts or parts[-1].type != "stop":
+                parts.append((await client.until(AgentChatResponsePart)).text_response_part)
+            if parts[0].event_id != reply.agent_response_event.event_id:  # the greeting's parts came first
                 parts = []
                 while not parts or parts[-1].type != "stop":
-                    parts.append((await client.until(p.AgentChatResponsePart)).text_response_part)
-                if parts[0].event_id != reply.agent_response_event.event_id:  # the greeting's parts came first
-                    parts = []
-                    while not parts or parts[-1].type != "stop":
-                        parts.append((await client.until(p.AgentChatResponsePart)).text_response_part)
-                assert parts[0].type == "start" and "".join(x.text for x in parts).strip() == sim.config.replies[0]
-                await trio.sleep(0.5)
-                assert sim.conversations[0].open and sim.conversations[0].text_only
-                assert not client.of(p.AudioEvent)
+                    parts.append((await client.until(AgentChatResponsePart)).text_response_part)
+            assert parts[0].type == "start" and "".join(x.text for x in parts).strip() == sim.config.replies[0]
+            await trio.sleep(0.5)
+            assert sim.conversations[0].open and sim.conversations[0].text_only
+            assert not client.of(AudioEvent)
 
 
 async def test_silence_close_is_preceded_by_an_error_event_of_the_real_shape() -> None:
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(real_config(silence_timeout=0.3, first_message="")) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                error = await client.until(p.ErrorEvent)
-                assert (error.error_event.code, error.error_event.error_type) == (1002, "transport_receive_timeout")
-                assert error.error_event.message
-                assert await close_code(ws) == 1002
+        async with (
+            open_simulator(real_config(silence_timeout=0.3, first_message="")) as sim,
+            open_websocket_url(sim.signed_url()) as ws,
+        ):
+            client = Client(ws)
+            error = await client.until(ErrorEvent)
+            assert (error.error_event.code, error.error_event.error_type) == (1002, "transport_receive_timeout")
+            assert error.error_event.message
+            assert await close_code(ws) == 1002
 
 
 async def test_legacy_switches_bring_back_the_old_behaviour() -> None:
     cfg = fast_config(**LEGACY, tool_call=None)
     with trio.fail_after(TIMEOUT):
-        async with open_simulator(cfg) as sim:
-            async with open_websocket_url(sim.signed_url()) as ws:
-                client = Client(ws)
-                await client.send_audio(utterance())
-                await client.until(p.UserTranscript)
-                await client.until(p.InternalTentativeAgentResponse)
-                first, second = await client.until(p.AudioEvent), await client.until(p.AudioEvent)
-                assert second.audio_event.event_id == first.audio_event.event_id + 1
-                assert first.audio_event.alignment is None
-                assert client.of(p.VadScore) and not client.of(p.TentativeUserTranscript)
-                assert sim.conversations[0].greeting is None
+        async with open_simulator(cfg) as sim, open_websocket_url(sim.signed_url()) as ws:
+            client = Client(ws)
+            await client.send_audio(utterance())
+            await client.until(UserTranscript)
+            await client.until(InternalTentativeAgentResponse)
+            first, second = await client.until(AudioEvent), await client.until(AudioEvent)
+            assert second.audio_event.event_id == first.audio_event.event_id + 1
+            assert first.audio_event.alignment is None
+            assert client.of(VadScore) and not client.of(TentativeUserTranscript)
+            assert sim.conversations[0].greeting is None
 
 
 def test_cli_secrets_come_from_env_or_files_never_argv(
@@ -915,4 +954,4 @@ async def test_a_ping_while_the_agent_is_closing_does_not_crash_it(sim: Simulato
         await stream.aclose()
         # the agent still serves
         async with open_websocket_url(sim.signed_url()) as ws:
-            assert isinstance(await Client(ws).next(), p.ConversationInitiationMetadata)
+            assert isinstance(await Client(ws).next(), ConversationInitiationMetadata)

@@ -24,7 +24,6 @@ import trio.testing
 
 from kioskd.simulator import SimulatorConfig
 from kioskd.state import Command, KioskState, Status
-
 from resilience_rig import Rig, open_rig
 
 SEED = 20240607

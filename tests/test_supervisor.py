@@ -24,16 +24,16 @@ import pytest
 import trio
 import trio.testing
 
-from kioskd.backend.client import UNAUTHORIZED_RETRY, SignedUrlProvider
+from kiosk_harness import kiosk_config
 from kioskd.actions import SessionOutcome
+from kioskd.backend.client import UNAUTHORIZED_RETRY, SignedUrlProvider
 from kioskd.backoff import Backoff
 from kioskd.config import NetworkConfig
+from kioskd.service.resume_policy import Next, after_outcome
+from kioskd.service.supervisor import START_WINDOW, Supervisor
 from kioskd.simulator import Simulator, SimulatorConfig, open_simulator
 from kioskd.state import Command, KioskState, Status, StatusBoard
-from kioskd.service.supervisor import START_WINDOW, Next, Supervisor, after_outcome
 from kioskd.tools import ToolRegistry
-
-from kiosk_harness import kiosk_config
 from resilience_rig import FakeAudio
 
 #: per test, in virtual seconds (fail_after runs on the MockClock: a hang jumps straight to it)
@@ -110,7 +110,7 @@ async def open_start_rig(tmp_path: Path, sim_config: SimulatorConfig = SIM) -> A
             fetches.append(trio.current_time())
 
         client = httpx.AsyncClient(follow_redirects=False, event_hooks={"request": [on_request]})
-        urls = SignedUrlProvider(config.backend, config.network, config.agent.agent_id, config.kiosk_token(),
+        urls = SignedUrlProvider(config.backend, config.network, config.agent.agent_id, config.backend.kiosk_token(),
                                  client=client)
         stack.push_async_callback(urls.aclose)
         board = StatusBoard()
@@ -322,7 +322,9 @@ async def test_provider_waits_a_minute_after_a_401(tmp_path: Path, virtual_clock
             config = kiosk_config(sim, tmp_path)
             assert config.backend is not None
             sim.backend_faults.set("401", times=1)
-            provider = SignedUrlProvider(config.backend, config.network, config.agent.agent_id, config.kiosk_token())
+            provider = SignedUrlProvider(
+                config.backend, config.network, config.agent.agent_id, config.backend.kiosk_token()
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(provider.run)
                 await sim.wait_for(lambda: len(sim.backend_requests) >= 1)
@@ -346,7 +348,9 @@ async def test_provider_without_prefetch_fetches_once_per_take(
         async with open_simulator(SIM) as sim:
             config = kiosk_config(sim, tmp_path, backend={"prefetch": False, "health_interval": 60.0})
             assert config.backend is not None
-            provider = SignedUrlProvider(config.backend, config.network, config.agent.agent_id, config.kiosk_token())
+            provider = SignedUrlProvider(
+                config.backend, config.network, config.agent.agent_id, config.backend.kiosk_token()
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(provider.run)
                 await sim.wait_for(lambda: len(sim.backend_requests) >= 1)  # the first health check

@@ -61,7 +61,13 @@ def test_messages_arrive(notify_socket: Receiver) -> None:
     assert systemd.stopping()
     assert systemd.watchdog_ping()
     assert systemd.notify("A=1", "B=2")
-    assert notify_socket.drain() == ["READY=1", "STATUS=idle, waiting for button", "STOPPING=1", "WATCHDOG=1", "A=1\nB=2"]
+    assert notify_socket.drain() == [
+        "READY=1",
+        "STATUS=idle, waiting for button",
+        "STOPPING=1",
+        "WATCHDOG=1",
+        "A=1\nB=2",
+    ]
 
 
 def test_reloading_carries_monotonic_usec(notify_socket: Receiver) -> None:
@@ -101,7 +107,9 @@ def test_missing_socket_returns_false(monkeypatch: pytest.MonkeyPatch, tmp_path:
         (None, None, None),
     ],
 )
-def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch, usec: str | None, pid: str | None, expected: float | None) -> None:
+def test_watchdog_interval(
+    monkeypatch: pytest.MonkeyPatch, usec: str | None, pid: str | None, expected: float | None
+) -> None:
     for name, value in (("WATCHDOG_USEC", usec), ("WATCHDOG_PID", pid)):
         if value is None:
             monkeypatch.delenv(name, raising=False)
@@ -138,7 +146,9 @@ async def test_watchdog_pings_only_while_healthy(
             nursery.cancel_scope.cancel()
 
 
-async def test_health_check_that_raises_counts_as_unhealthy(notify_socket: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_health_check_that_raises_counts_as_unhealthy(
+    notify_socket: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", str(WATCHDOG_USEC_FAST))
 
     def broken() -> bool:
@@ -165,7 +175,7 @@ async def test_wedged_trio_loop_stops_the_pings(notify_socket: Receiver, monkeyp
             await nursery.start(systemd.watchdog_task, lambda: True)
             await trio.sleep(0.3)
             systemd.notify("X_WEDGE=begin")
-            time.sleep(WEDGE_SECONDS)  # noqa: ASYNC251 – the point: block the Trio thread
+            time.sleep(WEDGE_SECONDS)
             systemd.notify("X_WEDGE=end")
             await trio.sleep(0.3)
             nursery.cancel_scope.cancel()

@@ -21,15 +21,14 @@ import trio
 import webrtcvad
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
+from kiosk_harness import SPEECH_WAV, RunningKiosk, kiosk_config, read_wav, running_kiosk
 from kioskd.audio.formats import AudioFormat
+from kioskd.audio.vad_wake import frame_dbfs
+from kioskd.hardware.button import HELD_SLACK
+from kioskd.protocol.client_messages import UserAudioChunk
 from kioskd.service.daemon import Kiosk
-from kioskd.protocol import UserAudioChunk
 from kioskd.simulator import Conversation, Simulator, SimulatorConfig, open_simulator
 from kioskd.state import KioskState
-from kioskd.hardware.button import HELD_SLACK
-from kioskd.audio.vad_wake import frame_dbfs
-
-from kiosk_harness import SPEECH_WAV, RunningKiosk, kiosk_config, read_wav, running_kiosk
 
 RATE = 16000
 FRAME = 160  # 10 ms at 16 kHz: the engine's frame
@@ -82,7 +81,9 @@ def espeak(tmp: Path, text: str) -> np.ndarray:
     """``text`` spoken by espeak-ng at 16 kHz, starting at its first audible frame."""
     raw, wav16 = tmp / "espeak-raw.wav", tmp / "espeak-16k.wav"
     subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(wav16)], check=True, capture_output=True)
+    subprocess.run(
+        ["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(wav16)], check=True, capture_output=True
+    )
     audio, rate = read_wav(wav16)
     assert rate == RATE
     return frame_aligned(audio[onset_frame(audio) * FRAME :].copy())
@@ -144,7 +145,7 @@ class MicWatch:
 
     async def reach(self, seconds: float) -> float:
         """Wait until the file position ``seconds`` reached the kiosk; returns that frame's time."""
-        k = int(round(seconds / FRAME_S))
+        k = round(seconds / FRAME_S)
         while len(self.times) <= k:
             await trio.sleep(FRAME_S / 2)
         return self.times[k]
@@ -294,7 +295,9 @@ async def test_speech_wakes_and_the_first_words_reach_the_agent(tmp_path: Path, 
     watch = MicWatch()
     async with open_simulator(SimulatorConfig()) as sim:
         with trio.fail_after(TIMEOUT):
-            async with kiosk_on_mock_pins(vad_config(sim, tmp_path, mic), setup=lambda k: k.audio.add_frame_listener(watch)) as (k, _):
+            async with kiosk_on_mock_pins(
+                vad_config(sim, tmp_path, mic), setup=lambda k: k.audio.add_frame_listener(watch)
+            ) as (k, _):
                 conv = await sim.wait_for_conversation(0)
                 await sim.wait_for(lambda: bool(conv.turns))
                 await k.ctl("end")
@@ -320,7 +323,9 @@ async def test_no_wake_on_noise_or_clicks_then_speech_wakes(tmp_path: Path, gree
     watch = MicWatch()
     async with open_simulator(SimulatorConfig()) as sim:
         with trio.fail_after(TIMEOUT):
-            async with kiosk_on_mock_pins(vad_config(sim, tmp_path, mic), setup=lambda k: k.audio.add_frame_listener(watch)) as (k, _):
+            async with kiosk_on_mock_pins(
+                vad_config(sim, tmp_path, mic), setup=lambda k: k.audio.add_frame_listener(watch)
+            ) as (k, _):
                 conv = await sim.wait_for_conversation(0)
                 await k.ctl("end")
                 await sim.wait_for(lambda: not conv.open)
@@ -392,7 +397,9 @@ async def test_max_duration_ends_a_lively_conversation(tmp_path: Path) -> None:
     speech, _ = read_wav(SPEECH_WAV)
     mic = write_wav(tmp_path / "mic.wav", speech)
     async with open_simulator(SimulatorConfig()) as sim:
-        config = button_config(sim, tmp_path, mic, "toggle", conversation={"idle_timeout": 30.0, "max_duration": longest})
+        config = button_config(
+            sim, tmp_path, mic, "toggle", conversation={"idle_timeout": 30.0, "max_duration": longest}
+        )
         with trio.fail_after(TIMEOUT):
             async with kiosk_on_mock_pins(config) as (k, pins):
                 await k.wait_state(KioskState.IDLE)

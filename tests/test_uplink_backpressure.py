@@ -21,14 +21,13 @@ from pathlib import Path
 
 import trio
 
-from kioskd import protocol
+from kiosk_harness import SPEECH_WAV, kiosk_config, read_wav, running_kiosk
+from kioskd.protocol.client_messages import UserAudioChunk
 from kioskd.service import link
 from kioskd.simulator import SimulatorConfig, open_simulator
 from kioskd.simulator.proxy import FaultProxy
 from kioskd.simulator.records import Conversation
 from kioskd.state import Command, KioskState
-
-from kiosk_harness import SPEECH_WAV, kiosk_config, read_wav, running_kiosk
 
 BANDWIDTH = 64_000 / 8  # bytes/s each way
 CHUNK_MS = 20
@@ -42,7 +41,7 @@ HANG_GUARD = 120  # seconds; an emulated CPU needs ~3× a PC's ~12 s
 def message_ms(conv: Conversation) -> list[float]:
     """Audio per user_audio_chunk the simulator received, in order, in ms."""
     return [
-        len(m.user_audio_chunk) / PCM_BYTES_PER_MS for _, m in conv.messages if isinstance(m, protocol.UserAudioChunk)
+        len(m.user_audio_chunk) / PCM_BYTES_PER_MS for _, m in conv.messages if isinstance(m, UserAudioChunk)
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import wave
@@ -10,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kioskd.audio.vad_wake import VadWakeTrigger, WakeDetector, frame_dbfs
 from kioskd.config import AudioConfig, VadWakeConfig
 from kioskd.state import Command, KioskState, StatusBoard
-from kioskd.audio.vad_wake import VadWakeTrigger, WakeDetector, frame_dbfs
 
 RATE = 16000
 FRAME = 160
@@ -37,7 +38,9 @@ pytestmark = pytest.mark.skipif(
 def _speak(tmp: Path, text: str) -> np.ndarray:
     raw, wav16 = tmp / "raw.wav", tmp / "speech16k.wav"
     subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(wav16)], check=True, capture_output=True)
+    subprocess.run(
+        ["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(wav16)], check=True, capture_output=True
+    )
     with wave.open(str(wav16)) as w:
         return np.frombuffer(w.readframes(w.getnframes()), np.int16).copy()
 
@@ -124,7 +127,7 @@ def test_speech_in_background_noise_wakes(speech: np.ndarray) -> None:
 def test_wakes_once_per_min_speech(speech: np.ndarray) -> None:
     wakes = run(WakeDetector(DEFAULT), np.concatenate([silence(LEAD_SILENCE_S), speech]))
     # after a wake the count starts again: never two wakes closer than min_speech_ms
-    assert wakes and all(b - a >= DEFAULT.min_speech_ms / 1000 - 1e-9 for a, b in zip(wakes, wakes[1:]))
+    assert wakes and all(b - a >= DEFAULT.min_speech_ms / 1000 - 1e-9 for a, b in itertools.pairwise(wakes))
 
 
 def test_quiet_speech_below_the_floor_does_not_wake(speech: np.ndarray) -> None:

@@ -1,13 +1,13 @@
 """Acoustic echo cancellation on 10 ms frames that keeps the visitor during double talk.
 
 The speaker signal (what is being played, resampled to the internal rate) goes in with
-:meth:`EchoCanceller.far`, one 10 ms frame at a time, in the order the frames are handed to
-the output device (silence included). Each microphone frame goes through
-:meth:`EchoCanceller.near`, which pairs it with the oldest queued far frame (zeros if none
-is queued) and returns the echo-reduced frame. Far frames are queued when written to the
-device and consumed when the microphone delivers, so the far signal *leads* the echo by
-the output latency plus the acoustic path; the delay estimator finds it. The far queue is
-bounded (:data:`MAX_FAR_BACKLOG_FRAMES`) so clock drift cannot grow it without limit.
+:meth:`EchoCanceller.far`, 10 ms frames in the order they are handed to the output device
+(silence included). Microphone frames go through :meth:`EchoCanceller.near`, which pairs each
+with the oldest queued far frame (zeros if none is queued) and returns the echo-reduced
+frames. Far frames are queued when written to the device and consumed when the microphone
+delivers, so the far signal *leads* the echo by the output latency plus the acoustic path;
+the delay estimator finds it. The far queue is bounded (:data:`MAX_FAR_BACKLOG_FRAMES`) so
+clock drift cannot grow it without limit.
 
 Three stages, numpy only (no native library to build or install):
 
@@ -20,15 +20,16 @@ Three stages, numpy only (no native library to build or install):
    2014). Its step size is the Kalman gain, whose observation noise is the smoothed
    error power: when the visitor talks the error grows and adaptation slows by itself, so
    double talk neither makes it diverge nor needs a hard freeze.
-3. **Residual echo suppressor** — per frequency bin, the echo left after the filter is
-   ``leak × |echo estimate|²``; the leak is learnt from far-only frames (it falls at once,
-   and rises slowly only while the error looks like echo, never on visitor speech). The
-   gain is ``1 − over × residual / error`` (floor :data:`SUPPRESS_FLOOR_DB`): where the
-   visitor dominates a bin it stays near 1, where only echo is left it goes to the floor.
-   With no echo path the echo estimate is ~0 and nothing is suppressed.
+3. **Residual echo suppressor** (:mod:`kioskd.audio.echo_suppress`) — learns how much echo
+   the filter leaves per bin and removes it where the visitor does not dominate; with no echo
+   path the echo estimate is ~0 and nothing is suppressed.
 
 The suppressor works on 50 %-overlapped sqrt-Hann windows, so output lags input by one
-frame (10 ms; AEC3's was 8 ms).
+frame (10 ms; AEC3's was 8 ms). A block of frames costs less than its frames one by one and
+gives exactly the same output: the transforms, powers and bands of the input and the
+output transform are done for the whole block; only the adaptive part runs frame by frame,
+on preallocated arrays. While the far signal over the filter's window is all zeros, the
+filter's estimate and gradient are exactly zero and that work is skipped.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import logging
 from collections import deque
 
 import numpy as np
+
+from kioskd.audio.echo_suppress import NEAR_SER, Suppressor, irfft_into, power_into, rfft_into, sqrt_hann
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ FAR_QUEUE_MAX = 8
 """…and if it never went below this many frames (80 ms), it is trimmed…"""
 FAR_QUEUE_SLACK = 2
 """…to this many (a margin for thread hand-off jitter and bursty device writes)."""
+BLOCK_FRAMES = 10
+"""Microphone frames processed per batch (a longer block is split into batches this long)."""
 MAX_DELAY_MS = 400
 """Largest far → echo delay found (output latency + acoustic path)."""
 PARTITIONS = 6
@@ -85,61 +90,21 @@ DELAY_CONFIDENT = 0.38
 """A lag is taken only if its mismatch is below this (0.5 is chance)."""
 DELAY_HOLD_FRAMES = 10
 """A new lag must stay the best this many frames before the filter moves."""
-SPECTRUM_SMOOTHING = 0.85
-"""Smoothing of the suppressor's power spectra per frame."""
-LEAK_MAX = 1.0
-"""Largest residual-echo / echo-estimate ratio the suppressor assumes."""
-LEAK_FALL = 0.3
-"""Per-frame rate at which a residual-echo ratio falls towards a lower observation."""
-LEAK_FALL_UNPLACED = 0.1
-"""The same for the first :data:`MAX_DELAY_MS` of far speech while the delay is not known:
-an echo may still be on its way, so silence at the microphone proves little yet."""
-LEAK_RISE = 0.05
-"""Per-frame rate at which it rises towards a higher one that still looks like echo."""
-ECHO_PRESENT = 1e5
-"""Power of a bin (this frame, ≈ −70 dBFS) above which an echo source is there to learn from;
-the smoothed spectra lag behind, so a far signal that just stopped teaches nothing. While the
-delay is unknown, only frames in which the agent is talking teach."""
-LEAK_ECHO_LIKE = 4.0
-"""The error looks like echo (not the visitor) while it is below this × the expected residual."""
-OVER_SUPPRESSION = 2.0
-"""Residual estimate safety factor."""
-SUPPRESS_FLOOR_DB = -40.0
-"""Deepest suppression per bin."""
-SINGLE_TALK_FLOOR_DB = -60.0
-"""Suppression of frames in which the visitor is not talking (echo only)."""
-NEAR_SER = 8.0
-"""A bin is the visitor's when its error is this many times the expected residual (9 dB)."""
-NEAR_SHARE = 0.5
-"""The visitor talks in a frame when this share of its error energy is in such bins."""
-NEAR_HANGOVER_FRAMES = 8
-"""Frames the visitor counts as talking after the detector last saw them (80 ms)."""
 NEAR_ADAPT = 0.1
 """Kalman gain factor while the visitor talks."""
-TAIL_WEIGHTS = np.array([0.25, 0.5, 1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.12, 0.09][:PARTITIONS], dtype=np.float32)
-"""How much each partition's far power feeds the far-based residual estimate (the echo's
-shape: the direct path at :data:`PRE_PARTITIONS`, then a decaying tail)."""
-
 AVAILABLE = True
 """The canceller is pure numpy: always available (kept for callers that ask)."""
 
 
-def _learn(leak: np.ndarray, ratio: np.ndarray, present: np.ndarray, fall: np.ndarray) -> np.ndarray:
-    """One frame of learning a residual-echo ratio, per bin, where an echo source is ``present``.
+class _Views:
+    """Parts of the filter's work buffer, sliced once. Rows: the gradient block [zeros, error], the windowed
+    [last, this] error and echo estimate (the suppressor's), the echo estimate's block (its last half valid)."""
 
-    Falls towards ``ratio`` at ``fall``; rises slowly, and only while the error looks like echo
-    (``ratio`` within :data:`LEAK_ECHO_LIKE` × the leak), so the visitor's speech never
-    teaches the suppressor that it is echo.
-    """
-    down = present & (ratio < leak)
-    up = present & ~down & (ratio < LEAK_ECHO_LIKE * leak)
-    rate = down * fall + up * np.float32(LEAK_RISE)
-    learnt: np.ndarray = np.minimum(leak + rate * (ratio - leak), LEAK_MAX)
-    return learnt
-
-
-def _sqrt_hann(n: int) -> np.ndarray:
-    return np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n))
+    def __init__(self, eb: np.ndarray, taps: np.ndarray, window: np.ndarray) -> None:
+        m = eb.shape[1] // 2
+        self.blocks, self.y_block, self.e, self.y = eb[:3], eb[3], eb[0, m:], eb[3, m:]
+        self.ey, self.windowed_lo, self.windowed_hi = eb[::3, m:], eb[1:3, :m], eb[1:3, m:]
+        self.taps_hi, self.w_lo, self.w_hi = taps[m:], window[:m], window[m:]
 
 
 class EchoCanceller:
@@ -153,61 +118,71 @@ class EchoCanceller:
         self.frame_samples = m = rate * FRAME_MS // 1000
         self.enabled = enabled
         self._far: deque[np.ndarray] = deque()
-        self._silence = np.zeros(m, dtype=np.int16)
         self.far_dropped = 0
         self.far_missing = 0
         self.far_trimmed = 0
         self.frames = 0
         self._k = m + 1  # FFT bins of a 2-frame block
         self._lags = MAX_DELAY_MS // FRAME_MS + 1
-        self._window = _sqrt_hann(2 * m).astype(np.float32)
+        self._window = sqrt_hann(2 * m)
         first, stop, step = (int(b * m / 160) for b in DELAY_BANDS)
         self._band_edges = np.arange(first, stop + 1, max(1, step))
         self._reset_state()
 
     def _reset_state(self) -> None:
-        m, k, n = self.frame_samples, self._k, PARTITIONS
-        cap = self._lags + n
-        # far history, newest first: spectra of [x(t-1), x(t)] and their powers; written twice
-        # (at i and i + cap) so ``[i : i + cap]`` is always a contiguous view
-        self._cap = cap
-        self._xs = np.zeros((2 * cap, k), dtype=np.complex64)
-        self._x2 = np.zeros((2 * cap, k), dtype=np.float32)
-        self._bits = np.zeros((2 * cap, len(self._band_edges) - 1), dtype=bool)
-        self._active = np.zeros(2 * cap, dtype=bool)
-        self._i = cap
-        self._min_depth = 0
-        self._depth_frames = 0
-        self._io = np.zeros((2, 2 * m), dtype=np.float32)  # the last two far and microphone frames
+        m, k, n, nb = self.frame_samples, self._k, PARTITIONS, len(self._band_edges) - 1
+        self._cap = cap = self._lags + n
+        # far history, newest first: spectra of [x(t-1), x(t)] and their conjugates, powers, and
+        # for the delay estimator binary spectra (0/1), their counts, whether to compare (1.0); a
+        # ring of cap + BLOCK_FRAMES slots (a block is pushed before its frames are processed),
+        # each written twice (at s and s + ring) so ``[s : s + cap]`` is contiguous
+        self._ring = r = cap + BLOCK_FRAMES
+        self._xx = np.zeros((2 * r, 2, k), dtype=np.complex64)
+        self._x2 = np.zeros((2 * r, k), dtype=np.float32)
+        self._meta = np.zeros((2 * r, nb + 2))
+        self._bits, self._ones, self._active = self._meta[:, :nb], self._meta[:, nb], self._meta[:, nb + 1]
+        self._rings = [a.reshape(2, r, *a.shape[1:]) for a in (self._xx, self._x2, self._meta)]
+        self._sound = bytearray(2 * r)  # the slot's spectrum is not all zeros
+        self._compare = bytearray(2 * r)  # the delay estimator compares against the slot
+        self._i = 0  # slot of the newest far frame
+        self._min_depth = self._depth_frames = 0
+        self._raw = np.zeros((2, BLOCK_FRAMES + 1, m), dtype=np.float32)  # far, microphone: last frame, block
+        self._blocks = [np.lib.stride_tricks.as_strided(self._raw, (2, b, 2 * m), self._raw.strides)
+                        for b in range(BLOCK_FRAMES + 1)]  # [last, this] frame blocks of b frames
+        self._spec = np.zeros((2, BLOCK_FRAMES, 2, k), dtype=np.complex64)  # far, microphone; conjugate
+        self._fmeta = np.zeros((BLOCK_FRAMES, nb + 2))
+        self._pow = np.zeros((2, BLOCK_FRAMES, k), dtype=np.float32)
+        self._d2_ser = np.zeros((BLOCK_FRAMES, k), dtype=np.float32)
+        self._outb = np.zeros((BLOCK_FRAMES, 2 * m), dtype=np.float32)
         # delay estimator
-        self._far_mean = np.zeros(len(self._band_edges) - 1)
-        self._near_mean = np.zeros(len(self._band_edges) - 1)
+        self._far_mean = np.zeros(nb)
+        self._near_mean = np.zeros(nb)
+        self._nbits = np.zeros(nb)
         self._mismatch = np.full(self._lags, 0.5)
-        self._far_seen = 0
-        self._far_now = False  # the newest far frame has signal in it
-        self._near_seen = 0
+        self._far_seen = self._near_seen = 0
         self._lag = 0  # the filter's first partition, in frames
         self._placed = False  # the delay estimator has placed the filter
         self._candidate = -1
         self._held = 0
-        # Kalman filter
+        # Kalman filter and its work buffers
         self._h = np.zeros((n, k), dtype=np.complex64)
         self._p = np.full((n, k), KALMAN_P0, dtype=np.float32)
-        self._psi = np.zeros(k, dtype=np.float32)
+        self._psi = np.full(k, 1e-6, dtype=np.float32)
+        self._psi_in = np.zeros(k, dtype=np.float32)
+        self._r = np.zeros(k, dtype=np.float32)
+        self._mu = np.zeros((n, k), dtype=np.float32)
+        self._hh = np.zeros((n, k), dtype=np.float32)
+        self._g = np.zeros((n, k), dtype=np.complex64)
+        self._yspec = np.zeros(k, dtype=np.complex64)
+        self._taps = np.zeros(2 * m, dtype=np.float32)
         self._constrain = 0
-        # suppressor
-        self._ey = np.zeros((2, 2 * m), dtype=np.float32)  # the last two error and echo-estimate frames
+        self._eb = np.zeros((4, 2 * m), dtype=np.float32)  # see _Views; the first three are transformed
+        self._es = np.zeros((3, k), dtype=np.complex64)
+        self._ep = np.zeros((3, k), dtype=np.float32)
+        self._views = _Views(self._eb, self._taps, self._window)
+        self._suppressor = Suppressor(k, n)
+        self._out = np.zeros((BLOCK_FRAMES, k), dtype=np.complex64)  # gain × windowed error
         self._ola: np.ndarray = np.zeros(m, dtype=np.float32)
-        self._eb = np.zeros(2 * m, dtype=np.float32)  # [zeros, error]: the gradient block
-        self._spectra = np.zeros((4, k), dtype=np.float32)
-        self._leaks = np.full((3, k), LEAK_MAX, dtype=np.float32)
-        self._fall_known = np.full((3, 1), LEAK_FALL, dtype=np.float32)
-        # while the delay is unknown only the residual / far ratio falls slowly: the
-        # double-talk detector needs both it and the ERL to call a frame the visitor's
-        self._fall_unknown = np.array([[LEAK_FALL], [LEAK_FALL_UNPLACED], [LEAK_FALL]], dtype=np.float32)
-        self._floor = 10 ** (SUPPRESS_FLOOR_DB / 20)
-        self._silent = np.full(k, 10 ** (SINGLE_TALK_FLOOR_DB / 20), dtype=np.float32)
-        self._hang = 0
 
     @property
     def active(self) -> bool:
@@ -219,63 +194,71 @@ class EchoCanceller:
         """The far → echo delay the filter is placed at (its start plus the margin)."""
         return (self._lag + PRE_PARTITIONS) * FRAME_MS
 
-    def _check(self, frame: np.ndarray, what: str) -> np.ndarray:
-        f = np.asarray(frame, dtype=np.int16).reshape(-1)
-        if len(f) != self.frame_samples:
-            raise ValueError(
-                f"{what} frame must be {self.frame_samples} samples (10 ms at {self.rate} Hz), "
-                f"got {len(f)}"
-            )
-        return f
+    def _check(self, frames: np.ndarray, what: str) -> np.ndarray:
+        """``frames`` as rows of one frame each (one frame, or a 2-D array of them)."""
+        f = np.asarray(frames, dtype=np.int16)
+        if f.ndim > 2 or f.shape[-1] != self.frame_samples or f.size == 0:
+            raise ValueError(f"{what} frames must be {self.frame_samples} samples (10 ms at {self.rate} Hz) each, "
+                             f"got an array of shape {f.shape}")
+        return f.reshape(-1, self.frame_samples)
 
-    def far(self, frame: np.ndarray) -> None:
-        """Queue one 10 ms frame of the speaker signal (in playout order)."""
+    def far(self, frames: np.ndarray) -> None:
+        """Queue 10 ms frames of the speaker signal (one, or rows of them; in playout order)."""
         if not self.enabled:
             return
-        self._far.append(self._check(frame, "far").copy())
-        if len(self._far) > MAX_FAR_BACKLOG_FRAMES:
-            self._far.popleft()
-            self.far_dropped += 1
-            self._realign(1)
+        for frame in self._check(frames, "far").copy():
+            self._far.append(frame)
+            if len(self._far) > MAX_FAR_BACKLOG_FRAMES:
+                self._far.popleft()
+                self.far_dropped += 1
+                self._realign(1)
 
-    def near(self, frame: np.ndarray) -> np.ndarray:
-        """Echo-reduce one 10 ms microphone frame (a new array, one frame late)."""
-        f = self._check(frame, "near")
+    def near(self, frames: np.ndarray) -> np.ndarray:
+        """Echo-reduce 10 ms microphone frames (one, or rows of them): a new array of the same
+        shape, one frame late. A block gives exactly what its frames would one by one."""
+        f = self._check(frames, "near")
         if not self.enabled:
-            return f.copy()
-        self._trim_far()
-        if self._far:
-            far = self._far.popleft()
-        else:
-            far = self._silence
-            self.far_missing += 1
-            self._realign(-1)  # the late frame pairs with the next microphone frame
-        self.frames += 1
-        out = self._process(far.astype(np.float32), f.astype(np.float32))
-        result: np.ndarray = np.clip(np.rint(out), -32768, 32767).astype(np.int16)
-        return result
+            return f.reshape(np.shape(frames)).copy()
+        out = np.empty_like(f)
+        for s in range(0, len(f), BLOCK_FRAMES):
+            near = f[s : s + BLOCK_FRAMES]
+            shifts = [self._take_far(j) for j in range(len(near))]
+            self.frames += len(near)
+            out[s : s + len(near)] = self._cancel(self._raw[0, 1 : len(near) + 1], near, shifts)
+        return out.reshape(np.shape(frames))
 
-    def _trim_far(self) -> None:
+    def _take_far(self, j: int) -> list[int]:
+        """The far frame for block frame ``j`` into the raw buffer; the moves of the far
+        stream against the microphone (see :meth:`_realign`) to apply before the frame."""
+        shifts = self._trim_far()
+        if self._far:
+            self._raw[0, j + 1] = self._far.popleft()
+        else:
+            self._raw[0, j + 1] = 0.0
+            self.far_missing += 1
+            shifts.append(-1)  # the late frame pairs with the next microphone frame
+        return shifts
+
+    def _trim_far(self) -> list[int]:
         """Keep the far queue short: queued far frames whose echo already reached the
         microphone cannot be cancelled (the echo would precede its reference)."""
-        depth = len(self._far)
-        self._min_depth = min(self._min_depth, depth)
+        self._min_depth = min(self._min_depth, len(self._far))
         self._depth_frames += 1
         if self._depth_frames < FAR_TRIM_FRAMES:
-            return
+            return []
         extra = self._min_depth - FAR_QUEUE_SLACK
+        trimmed = []
         if self._min_depth > FAR_QUEUE_MAX:
             for _ in range(extra):
                 self._far.popleft()
             self.far_trimmed += extra
-            self._realign(extra)
+            trimmed.append(extra)
         self._min_depth, self._depth_frames = len(self._far), 0
+        return trimmed
 
     def _realign(self, frames: int) -> None:
         """The far stream moved ``frames`` against the microphone (+: the echo is now later):
         move the filter, its taps and the delay estimator's lags with it."""
-        if not self.enabled:
-            return
         self._mismatch = np.roll(self._mismatch, frames)
         if frames > 0:
             self._mismatch[:frames] = 0.5
@@ -285,42 +268,88 @@ class EchoCanceller:
 
     # ------------------------------------------------------------------ stages
 
-    def _bands(self, power: np.ndarray) -> np.ndarray:
-        return np.log10(np.add.reduceat(power, self._band_edges[:-1])[: len(self._band_edges) - 1] + 1.0)
+    def _cancel(self, far: np.ndarray, near: np.ndarray, shifts: list[list[int]]) -> np.ndarray:
+        """A block: ``far`` (float32, in the raw buffer) and ``near`` (int16) frames → output
+        frames; ``shifts[j]``: realignments before frame ``j``. What does not depend on the
+        adapted state (spectra, powers, bands, the output transform) is done for the whole block."""
+        b, m = len(near), self.frame_samples
+        raw = self._raw
+        raw[1, 1 : b + 1] = near
+        spec = rfft_into(self._blocks[b], self._spec[:, :b, 0])
+        power = power_into(spec, self._pow[:, :b])
+        loud = (np.maximum.reduce(np.abs(raw[:, 1 : b + 1]), axis=2) > ACTIVE_PEAK).tolist()
+        bands = np.add.reduceat(power, self._band_edges[:-1], axis=2)[..., : len(self._band_edges) - 1]
+        bands += 1.0
+        np.log10(bands, out=bands)
+        slots, seen = self._push_far(spec[0], power[0], loud[0], bands[0])
+        d2_ser = np.multiply(power[1], 1 / NEAR_SER, out=self._d2_ser[:b])
+        for j in range(b):
+            for shift in shifts[j]:
+                self._realign(shift)
+            self._frame(j, slots[j], raw[1, j + 1], power[1, j], d2_ser[j], bands[1, j], loud[0][j], loud[1][j],
+                        seen[j])
+        raw[:, 0] = raw[:, b]
+        blk = irfft_into(self._out[:b], self._outb[:b])
+        blk *= self._window
+        out = blk[:, :m]
+        out[0] += self._ola
+        out[1:] += blk[:-1, m:]
+        self._ola[:] = blk[b - 1, m:]
+        np.rint(out, out=out)
+        np.minimum(out, 32767, out=out)
+        np.maximum(out, -32768, out=out)
+        return out.astype(np.int16)
 
-    def _push_far(self, x: np.ndarray, spec: np.ndarray) -> None:
-        """Add far frame ``x`` (``spec``: the spectrum of the block it ends) to the history."""
-        cap = self._cap
-        self._i = i = self._i - 1 if self._i > 0 else cap - 1
-        power = spec.real**2 + spec.imag**2
-        self._far_now = active = bool(np.max(np.abs(x)) > ACTIVE_PEAK)
-        bits = self._bits[i]
-        if active:
-            bands = self._bands(power)
-            self._far_seen += 1
-            rate = max(BAND_MEAN_RATE, 1.0 / self._far_seen)
-            self._far_mean += rate * (bands - self._far_mean)
-            bits = bands > self._far_mean
-        for j in (i, i + cap):
-            self._xs[j], self._x2[j], self._bits[j] = spec, power, bits
-            self._active[j] = active and self._far_seen > DELAY_WARMUP_FRAMES
+    def _push_far(self, spec: np.ndarray, power: np.ndarray, loud: list[bool],
+                  bands: np.ndarray) -> tuple[list[int], list[int]]:
+        """Add a block's far frames (their blocks' spectra, powers, loudness, bands) to the
+        history; their slots, and how many loud far frames were seen by each."""
+        b, r, nb = len(spec), self._ring, bands.shape[1]
+        meta, seen = self._fmeta[:b], []
+        meta[:] = 0.0
+        for j in range(b):
+            if loud[j]:
+                self._far_seen += 1
+                rate = max(BAND_MEAN_RATE, 1.0 / self._far_seen)
+                self._far_mean += rate * (bands[j] - self._far_mean)
+                np.greater(bands[j], self._far_mean, out=meta[j, :nb])
+                meta[j, nb + 1] = self._far_seen > DELAY_WARMUP_FRAMES
+            seen.append(self._far_seen)
+        np.add.reduce(meta[:, :nb], axis=1, out=meta[:, nb])
+        xx = self._spec[0, :b]
+        np.conjugate(spec, out=xx[:, 1])
+        slots = [(self._i - 1 - j) % r for j in range(b)]  # newest first
+        for ring, value in zip(self._rings, (xx, power, meta), strict=True):
+            ring[:, slots] = np.asarray(value)
+        self._i = slots[-1]
+        sounds = np.logical_or.reduce(spec, axis=1).tolist()
+        for slot, sound, compare in zip(slots, sounds, meta[:, nb + 1].tolist(), strict=True):
+            self._sound[slot] = self._sound[slot + r] = sound
+            self._compare[slot] = self._compare[slot + r] = compare > 0
+        return slots, seen
 
-    def _estimate_delay(self, power: np.ndarray) -> None:
-        """One frame of the delay estimator (``power``: the microphone's power spectrum)."""
-        bands = self._bands(power)
+    def _estimate_delay(self, bands: np.ndarray, i: int) -> None:
+        """One frame of the delay estimator (``bands``: the microphone's; ``i``: the far slot)."""
         self._near_seen += 1
         self._near_mean += max(BAND_MEAN_RATE, 1.0 / self._near_seen) * (bands - self._near_mean)
         if self._near_seen <= DELAY_WARMUP_FRAMES:
             return
-        bits = bands > self._near_mean
-        i = self._i
-        active = self._active[i : i + self._lags]
-        if not active.any():
+        if not any(self._compare[i : i + self._lags]):
             return
-        mismatch = np.mean(self._bits[i : i + self._lags] != bits, axis=1)
+        bits = self._nbits
+        np.greater(bands, self._near_mean, out=bits)
+        # the share of bands in which the far frame at each lag and this one differ
+        mismatch = self._bits[i : i + self._lags] @ bits
+        mismatch *= -2.0
+        mismatch += self._ones[i : i + self._lags]
+        mismatch += np.add.reduce(bits)
+        mismatch /= len(bits)
         m = self._mismatch
-        m[active] += (1 - DELAY_SMOOTHING) * (mismatch[active] - m[active])
-        best = int(np.argmin(m))
+        mismatch -= m
+        mismatch *= self._active[i : i + self._lags]
+        mismatch *= 1 - DELAY_SMOOTHING
+        m += mismatch
+        best = int(m.argmin())
         if m[best] > DELAY_CONFIDENT or (self._placed and self._lag <= best - PRE_PARTITIONS + 1 <= self._lag + 2):
             self._held = 0
             return
@@ -345,78 +374,62 @@ class EchoCanceller:
         self._h, self._p, self._lag, self._held = h, p, lag, 0
         log.debug("echo delay moved delay_ms=%d", self.delay_ms)
 
-    def _process(self, x: np.ndarray, d: np.ndarray) -> np.ndarray:
-        m, n = self.frame_samples, PARTITIONS
-        self._io[0, :m], self._io[0, m:] = self._io[0, m:], x
-        self._io[1, :m], self._io[1, m:] = self._io[1, m:], d
-        far_spec, near_spec = np.fft.rfft(self._io)
-        self._push_far(x, far_spec)
-        d2 = near_spec.real**2 + near_spec.imag**2
-        if np.max(np.abs(d)) > ACTIVE_PEAK and not self._hang:  # not silence, not the visitor
-            self._estimate_delay(d2)
-        i = self._i + self._lag
-        xs, x2 = self._xs[i : i + n], self._x2[i : i + n]
-        # linear echo estimate (overlap-save: the last half of the block is valid)
-        y = np.fft.irfft(np.einsum("ij,ij->j", self._h, xs))[m:]
-        e = d - y
-        self._eb[m:] = e
-        err = np.fft.rfft(self._eb)
-        e2 = err.real**2 + err.imag**2
-        # Kalman update
-        r = np.einsum("ij,ij->j", x2, self._p) + PSI_WEIGHT * self._psi / n + 1e-6
-        mu = self._p / r
-        if self._hang:  # the visitor is talking: adapt slowly (what the filter hears is not all echo)
-            mu *= NEAR_ADAPT
-        self._psi += (1 - PSI_SMOOTHING) * (e2 - self._psi)
-        a2 = KALMAN_A * KALMAN_A
-        self._p = a2 * (1 - 0.5 * mu * x2) * self._p + (1 - a2) * (self._h.real**2 + self._h.imag**2)
-        self._h = KALMAN_A * (self._h + mu * xs.conj() * err)
+    def _frame(self, j: int, i: int, d: np.ndarray, d2: np.ndarray, d2_ser: np.ndarray, bands: np.ndarray,
+               far_now: bool, near_now: bool, seen: int) -> None:
+        """Block frame ``j``: far slot ``i``, microphone frame ``d`` (its block's power ``d2``,
+        ÷ :data:`NEAR_SER`, and ``bands``), whether the far and microphone frames are loud, loud
+        far frames ``seen``."""
+        n = PARTITIONS
+        if near_now and not self._suppressor.hang:  # not silence, not the visitor
+            self._estimate_delay(bands, i)
+        s = i + self._lag
+        x2, h, p, g, mu, v = self._x2[s : s + n], self._h, self._p, self._g, self._mu, self._views
+        sound = any(self._sound[s : s + n])  # else the echo estimate and the gradient are exactly 0
+        if sound:  # linear echo estimate (overlap-save: the last half of the block is valid)
+            np.multiply(h, self._xx[s : s + n, 0], out=g)
+            irfft_into(np.add.reduce(g, axis=0, out=self._yspec), v.y_block)
+            np.subtract(d, v.y, out=v.e)
+        else:
+            v.e[:] = d
+            v.y[:] = 0.0
+        np.multiply(v.ey, v.w_hi, out=v.windowed_hi)
+        es, ep = rfft_into(v.blocks, self._es), power_into(self._es, self._ep)
+        np.multiply(v.ey, v.w_lo, out=v.windowed_lo)  # the next frame's first halves
+        # Kalman update (the old |h|² feeds the state uncertainty)
+        hh = power_into(h, self._hh)
+        hh *= 1 - KALMAN_A * KALMAN_A
+        if sound:
+            r = self._r
+            np.multiply(x2, p, out=mu)
+            np.add.reduce(mu, axis=0, out=r)
+            r += self._psi
+            if self._suppressor.hang:  # the visitor is talking: adapt slowly (what the filter hears is not all echo)
+                r *= 1 / NEAR_ADAPT
+            np.divide(p, r, out=mu)
+            np.multiply(mu, self._xx[s : s + n, 1], out=g)
+            g *= es[0]
+            h += g
+            mu *= x2
+            mu *= -0.5 * KALMAN_A * KALMAN_A
+            mu += KALMAN_A * KALMAN_A
+            p *= mu
+        else:
+            p *= KALMAN_A * KALMAN_A
+        p += hh
+        h *= KALMAN_A
+        # the observation noise, as it enters the gain: PSI_WEIGHT / n × smoothed error power + 1e-6
+        self._psi *= PSI_SMOOTHING
+        np.multiply(ep[0], (1 - PSI_SMOOTHING) * PSI_WEIGHT / n, out=self._psi_in)
+        self._psi += self._psi_in
+        self._psi += (1 - PSI_SMOOTHING) * 1e-6
         self._constrain = c = (self._constrain + 1) % (CONSTRAIN_EVERY * n)
         if c % CONSTRAIN_EVERY == 0:  # keep one partition's taps causal (partial constraint)
-            taps = np.fft.irfft(self._h[c // CONSTRAIN_EVERY])
-            taps[m:] = 0.0
-            self._h[c // CONSTRAIN_EVERY] = np.fft.rfft(taps)
-        return self._suppress(e, y, x2, d2)
-
-    def _suppress(self, e: np.ndarray, y: np.ndarray, x2: np.ndarray, d2: np.ndarray) -> np.ndarray:
-        """Residual echo suppression of the filter's error ``e`` given its echo estimate ``y``.
-
-        ``x2``: far power spectra over the filter's window (the echo's source); ``d2``: the
-        microphone's power spectrum.
-        """
-        m = self.frame_samples
-        self._ey[0, :m], self._ey[0, m:] = self._ey[0, m:], e
-        self._ey[1, :m], self._ey[1, m:] = self._ey[1, m:], y
-        ew, yw = np.fft.rfft(self._window * self._ey)
-        ew2 = ew.real**2 + ew.imag**2
-        yw2 = yw.real**2 + yw.imag**2
-        # the echo's source: far power over the filter's window, or over every lag while the
-        # delay is not known yet (any far frame may be what the microphone hears)
-        xw2 = TAIL_WEIGHTS @ x2 if self._placed else np.max(self._x2[self._i : self._i + self._cap], axis=0)
-        # smoothed spectra: error, echo estimate, far, microphone; and the ratios learnt
-        # from them: residual / echo estimate, residual / far, microphone / far (the ERL)
-        spectra = self._spectra
-        spectra += (1 - SPECTRUM_SMOOTHING) * (np.stack([ew2, yw2, xw2, d2]) - spectra)
-        see, syy, sxx, sdd = spectra
-        known = self._placed or self._far_seen > self._lags
-        self._leaks = _learn(self._leaks, np.stack([see / (syy + 1e-3), see / (sxx + 1e-3), sdd / (sxx + 1e-3)]),
-                             (np.stack([yw2, xw2, xw2]) > ECHO_PRESENT) & (self._placed or self._far_now),
-                             self._fall_known if known else self._fall_unknown)
-        leak_y, leak_x, erl = self._leaks
-        # the echo estimate is trusted only once the delay estimator has found an echo
-        residual = OVER_SUPPRESSION * (np.maximum(leak_y * yw2, leak_x * xw2) if self._placed else leak_x * xw2)
-        ser = ew2 / (residual + 1e-3)
-        # double-talk detector: most of the error's energy is in bins where the error is far
-        # above the expected residual and the microphone far above the expected echo (the
-        # latter does not depend on the linear filter, which may slip for a moment)
-        mine = (ser > NEAR_SER) & (d2 > NEAR_SER * erl * xw2)
-        near = float(np.dot(ew2, mine)) > NEAR_SHARE * float(np.sum(ew2)) + 1e-3
-        self._hang = NEAR_HANGOVER_FRAMES if near else max(0, self._hang - 1)
-        gain = np.clip((ser - 1.0) / (ser + 1e-9), self._floor, 1.0) if self._hang else self._silent
-        block = np.fft.irfft(gain * ew) * self._window
-        out = self._ola + block[:m]
-        self._ola = block[m:]
-        return out
+            irfft_into(h[c // CONSTRAIN_EVERY], self._taps)
+            v.taps_hi[:] = 0.0
+            rfft_into(self._taps, h[c // CONSTRAIN_EVERY])
+        placed = self._placed
+        self._suppressor.frame(es, ep, d2, d2_ser, x2 if placed else self._x2[i : i + self._cap], placed, far_now,
+                               placed or seen > self._lags, self._out[j])
 
     # ------------------------------------------------------------------ housekeeping
 

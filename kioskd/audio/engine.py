@@ -17,57 +17,38 @@ Threads and clocks:
   far-end periods the thread wrote are taken by the capture side when it processes
   the next block, so far and near frames reach the canceller in the order they passed
   the devices, without a hand-off per period.
-* Device failures arrive as values; each device has its own reopen loop with
-  :class:`~kioskd.backoff.Backoff`. :meth:`AudioEngine.run` never ends on a device error.
+* Device failures arrive as values; each device has its own reopen loop
+  (:class:`~kioskd.audio.device_loop.DeviceLoop`, with backoff). :meth:`AudioEngine.run`
+  never ends on a device error. Blocks become 10 ms frames in :mod:`kioskd.audio.frames`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import trio
 
-from kioskd.audio.devices import (
-    CaptureThread,
-    DeviceFailed,
-    DeviceOpened,
-    Direction,
-    Listening,
-    Pacing,
-    PlaybackThread,
-    Stream,
-    open_stream,
-)
+from kioskd.audio.device_loop import DEVICE_BACKOFF_BASE, DEVICE_BACKOFF_CAP, DeviceLoop
+from kioskd.audio.device_threads import CaptureThread, Listening, PlaybackThread
+from kioskd.audio.devices import DeviceFailed, DeviceOpened, Direction, Stream, open_stream
 from kioskd.audio.formats import FRAME_SAMPLES, INTERNAL_RATE, AudioFormat, Resampler, to_mono
+from kioskd.audio.frames import FrameListener, Framer, deliver
 from kioskd.audio.jitter import JitterBuffer
 from kioskd.audio.ring import SampleRing
 from kioskd.audio.speaker import Speaker
 from kioskd.audio.streams import FRAME_MS, Playback, Uplink
-from kioskd.backoff import Backoff
 from kioskd.config import AudioConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AudioEngine", "FrameListener", "Playback", "Uplink"]
-
-FrameListener = Callable[[np.ndarray, float], object]
-"""``fn(frame, t)``: a 10 ms int16 frame at 16 kHz and its ``trio.current_time()``."""
+__all__ = ["AudioEngine"]
 
 DEFAULT_FORMAT = AudioFormat("pcm", INTERNAL_RATE)
 """An uplink's format until the conversation says otherwise (the protocol's default)."""
-DEVICE_BACKOFF_BASE = 0.5
-"""First reopen waits up to this long (seconds)."""
-DEVICE_BACKOFF_CAP = 10.0
-"""Reopen waits never exceed this (seconds)."""
-STABLE_SECONDS = 5.0
-"""A device that ran this long before failing reopens with the shortest backoff."""
 HALF_DUPLEX_TAIL_S = 0.3
 """In half-duplex mode the mic stays muted this long after the speaker falls silent."""
 IDLE_CAPTURE_PERIODS = 5
@@ -82,18 +63,6 @@ of the block read in progress when it ends; a voice wake hears a loud block 100 
 at most, well inside the pre-roll)."""
 
 
-@dataclass
-class _Device:
-    """What the engine knows about one direction's device (for status and the loops)."""
-
-    name: str
-    ok: bool = False
-    rate: int = 0
-    channels: int = 0
-    error: str | None = None
-    failures: int = 0
-
-
 class AudioEngine:
     """Microphone and speaker with reopen-on-failure; see the module docstring."""
 
@@ -103,22 +72,23 @@ class AudioEngine:
         *,
         backoff_base: float = DEVICE_BACKOFF_BASE,
         backoff_cap: float = DEVICE_BACKOFF_CAP,
-        pacing: Pacing = "auto",
         opener: Callable[[str, Direction, int, int], Stream] = open_stream,
     ) -> None:
-        """Prepare (devices open in :meth:`run`). ``pacing``/``opener`` are for tests and tools."""
+        """Prepare (devices open in :meth:`run`). ``opener`` is for tests and tools."""
         self.config = config
         self._mic_enabled = True
         self.cues: dict[str, np.ndarray] = {}
         """Cue name → 16 kHz samples for :meth:`play_cue` (a missing name is a cue turned off)."""
-        self._backoff = (backoff_base, backoff_cap)
-        self._pacing: Pacing = pacing
         self._opener = opener
-        self._devices: dict[Direction, _Device] = {"input": _Device(config.input), "output": _Device(config.output)}
+        backoff = (backoff_base, backoff_cap)
+        self._devices: dict[Direction, DeviceLoop] = {
+            "input": self._device_loop("input", config.input, backoff),
+            "output": self._device_loop("output", config.output, backoff),
+        }
         self._last_error: str | None = None
         self._listeners: list[FrameListener] = []
         self._gated: dict[FrameListener, float] = {}  # listener → min_dbfs (see add_frame_listener)
-        self._gate_frames = _Framer()
+        self._gate_frames = Framer()
         self._gate_next = -1  # the first frame of the block that would continue the last loud one
         self._uplinks: set[Uplink] = set()
         self._preroll = SampleRing(config.preroll_ms // FRAME_MS * FRAME_SAMPLES)
@@ -128,8 +98,8 @@ class AudioEngine:
 
             self._echo = EchoCanceller(rate=INTERNAL_RATE, enabled=True)
         self._echo_quiet_s = config.preroll_ms / 1000 + HALF_DUPLEX_TAIL_S
-        self._cap_frames = _Framer()
-        self._far_frames = _Framer()
+        self._cap_frames = Framer()
+        self._far_frames = Framer()
         self._speaker = Speaker(
             self._new_jitter, config.output_rate or INTERNAL_RATE, volume=config.volume, keep_far=self._echo is not None
         )
@@ -146,8 +116,8 @@ class AudioEngine:
         """Open both devices and keep them open; started after the first attempt of each."""
         self._trio_token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as nursery:
-            await nursery.start(self._device_loop, "input")
-            await nursery.start(self._device_loop, "output")
+            await nursery.start(self._devices["input"].run)
+            await nursery.start(self._devices["output"].run)
             nursery.start_soon(self._flush_tails)
             task_status.started()
 
@@ -334,38 +304,11 @@ class AudioEngine:
             rate, min_ms=c.jitter_min_ms, max_ms=c.jitter_max_ms, start_ms=c.jitter_start_ms, fade_ms=c.fade_ms
         )
 
-    async def _device_loop(self, direction: Direction, *, task_status: trio.TaskStatus[None]) -> None:
-        """Open, wait for failure, back off, reopen — forever."""
-        dev = self._devices[direction]
-        backoff = Backoff(*self._backoff)
-        started = False
-        while True:
-            send, recv = trio.open_memory_channel[DeviceOpened | DeviceFailed](math.inf)
-            thread = self._make_thread(direction, functools.partial(_send, send))
-            opened_at: float | None = None
-            try:
-                thread.start()
-                async for event in recv:
-                    if isinstance(event, DeviceOpened):
-                        opened_at = trio.current_time()
-                        self._on_opened(dev, event)
-                    else:
-                        self._on_failed(dev, event)
-                        break
-                    if not started:
-                        started = True
-                        task_status.started()
-            finally:
-                thread.stop()
-                with trio.CancelScope(shield=True):
-                    if not await trio.to_thread.run_sync(thread.join):
-                        log.error("audio thread did not stop direction=%s device=%s", direction, dev.name)
-            if not started:
-                started = True
-                task_status.started()
-            if opened_at is not None and trio.current_time() - opened_at >= STABLE_SECONDS:
-                backoff.reset()
-            await trio.sleep(backoff.next_delay())
+    def _device_loop(self, direction: Direction, name: str, backoff: tuple[float, float]) -> DeviceLoop:
+        return DeviceLoop(
+            direction, name, functools.partial(self._make_thread, direction), backoff=backoff,
+            on_opened=self._on_opened, on_failed=self._on_failed,
+        )  # fmt: skip
 
     async def _flush_tails(self) -> None:
         """Play held-back resampler tails of idle playback (see :meth:`Playback.flush_tail`).
@@ -382,7 +325,7 @@ class AudioEngine:
     def _make_thread(self, direction: Direction, on_event: Callable[[Any], object]) -> CaptureThread | PlaybackThread:
         assert self._trio_token is not None
         c = self.config
-        common: dict[str, Any] = dict(pacing=self._pacing, opener=self._opener)
+        common: dict[str, Any] = dict(pacing=self.config.pacing, opener=self._opener)
         if direction == "input":
             capture = CaptureThread(
                 c.input, c.input_rate, FRAME_MS, self._trio_token, on_event,
@@ -399,21 +342,12 @@ class AudioEngine:
             c.output, c.output_rate, c.device_period_ms, self._trio_token, on_event, source=self._speaker, **common
         )
 
-    def _on_opened(self, dev: _Device, event: DeviceOpened) -> None:
+    def _on_opened(self, event: DeviceOpened) -> None:
         if event.direction == "output":
             self._speaker.opened(event.rate)  # before ``ok``: pushes from now on use the device's rate
-        dev.ok, dev.rate, dev.channels = True, event.rate, event.channels
-        log.info(
-            "audio device opened direction=%s device=%r rate=%d channels=%d",
-            event.direction, event.name, event.rate, event.channels,
-        )  # fmt: skip
 
-    def _on_failed(self, dev: _Device, event: DeviceFailed) -> None:
-        dev.ok = False
-        dev.failures += 1
-        dev.error = event.message  # names the device already
+    def _on_failed(self, event: DeviceFailed) -> None:
         self._last_error = f"{event.direction} {event.name!r}: {event.message}"
-        log.warning("audio device failed direction=%s device=%r error=%r", event.direction, event.name, event.message)
         if event.direction == "output":
             self._speaker.failed()
 
@@ -443,7 +377,7 @@ class AudioEngine:
         for uplink in list(self._uplinks):
             uplink.push_block(frames)
         if self._listeners or self._gated:
-            _deliver([*self._listeners, *self._gated], frames, now)
+            deliver([*self._listeners, *self._gated], frames, now)
 
     def _on_loud(self, data: np.ndarray, rate: int, channels: int, start: int) -> None:
         """A loud block while no frames flow (the level gate): to the gated listeners only."""
@@ -456,7 +390,7 @@ class AudioEngine:
             mono = to_mono(data, channels) if channels > 1 else data
             frames = self._gate_frames.feed(mono, rate)
             if len(frames):
-                _deliver(list(self._gated), frames, trio.current_time())
+                deliver(list(self._gated), frames, trio.current_time())
         except Exception:
             log.exception("audio capture processing failed")
 
@@ -464,59 +398,8 @@ class AudioEngine:
         """Far-end periods written since the last block first, then the microphone frames."""
         periods, rate = self._speaker.take_far()
         if periods:
-            for far in self._far_frames.feed(np.concatenate(periods), rate):
+            far = self._far_frames.feed(np.concatenate(periods), rate)
+            if len(far):
                 self._echo.far(far)
-        out = np.empty_like(frames)
-        for i, frame in enumerate(frames):
-            out[i] = self._echo.near(frame)
+        out: np.ndarray = self._echo.near(frames)  # the block at once: cheaper, the same frames
         return out
-
-
-def _deliver(listeners: list[FrameListener], frames: np.ndarray, now: float) -> None:
-    """Each listener gets each frame with its time (the block's last frame at ``now``, 10 ms apart)."""
-    last = len(frames) - 1
-    for fn in listeners:
-        try:
-            for i, frame in enumerate(frames):
-                fn(frame, now - (last - i) * FRAME_MS / 1000)
-        except Exception:
-            log.exception("audio frame listener failed listener=%r", fn)
-
-
-class _Framer:
-    """Mono int16 at any rate → whole 16 kHz 10 ms frames, shape ``(n, 160)`` (streaming).
-
-    At 16 kHz a block of whole frames is passed through as a view (no copy); other rates
-    go through one resampler call per block. The remainder waits for the next block.
-    """
-
-    def __init__(self) -> None:
-        self._resampler: Resampler | None = None
-        self._rate = 0
-        self._rest = np.zeros(0, dtype=np.int16)
-
-    def reset(self) -> None:
-        """Start a new stream (the next block is not a continuation)."""
-        self._resampler = None
-        self._rate = 0
-        self._rest = np.zeros(0, dtype=np.int16)
-
-    def feed(self, mono: np.ndarray, rate: int) -> np.ndarray:
-        """The whole frames now available."""
-        if rate != self._rate:
-            self.reset()
-            self._rate = rate
-            if rate != INTERNAL_RATE:
-                self._resampler = Resampler(rate, INTERNAL_RATE)
-        pcm = mono if self._resampler is None else self._resampler.process(mono)
-        if len(self._rest):
-            pcm = np.concatenate([self._rest, pcm])
-        whole = len(pcm) // FRAME_SAMPLES * FRAME_SAMPLES
-        self._rest = pcm[whole:].copy() if whole < len(pcm) else self._rest[:0]
-        return pcm[:whole].reshape(-1, FRAME_SAMPLES)
-
-
-def _send(channel: trio.MemorySendChannel[Any], event: object) -> None:
-    """Deliver a device event unless its loop is gone (never raise into Trio's run loop)."""
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        channel.send_nowait(event)

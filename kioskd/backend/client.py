@@ -24,8 +24,9 @@ import httpx
 import msgspec
 import trio
 
+from kioskd.backend.client_config import BackendConfig
 from kioskd.backoff import Backoff
-from kioskd.config import BackendConfig, NetworkConfig
+from kioskd.config import NetworkConfig
 
 __all__ = [
     "PublicAgentUrl",

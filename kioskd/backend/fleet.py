@@ -20,13 +20,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from kioskd.backend.server_config import BackendServerConfig, KioskEntry
+from kioskd.backend.server_config import BackendServerConfig
 from kioskd.backend.store import Heartbeat, KioskRecord, Store
 
 __all__ = ["MAX_HEARTBEAT_BYTES", "Fleet", "FleetKiosk", "fleet_view"]
@@ -45,8 +47,16 @@ COOKIE = "kioskd_operator"
 COOKIE_MAX_AGE = 12 * 3600
 MAX_STATE_LEN = 64
 
-#: The request's kiosk, or the reply refusing it (throttled, no valid token).
-Admit = Callable[[Request], Awaitable[KioskEntry | Response]]
+T = TypeVar("T")
+
+
+class Admit(Protocol):
+    """``authorize(token sha256)`` for the request's bearer token, or the reply refusing it
+    (throttled, no valid token, or ``authorize`` found none)."""
+
+    async def __call__(self, request: Request, authorize: Callable[[str], Awaitable[T | None]]) -> T | Response:
+        """See the class docstring."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -124,7 +134,7 @@ def fleet_view(
 def check_heartbeat(body: bytes) -> dict[str, Any]:
     """The heartbeat as a dict, or ValueError naming what is wrong (pure)."""
     try:
-        status = json.loads(body)
+        status = msgspec.json.decode(body)
     except ValueError:
         raise ValueError("the body is not JSON") from None
     if not isinstance(status, dict):
@@ -170,20 +180,29 @@ class Fleet:
         self._wall_clock = wall_clock
 
     async def heartbeat(self, request: Request) -> Response:
-        """``POST /heartbeat``: keep the kiosk's status; 200 also answers its health check."""
-        kiosk = await self._admit(request)
-        if isinstance(kiosk, Response):
-            return kiosk
+        """``POST /heartbeat``: keep the kiosk's status; 200 also answers its health check.
+
+        A valid body is admitted and recorded in one store step; an invalid one is answered
+        400/413 only once its token is known to be good (401 otherwise)."""
         body = await _read_capped(request, MAX_HEARTBEAT_BYTES)
-        if body is None:
-            return _error(413, "too_large", f"a heartbeat is at most {MAX_HEARTBEAT_BYTES} bytes")
+        problem = ""
         try:
-            status = check_heartbeat(body)
+            status = check_heartbeat(body) if body is not None else None
         except ValueError as exc:
-            log.warning("heartbeat refused kiosk=%s problem=%r", kiosk.id, str(exc))
-            return _error(400, "bad_request", str(exc))
-        last_seen = await self._store.record_heartbeat(kiosk.id, status)
-        return JSONResponse({"ok": True, "kiosk": kiosk.id, "last_seen": last_seen})
+            status, problem = None, str(exc)
+        if status is not None:
+            admitted = await self._admit(request, partial(self._store.admit_heartbeat, status=status))
+            if isinstance(admitted, Response):
+                return admitted
+            kiosk, last_seen = admitted
+            return JSONResponse({"ok": True, "kiosk": kiosk.id, "last_seen": last_seen})
+        known = await self._admit(request, self._store.kiosk_for_token)
+        if isinstance(known, Response):
+            return known
+        if not problem:
+            return _error(413, "too_large", f"a heartbeat is at most {MAX_HEARTBEAT_BYTES} bytes")
+        log.warning("heartbeat refused kiosk=%s problem=%r", known.id, problem)
+        return _error(400, "bad_request", problem)
 
     def _is_operator(self, request: Request) -> bool:
         expected = self._config.operator_token_sha256.lower()
@@ -210,7 +229,8 @@ class Fleet:
         if not self._is_operator(request):
             return _error(401, "unauthorized", "the operator's token is required", {"WWW-Authenticate": "Bearer"})
         rows = await self._rows()
-        return JSONResponse({"kiosks": [row.as_json() for row in rows]}, headers={"Cache-Control": "no-store"})
+        body = msgspec.json.encode({"kiosks": [row.as_json() for row in rows]})
+        return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     async def fleet_page(self, request: Request) -> Response:
         """``GET /fleet``: the HTML view, or the login form."""

@@ -21,7 +21,7 @@ import trio
 
 from kioskd import __version__
 from kioskd.backend.client import SignedUrlError, parse_reply
-from kioskd.config import BackendConfig
+from kioskd.backend.client_config import BackendConfig
 
 __all__ = ["HeartbeatSender", "heartbeat_url"]
 

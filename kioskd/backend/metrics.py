@@ -18,13 +18,15 @@ import hmac
 import json
 import time
 from collections import Counter as Tally
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from kioskd.backend.fleet import fleet_view
+from kioskd.backend.fleet import FleetKiosk, fleet_view
 from kioskd.backend.server_config import BackendServerConfig
 from kioskd.backend.store import Store, StoreUnavailable
 
@@ -47,6 +49,32 @@ def _result(response: Response) -> str:
     return error if isinstance(error, str) and error.isidentifier() else f"http_{response.status_code}"
 
 
+class _FleetCollector(Collector):
+    """``kioskd_kiosks{state}`` and ``kioskd_kiosk_last_seen_seconds{kiosk}`` from the latest fleet view.
+
+    Built at collection straight from the rows, not kept as a labelled Gauge child per kiosk.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[FleetKiosk] = []
+
+    def collect(self) -> Iterable[Metric]:
+        """The two families (see the class docstring)."""
+        states = Tally("offline" if not row.online and row.last_seen is not None else row.state for row in self.rows)
+        kiosks = GaugeMetricFamily(
+            "kioskd_kiosks", "Kiosks by state (offline: three heartbeats missed)", labels=["state"]
+        )
+        for state, n in sorted(states.items()):
+            kiosks.add_metric([state], n)
+        seen = GaugeMetricFamily(
+            "kioskd_kiosk_last_seen_seconds", "Unix time of each kiosk's latest heartbeat", labels=["kiosk"]
+        )
+        for row in self.rows:
+            if row.last_seen is not None:
+                seen.add_metric([row.id], row.last_seen)
+        return [kiosks, seen]
+
+
 class Metrics:
     """The backend's metrics in their own registry (one per app, so tests can run several)."""
 
@@ -65,13 +93,8 @@ class Metrics:
             "kioskd_request_duration_seconds", "Request latency by route", ["route"],
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )
-        self.kiosks = Gauge(
-            "kioskd_kiosks", "Kiosks by state (offline: three heartbeats missed)", ["state"], registry=self.registry
-        )
-        self.last_seen = Gauge(
-            "kioskd_kiosk_last_seen_seconds", "Unix time of each kiosk's latest heartbeat", ["kiosk"],
-            registry=self.registry,
-        )
+        self.fleet = _FleetCollector()
+        self.registry.register(self.fleet)
 
     def timed(self, route: str, handler: Handler, *, count: bool = False) -> Handler:
         """``handler`` with its latency observed; ``count`` also tallies signed-URL results."""
@@ -97,15 +120,7 @@ class Metrics:
 
     async def _refresh_fleet(self) -> None:
         records, heartbeats = await self._store.kiosks(), await self._store.heartbeats()
-        rows = fleet_view(records, heartbeats, self._wall_clock(), self._config.heartbeat_interval)
-        states = Tally("offline" if not row.online and row.last_seen is not None else row.state for row in rows)
-        self.kiosks.clear()
-        for state, n in sorted(states.items()):
-            self.kiosks.labels(state).set(n)
-        self.last_seen.clear()
-        for row in rows:
-            if row.last_seen is not None:
-                self.last_seen.labels(row.id).set(row.last_seen)
+        self.fleet.rows = fleet_view(records, heartbeats, self._wall_clock(), self._config.heartbeat_interval)
 
     async def endpoint(self, request: Request) -> Response:
         """``GET /metrics``; 401 without the token when ``metrics_token_sha256`` is set."""

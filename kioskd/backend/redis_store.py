@@ -4,6 +4,9 @@ Each decision is one Lua script, so it is atomic across replicas and uses Redis'
 clock (``TIME``), never the replicas' own: a kiosk gets exactly its allowance
 however many replicas it talks to. Keys (all under ``kioskd:``):
 
+Signed URLs and heartbeats are admitted in one round trip each (look-up, revocation,
+agent check and charge, or look-up and record, in one script).
+
 - ``bucket:<id>`` hash ``tokens``, ``updated``; expires once it would be full again
 - ``hb:<id>`` the latest heartbeat (JSON as sent); ``seen`` sorted set id → last seen
 - ``kiosk:<id>`` hash ``token_sha256``, ``agents`` (JSON); ``token:<sha256>`` → id;
@@ -23,11 +26,13 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import msgspec
 import trio
 
-from kioskd.backend.resp import RedisClient, Reply, ReplyError, Script, parse_endpoint
+from kioskd.backend.resp import RedisClient, Reply, ReplyError, Script, Word, parse_endpoint
 from kioskd.backend.server_config import SECONDS_PER_MINUTE, BackendServerConfig, KioskEntry
 from kioskd.backend.store import (
+    Admission,
     Heartbeat,
     KioskRecord,
     Store,
@@ -48,50 +53,98 @@ BATCH = 500
 
 T = TypeVar("T")
 
-# ARGV: token sha256 (lower case), TOML kiosk id or "" → false | {id, agents JSON or ""}
-_AUTH = """
-local id = ARGV[2]
-local agents = ''
-if id == '' then
-  id = redis.call('GET', '{p}token:' .. ARGV[1])
-  if not id then return false end
-  agents = redis.call('HGET', '{p}kiosk:' .. id, 'agents') or ''
+# kiosk(token sha256 in lower case, TOML kiosk id or "") → id, agents JSON ("" for TOML) | nil
+_KIOSK = """
+local function kiosk(digest, toml_id)
+  local id = toml_id
+  local agents = ''
+  if id == '' then
+    id = redis.call('GET', '{p}token:' .. digest)
+    if not id then return nil end
+    agents = redis.call('HGET', '{p}kiosk:' .. id, 'agents') or ''
+  end
+  if redis.call('SISMEMBER', '{p}revoked', id) == 1 then return nil end
+  return id, agents
 end
-if redis.call('SISMEMBER', '{p}revoked', id) == 1 then return false end
+"""
+
+# bucket(key, tokens per second, burst, "take" | "refund") → seconds to wait (0 = charged)
+_BUCKET_FUNCTION = """
+local function bucket(key, rate, burst, op)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local b = redis.call('HMGET', key, 'tokens', 'updated')
+  local tokens = tonumber(b[1]) or burst
+  local updated = tonumber(b[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
+  updated = math.max(updated, now)
+  local wait = 0
+  if op == 'refund' then
+    tokens = math.min(burst, tokens + 1)
+  elseif tokens >= 1 then
+    tokens = tokens - 1
+  else
+    wait = (1 - tokens) / rate
+  end
+  redis.call('HSET', key, 'tokens', string.format('%.17g', tokens), 'updated', string.format('%.17g', updated))
+  redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
+  return wait
+end
+"""
+
+# heartbeat(id, status JSON) → last seen (Unix seconds, Redis's clock) as text
+_HEARTBEAT_FUNCTION = """
+local function heartbeat(id, body)
+  local t = redis.call('TIME')
+  local now = string.format('%.17g', tonumber(t[1]) + tonumber(t[2]) / 1000000)
+  redis.call('SET', '{p}hb:' .. id, body)
+  redis.call('ZADD', '{p}seen', now, id)
+  return now
+end
+"""
+
+# ARGV: token sha256, TOML kiosk id or "" → false | {id, agents}
+_AUTH = _KIOSK + """
+local id, agents = kiosk(ARGV[1], ARGV[2])
+if not id then return false end
 return {id, agents}
 """
 
-# KEYS: bucket; ARGV: tokens per second, burst, "take" | "refund" → seconds to wait ("0" = charged)
-_BUCKET = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
-local tokens = tonumber(b[1]) or burst
-local updated = tonumber(b[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
-updated = math.max(updated, now)
-local wait = 0
-if ARGV[3] == 'refund' then
-  tokens = math.min(burst, tokens + 1)
-elseif tokens >= 1 then
-  tokens = tokens - 1
-else
-  wait = (1 - tokens) / rate
-end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'updated', string.format('%.17g', updated))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return string.format('%.17g', wait)
+# ARGV: id, tokens per second, burst, "take" | "refund" → seconds to wait ("0" = charged)
+_BUCKET = _BUCKET_FUNCTION + """
+return string.format('%.17g', bucket('{p}bucket:' .. ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]))
 """
 
-# KEYS: hb:<id>, seen; ARGV: id, status JSON → last seen (Unix seconds)
-_HEARTBEAT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], string.format('%.17g', now), ARGV[1])
-return string.format('%.17g', now)
+# ARGV: id, status JSON → last seen
+_HEARTBEAT = _HEARTBEAT_FUNCTION + """
+return heartbeat(ARGV[1], ARGV[2])
+"""
+
+# A signed URL's whole admission in one round trip. ARGV: token sha256, TOML kiosk id or "",
+# "1" if that TOML kiosk may use the agent, agent, tokens per second, burst
+# → false (no such kiosk) | {id, agents, "forbidden" | seconds to wait ("0" = charged)}
+_SIGN = _KIOSK + _BUCKET_FUNCTION + """
+local id, agents = kiosk(ARGV[1], ARGV[2])
+if not id then return false end
+local allowed = ARGV[3] == '1'
+if ARGV[2] == '' then
+  local ok, list = pcall(cjson.decode, agents)
+  if ok and type(list) == 'table' then
+    for _, agent in ipairs(list) do
+      if agent == ARGV[4] then allowed = true end
+    end
+  end
+end
+if not allowed then return {id, agents, 'forbidden'} end
+return {id, agents, string.format('%.17g', bucket('{p}bucket:' .. id, tonumber(ARGV[5]), tonumber(ARGV[6]), 'take'))}
+"""
+
+# A heartbeat's admission and record in one round trip. ARGV: token sha256, TOML kiosk id or "",
+# status JSON → false (no such kiosk) | {id, agents, last seen}
+_ADMIT_HEARTBEAT = _KIOSK + _HEARTBEAT_FUNCTION + """
+local id, agents = kiosk(ARGV[1], ARGV[2])
+if not id then return false end
+return {id, agents, heartbeat(id, ARGV[3])}
 """
 
 # ARGV: id, token sha256, agents JSON → "ok" | "id" | "token"
@@ -131,6 +184,8 @@ class RedisStore:
         self._auth = Script(client, _script(_AUTH))
         self._bucket = Script(client, _script(_BUCKET))
         self._heartbeat = Script(client, _script(_HEARTBEAT))
+        self._sign = Script(client, _script(_SIGN))
+        self._admit_heartbeat = Script(client, _script(_ADMIT_HEARTBEAT))
         self._add = Script(client, _script(_ADD))
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -142,23 +197,26 @@ class RedisStore:
     async def _command(self, what: str, *words: str | int) -> Reply:
         return await self._call(what, lambda: self._client.call(*words))
 
+    def _entry(self, toml: KioskEntry | None, digest: str, reply: Reply) -> KioskEntry:
+        """The kiosk a script found: the TOML entry, or the registered one it read."""
+        if toml is not None:
+            return toml
+        kiosk_id, agents = _strings(reply)[:2]
+        return KioskEntry(id=kiosk_id, token_sha256=digest, agents=_agents(agents))
+
     async def kiosk_for_token(self, token_sha256: str) -> KioskEntry | None:
         """A TOML kiosk (checked here) or a registered one (in Redis), unless revoked."""
         digest = token_sha256.lower()
         toml = find_toml_kiosk(self._config.kiosk, digest)
         reply = await self._call("auth", lambda: self._auth(args=[digest, toml.id if toml else ""]))
-        if not reply:
-            return None
-        if toml is not None:
-            return toml
-        kiosk_id, agents = _strings(reply)
-        return KioskEntry(id=kiosk_id, token_sha256=digest, agents=_agents(agents))
+        return self._entry(toml, digest, reply) if reply else None
 
     async def _charge(self, kiosk_id: str, op: str) -> float:
-        rate = self._config.rate_per_minute / SECONDS_PER_MINUTE
-        key = f"{PREFIX}bucket:{kiosk_id}"
-        reply = await self._call(op, lambda: self._bucket(keys=[key], args=[repr(rate), self._config.burst, op]))
-        return float(_text(reply))
+        args: list[Word] = [kiosk_id, repr(self._rate()), self._config.burst, op]
+        return float(_text(await self._call(op, lambda: self._bucket(args=args))))
+
+    def _rate(self) -> float:
+        return self._config.rate_per_minute / SECONDS_PER_MINUTE
 
     async def take(self, kiosk_id: str) -> float:
         """Charge one signed URL: 0.0 if charged, else seconds until one is available."""
@@ -170,10 +228,30 @@ class RedisStore:
 
     async def record_heartbeat(self, kiosk_id: str, status: dict[str, Any]) -> float:
         """Keep ``status`` as this kiosk's latest; returns Redis's time of it."""
-        keys = [f"{PREFIX}hb:{kiosk_id}", f"{PREFIX}seen"]
-        body = json.dumps(status, separators=(",", ":"))
-        reply = await self._call("heartbeat", lambda: self._heartbeat(keys=keys, args=[kiosk_id, body]))
-        return float(_text(reply))
+        args: list[Word] = [kiosk_id, _json(status)]
+        return float(_text(await self._call("heartbeat", lambda: self._heartbeat(args=args))))
+
+    async def admit_signed_url(self, token_sha256: str, agent_id: str) -> Admission | None:
+        """Look-up, agent check and charge in one script (one round trip)."""
+        digest = token_sha256.lower()
+        toml = find_toml_kiosk(self._config.kiosk, digest)
+        allowed = "1" if toml is not None and agent_id in toml.agents else "0"
+        args: list[Word] = [digest, toml.id if toml else "", allowed, agent_id, repr(self._rate()), self._config.burst]
+        reply = await self._call("sign", lambda: self._sign(args=args))
+        if not reply:
+            return None
+        outcome = _strings(reply)[2]
+        if outcome == "forbidden":
+            return Admission(self._entry(toml, digest, reply), allowed=False)
+        return Admission(self._entry(toml, digest, reply), wait=float(outcome))
+
+    async def admit_heartbeat(self, token_sha256: str, status: dict[str, Any]) -> tuple[KioskEntry, float] | None:
+        """Look-up and record in one script (one round trip)."""
+        digest = token_sha256.lower()
+        toml = find_toml_kiosk(self._config.kiosk, digest)
+        args: list[Word] = [digest, toml.id if toml else "", _json(status)]
+        reply = await self._call("heartbeat", lambda: self._admit_heartbeat(args=args))
+        return (self._entry(toml, digest, reply), float(_strings(reply)[2])) if reply else None
 
     async def heartbeats(self) -> list[Heartbeat]:
         """The latest heartbeat of every kiosk that ever sent one."""
@@ -186,7 +264,7 @@ class RedisStore:
             assert isinstance(bodies, list)
             for (kiosk_id, last_seen), body in zip(batch, bodies, strict=True):
                 if isinstance(body, bytes):
-                    out.append(Heartbeat(kiosk_id, json.loads(body), last_seen))
+                    out.append(Heartbeat(kiosk_id, msgspec.json.decode(body), last_seen))
         return out
 
     async def kiosks(self) -> list[KioskRecord]:
@@ -226,6 +304,10 @@ class RedisStore:
         return True
 
 
+def _json(status: dict[str, Any]) -> bytes:
+    return msgspec.json.encode(status)
+
+
 def _text(reply: Reply) -> str:
     """A bulk or status reply as text (a script's string result arrives as bulk bytes)."""
     if isinstance(reply, bytes):
@@ -251,7 +333,7 @@ def _strings(reply: Reply) -> list[str]:
 
 def _agents(text: str) -> list[str]:
     try:
-        agents = json.loads(text) if text else []
+        agents = msgspec.json.decode(text) if text else []
     except ValueError:
         return []
     return [a for a in agents if isinstance(a, str)] if isinstance(agents, list) else []

@@ -86,50 +86,74 @@ def encode_command(words: Sequence[Word]) -> bytes:
     return b"".join(out)
 
 
+def _simple(kind: int, text: bytes) -> Reply:
+    if kind == ord("+"):
+        return text.decode()
+    if kind == ord("-"):
+        return ReplyError(text.decode(errors="replace"))
+    if kind == ord(":"):
+        return int(text)
+    raise ConnectionError(f"not a RESP reply: {bytes([kind]) + text[:40]!r}")
+
+
 class _Reader:
-    """Parses RESP2 replies from a byte stream."""
+    """Parses RESP2 replies from a byte stream, resuming where it stopped as more bytes arrive.
+
+    What is parsed stays parsed (the arrays still open are on a stack), so a long reply
+    costs one pass however many reads it takes.
+    """
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
         self._buffer = bytearray()
+        self._pos = 0
+        self._open: list[tuple[list[Reply], int]] = []  # arrays being filled: items so far, length
 
-    async def _line(self) -> bytes:
-        while (end := self._buffer.find(b"\r\n")) < 0:
-            await self._fill()
-        line = bytes(self._buffer[:end])
-        del self._buffer[: end + 2]
-        return line
-
-    async def _exactly(self, n: int) -> bytes:
-        while len(self._buffer) < n + 2:
-            await self._fill()
-        data = bytes(self._buffer[:n])
-        del self._buffer[: n + 2]
-        return data
-
-    async def _fill(self) -> None:
-        data = await self._stream.receive_some(READ_SIZE)
-        if not data:
-            raise ConnectionError("redis closed the connection")
-        self._buffer += data
+    def _parse(self) -> tuple[bool, Reply]:
+        """(True, reply) once a whole reply is in; (False, None) if more bytes are needed."""
+        buf = self._buffer
+        while True:
+            end = buf.find(b"\r\n", self._pos)
+            if end < 0:
+                return False, None
+            kind, text = buf[self._pos], bytes(buf[self._pos + 1 : end])
+            value: Reply
+            if kind == ord("$"):
+                n = int(text)
+                if n >= 0 and len(buf) < end + 4 + n:
+                    return False, None
+                value, self._pos = (None, end + 2) if n < 0 else (bytes(buf[end + 2 : end + 2 + n]), end + 4 + n)
+            elif kind == ord("*"):
+                n = int(text)
+                self._pos = end + 2
+                if n > 0:
+                    self._open.append(([], n))
+                    continue
+                value = None if n < 0 else []
+            else:
+                value, self._pos = _simple(kind, text), end + 2
+            while self._open:  # hand the value to the array it belongs to, closing the full ones
+                items, n = self._open[-1]
+                items.append(value)
+                if len(items) < n:
+                    break
+                self._open.pop()
+                value = items
+            else:
+                del buf[: self._pos]
+                self._pos = 0
+                return True, value
 
     async def reply(self) -> Reply:
         """The next reply: str (status), int, bytes, None, ReplyError (not raised) or a list of those."""
-        line = await self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            return ReplyError(rest.decode(errors="replace"))
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            return None if n < 0 else await self._exactly(n)
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [await self.reply() for _ in range(n)]
-        raise ConnectionError(f"not a RESP reply: {line[:40]!r}")
+        while True:
+            done, reply = self._parse()
+            if done:
+                return reply
+            data = await self._stream.receive_some(READ_SIZE)
+            if not data:
+                raise ConnectionError("redis closed the connection")
+            self._buffer += data
 
 
 class _Connection:

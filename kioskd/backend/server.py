@@ -18,7 +18,7 @@ escaped, cut short).
 
 - 503 the shared state (Redis) is unreachable, with ``Retry-After``: fail closed
 
-``GET /healthz`` → ``{"ok": true}``. Served by hypercorn's Trio worker. The state
+``GET /healthz`` → ``{"ok": true}``. Served by :mod:`kioskd.backend.httpserver` (h11 on Trio). The state
 (buckets, heartbeats, registry, revocations) is a :class:`~kioskd.backend.store.Store`:
 in this process, or in Redis with ``redis_url`` (the unauthenticated-request throttle
 stays per replica). Heartbeats and the fleet view are in :mod:`kioskd.backend.fleet`,
@@ -42,21 +42,19 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
+from urllib.parse import urlencode, urlsplit
 
-import httpx
+import h11
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from kioskd.backend import fleet, metrics
+from kioskd.backend import fleet, httpserver, metrics
 from kioskd.backend.server_config import (
     MAX_THROTTLED_ADDRESSES,
     AddressThrottle,
@@ -68,12 +66,14 @@ from kioskd.backend.server_config import (
     parse_listen,
 )
 from kioskd.backend.store import Store, StoreUnavailable, open_store
+from kioskd.backend.upstream import TooLarge, UpstreamPool
 from kioskd.config import ConfigError
 from kioskd.ops import logs
 
 __all__ = ["API_KEY_ENV", "build_app", "hash_token", "main", "serve", "signed_url_problem", "upstream_retry_after"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 API_KEY_ENV = "ELEVENLABS_API_KEY"
 #: The signed-URL endpoint as the current API (and the Python SDK) spells it, then the seed's
@@ -91,13 +91,21 @@ _URL_CHARS = re.compile(r"[\x21-\x7e]+")
 MAX_RETRY_AFTER = 600
 #: ...or this many when it gave none we can read.
 DEFAULT_UPSTREAM_RETRY_AFTER = 10
-#: A graceful hypercorn shutdown gets this long.
+#: Requests in progress at a graceful stop get this long.
 SHUTDOWN_TIMEOUT = 5.0
 
 
 def hash_token(token: str) -> str:
     """The SHA-256 hex digest of a kiosk token, as written in ``token_sha256``."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def bearer_digest(authorization: str | None) -> str | None:
+    """The SHA-256 of the token in ``Authorization: Bearer …``, or None without one."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return hash_token(token.strip())
 
 
 def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -154,21 +162,6 @@ def signed_url_problem(signed: object, api_base: str) -> str | None:
     return None
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> bytes:
-    """The raw body, read as it arrives; UpstreamError as soon as it exceeds ``limit`` bytes."""
-    if response.headers.get("content-encoding", "identity").lower() != "identity":
-        raise UpstreamError("the API's reply is compressed although we asked for identity")
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise UpstreamError("the API's reply is too large")
-    body = bytearray()
-    async for chunk in response.aiter_raw():
-        body += chunk
-        if len(body) > limit:
-            raise UpstreamError("the API's reply is too large")
-    return bytes(body)
-
-
 class Signer:
     """Authorises kiosks, rate-limits them and asks ElevenLabs for signed URLs."""
 
@@ -176,14 +169,14 @@ class Signer:
         self,
         config: BackendServerConfig,
         api_key: str,
-        client: httpx.AsyncClient,
+        upstream: UpstreamPool,
         store: Store,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.store = store
         self._api_key = api_key
-        self._client = client
+        self._upstream = upstream
         self._clock = clock
         self._throttle = AddressThrottle(config.unauthenticated_rate_per_minute, config.unauthenticated_burst)
         #: addresses whose current throttle spell was logged (one line per spell, not per request)
@@ -191,32 +184,33 @@ class Signer:
 
     async def authenticate(self, authorization: str | None) -> KioskEntry | None:
         """The kiosk whose token is in ``Authorization: Bearer …``, or None (unknown or revoked)."""
-        scheme, _, token = (authorization or "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        return await self.store.kiosk_for_token(hash_token(token.strip()))
+        digest = bearer_digest(authorization)
+        return await self.store.kiosk_for_token(digest) if digest is not None else None
 
     async def fetch(self, agent_id: str) -> str:
         """A signed URL from the ElevenLabs API, within ``upstream_timeout``. Raises UpstreamError."""
-        headers = {"xi-api-key": self._api_key, "Accept-Encoding": "identity"}
+        headers = [("xi-api-key", self._api_key), ("Accept-Encoding", "identity")]
+        query = "?" + urlencode({"agent_id": agent_id})
         try:
             with trio.fail_after(self.config.upstream_timeout):
                 for path in SIGNED_URL_PATHS:  # the next spelling only after a 404
-                    url = self.config.api_base.rstrip("/") + path
-                    params = {"agent_id": agent_id}
-                    async with self._client.stream("GET", url, params=params, headers=headers) as response:
-                        if response.status_code == 404 and path != SIGNED_URL_PATHS[-1]:
-                            continue
-                        if response.status_code == 429:
-                            retry = upstream_retry_after(response.headers.get("retry-after"))
-                            raise UpstreamError("the API is rate-limiting this backend (HTTP 429)", retry_after=retry)
-                        if response.status_code != 200:
-                            raise UpstreamError(f"the API answered {response.status_code}")
-                        content = await _read_capped(response, MAX_UPSTREAM_BODY)
-                        break
-        except (trio.TooSlowError, httpx.TimeoutException):
+                    reply = await self._upstream.get(path + query, headers, MAX_UPSTREAM_BODY)
+                    if reply.status == 404 and path != SIGNED_URL_PATHS[-1]:
+                        continue
+                    if reply.status == 429:
+                        retry = upstream_retry_after(reply.headers.get("retry-after"))
+                        raise UpstreamError("the API is rate-limiting this backend (HTTP 429)", retry_after=retry)
+                    if reply.status != 200:
+                        raise UpstreamError(f"the API answered {reply.status}")
+                    if reply.headers.get("content-encoding", "identity").lower() != "identity":
+                        raise UpstreamError("the API's reply is compressed although we asked for identity")
+                    content = reply.body
+                    break
+        except trio.TooSlowError:
             raise UpstreamError(f"no answer within {self.config.upstream_timeout:g} s") from None
-        except httpx.HTTPError as exc:
+        except TooLarge:
+            raise UpstreamError("the API's reply is too large") from None
+        except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
             raise UpstreamError(f"cannot reach the API ({type(exc).__name__})") from None
         try:
             body: Any = json.loads(content)
@@ -238,9 +232,14 @@ class Signer:
         if wait > 0:
             return self._throttled(address, wait)
         self._throttle_logged.discard(address)
-        kiosk = await self.authenticate(request.headers.get("authorization"))
+        authorization = request.headers.get("authorization")
         agent_ids = request.query_params.getlist("agent_id")
-        response = await self._decide(kiosk, agent_ids)
+        kiosk: KioskEntry | None
+        if len(agent_ids) != 1 or not AGENT_ID.fullmatch(agent_ids[0]):
+            kiosk = await self.authenticate(authorization)  # logged, and not charged to the address if known
+            response = _error(400, "bad_request", "agent_id must be given once: 1-64 of A-Z a-z 0-9 _ -")
+        else:
+            kiosk, response = await self._decide(bearer_digest(authorization), agent_ids[0])
         if kiosk is None:
             self._throttle.charge(address, now)
         log.info(
@@ -269,8 +268,9 @@ class Signer:
             {"Retry-After": str(retry_after)},
         )
 
-    async def admit(self, request: Request) -> KioskEntry | JSONResponse:
-        """The request's kiosk, or the refusal: 429 while its address is throttled, 401 (charged) without a valid token.
+    async def admit(self, request: Request, authorize: Callable[[str], Awaitable[T | None]]) -> T | JSONResponse:
+        """``authorize(token sha256)``'s answer, or the refusal: 429 while the address is throttled,
+        401 (charged to the address) without a valid token or when ``authorize`` gives None.
 
         For the endpoints besides ``/signed-url`` (heartbeats), under the same throttle.
         """
@@ -279,24 +279,24 @@ class Signer:
         wait = self._throttle.wait(address, now)
         if wait > 0:
             return self._throttled(address, wait)
-        kiosk = await self.authenticate(request.headers.get("authorization"))
-        if kiosk is None:
+        digest = bearer_digest(request.headers.get("authorization"))
+        found = await authorize(digest) if digest is not None else None
+        if found is None:
             self._throttle.charge(address, now)
             return _error(401, "unauthorized", "missing or unknown kiosk token", {"WWW-Authenticate": "Bearer"})
-        return kiosk
+        return found
 
-    async def _decide(self, kiosk: KioskEntry | None, agent_ids: list[str]) -> JSONResponse:
-        if len(agent_ids) != 1 or not AGENT_ID.fullmatch(agent_ids[0]):
-            return _error(400, "bad_request", "agent_id must be given once: 1-64 of A-Z a-z 0-9 _ -")
-        (agent_id,) = agent_ids
-        if kiosk is None:
-            return _error(401, "unauthorized", "missing or unknown kiosk token", {"WWW-Authenticate": "Bearer"})
-        if agent_id not in kiosk.agents:
-            return _error(403, "forbidden", "this kiosk may not use that agent")
-        wait = await self.store.take(kiosk.id)
-        if wait > 0:
-            retry_after = TokenBucket.retry_after(wait)
-            return _error(429, "rate_limited", f"retry in {retry_after} s", {"Retry-After": str(retry_after)})
+    async def _decide(self, digest: str | None, agent_id: str) -> tuple[KioskEntry | None, JSONResponse]:
+        """Admission (look-up, agent, charge: one store step), then the upstream call."""
+        admission = await self.store.admit_signed_url(digest, agent_id) if digest is not None else None
+        if admission is None:
+            return None, _error(401, "unauthorized", "missing or unknown kiosk token", {"WWW-Authenticate": "Bearer"})
+        kiosk = admission.kiosk
+        if not admission.allowed:
+            return kiosk, _error(403, "forbidden", "this kiosk may not use that agent")
+        if admission.wait > 0:
+            retry_after = TokenBucket.retry_after(admission.wait)
+            return kiosk, _error(429, "rate_limited", f"retry in {retry_after} s", {"Retry-After": str(retry_after)})
         try:
             signed = await self.fetch(agent_id)
         except UpstreamError as exc:
@@ -304,9 +304,9 @@ class Signer:
             log.warning("upstream failed kiosk=%s agent=%s error=%r", kiosk.id, agent_id, str(exc))
             if exc.retry_after is not None:
                 headers = {"Retry-After": str(exc.retry_after)}
-                return _error(429, "upstream_rate_limited", f"{exc}; retry in {exc.retry_after} s", headers)
-            return _error(502, "upstream", str(exc))
-        return JSONResponse({"signed_url": signed}, headers={"Cache-Control": "no-store"})
+                return kiosk, _error(429, "upstream_rate_limited", f"{exc}; retry in {exc.retry_after} s", headers)
+            return kiosk, _error(502, "upstream", str(exc))
+        return kiosk, JSONResponse({"signed_url": signed}, headers={"Cache-Control": "no-store"})
 
 
 #: ``Retry-After`` on a 503 while the shared state is unreachable.
@@ -341,16 +341,6 @@ def build_app(signer: Signer) -> Starlette:
     )
 
 
-def _hypercorn_config(listen: str) -> HypercornConfig:
-    host, port = parse_listen(listen)
-    config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.accesslog = None  # we log each request ourselves, without the query string
-    config.errorlog = logging.getLogger("hypercorn.error")  # through the redacting root handler
-    config.graceful_timeout = SHUTDOWN_TIMEOUT
-    return config
-
-
 async def serve(
     config: BackendServerConfig,
     api_key: str,
@@ -360,18 +350,18 @@ async def serve(
 ) -> None:
     """Serve until ``shutdown_trigger`` returns (or cancelled); started value: the bound URLs."""
     logs.register_secret(api_key)
-    timeout = httpx.Timeout(config.upstream_timeout)
-    async with (
-        open_store(config) as store,
-        httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client,
-    ):
-        app = build_app(Signer(config, api_key, client, store))
-        await hypercorn_serve(
-            app,  # type: ignore[arg-type]
-            _hypercorn_config(config.listen),
-            shutdown_trigger=shutdown_trigger,
-            task_status=task_status,
-        )
+    upstream = UpstreamPool(config.api_base)
+    try:
+        async with open_store(config) as store:
+            app = build_app(Signer(config, api_key, upstream, store))
+            host, port = parse_listen(config.listen)
+            await httpserver.serve(
+                app, host, port, shutdown_trigger=shutdown_trigger, graceful_timeout=SHUTDOWN_TIMEOUT,
+                task_status=task_status,
+            )
+    finally:
+        with trio.CancelScope(shield=True):
+            await upstream.aclose()
 
 
 def _parser() -> argparse.ArgumentParser:

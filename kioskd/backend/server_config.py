@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kioskd.backend.resp import parse_endpoint
-from kioskd.config import https_or_loopback, is_loopback
 from kioskd.schema import load_as, parse_as
+from kioskd.urls import https_or_loopback, is_loopback
 
 __all__ = [
     "DEFAULT_LISTEN",

@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 from kioskd.backend.server_config import BackendServerConfig, KioskEntry, TokenBucket
 
 __all__ = [
+    "Admission",
     "Heartbeat",
     "KioskRecord",
     "MemoryStore",
@@ -46,6 +47,15 @@ class Heartbeat:
     kiosk_id: str
     status: dict[str, Any]
     last_seen: float
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A signed-URL request's kiosk, whether it may use the agent, and the charge's wait (0.0: charged)."""
+
+    kiosk: KioskEntry
+    allowed: bool = True
+    wait: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,15 @@ class Store(Protocol):
 
     async def record_heartbeat(self, kiosk_id: str, status: dict[str, Any]) -> float:
         """Keep ``status`` as this kiosk's latest; returns the last-seen time (Unix seconds)."""
+        ...
+
+    async def admit_signed_url(self, token_sha256: str, agent_id: str) -> Admission | None:
+        """None for an unknown or revoked token; else the kiosk, whether the agent is allowed,
+        and (only if it is) the charge, as :meth:`take` — in one step."""
+        ...
+
+    async def admit_heartbeat(self, token_sha256: str, status: dict[str, Any]) -> tuple[KioskEntry, float] | None:
+        """None for an unknown or revoked token; else the kiosk and :meth:`record_heartbeat`'s time — in one step."""
         ...
 
     async def heartbeats(self) -> list[Heartbeat]:
@@ -151,6 +170,20 @@ class MemoryStore:
         now = self._wall_clock()
         self._heartbeats[kiosk_id] = Heartbeat(kiosk_id, status, now)
         return now
+
+    async def admit_signed_url(self, token_sha256: str, agent_id: str) -> Admission | None:
+        """The look-up, the agent check and the charge."""
+        kiosk = await self.kiosk_for_token(token_sha256)
+        if kiosk is None:
+            return None
+        if agent_id not in kiosk.agents:
+            return Admission(kiosk, allowed=False)
+        return Admission(kiosk, wait=await self.take(kiosk.id))
+
+    async def admit_heartbeat(self, token_sha256: str, status: dict[str, Any]) -> tuple[KioskEntry, float] | None:
+        """The look-up and the record."""
+        kiosk = await self.kiosk_for_token(token_sha256)
+        return None if kiosk is None else (kiosk, await self.record_heartbeat(kiosk.id, status))
 
     async def heartbeats(self) -> list[Heartbeat]:
         """The latest heartbeat of every kiosk that ever sent one."""

@@ -34,7 +34,7 @@ def offline_problems(path: str) -> tuple[Config | None, list[str]]:
     problems = readiness_problems(config)
     if config.backend is not None:
         try:
-            config.kiosk_token()
+            config.backend.kiosk_token()
         except ConfigError as exc:
             problems += exc.problems
     return config, problems
@@ -71,7 +71,7 @@ async def _backend_check(config: Config) -> Check:
     }
     async with httpx.AsyncClient(follow_redirects=False) as client:
         try:
-            await fetch_signed_url(client, config.backend, config.agent.agent_id, config.kiosk_token())
+            await fetch_signed_url(client, config.backend, config.agent.agent_id, config.backend.kiosk_token())
         except SignedUrlError as exc:
             hint = explain.get(exc.kind)
             return "backend", False, f"{config.backend.url}: {exc}" + (f" ({hint})" if hint else "")

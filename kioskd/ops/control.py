@@ -1,4 +1,4 @@
-"""The local control socket, and ``kioskd ctl``: start, end or inspect a running kiosk.
+"""The local control socket: start, end or inspect a running kiosk (``kioskd ctl`` is its client).
 
 Protocol: one JSON object per line over a Unix stream socket. A request is
 ``{"cmd": "start" | "end" | "status"}``; the answer is ``{"ok": true, ...}`` (for
@@ -16,7 +16,6 @@ conversation ``feedback`` (``"text": "like"|"dislike"``), ``say`` and ``context`
 
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import logging
@@ -24,8 +23,7 @@ import os
 import socket
 import stat
 import struct
-import sys
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +34,8 @@ from kioskd.ops.logs import redact
 from kioskd.state import Command
 
 __all__ = [
-    "ControlServer", "ControlSocketInUse", "Handler", "Reply", "Request", "check_socket_free", "handle_request",
-    "main", "request", "socket_owner", "watch",
+    "START_TIMEOUT", "ControlServer", "ControlSocketInUse", "Handler", "Reply", "Request", "check_socket_free",
+    "handle_request", "socket_owner",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,6 +56,8 @@ ACCEPT_RETRY = 0.1
 _UCRED = struct.Struct("3i")
 #: Socket mode: owner and group (e.g. a touch-screen app in the kioskd group).
 SOCKET_MODE = 0o660
+#: How long the daemon lets ``start`` wait for the conversation to open (the CLI waits a little longer).
+START_TIMEOUT = 15.0
 
 _COMMANDS = {"start": Command.START, "end": Command.END, "toggle": Command.TOGGLE}
 
@@ -74,8 +74,6 @@ Reply = Callable[[dict[str, Any]], Awaitable[None]]
 #: A command the daemon serves itself: it may answer once (after waiting) or stream many lines.
 Handler = Callable[[Request, Reply], Awaitable[None]]
 _request_decoder = msgspec.json.Decoder(_Request)
-#: ``kioskd ctl`` waits this much longer than the daemon's own bound on a ``start``.
-START_WAIT_MARGIN = 5.0
 
 
 def handle_request(
@@ -335,155 +333,3 @@ class ControlServer:
             await handler(req, reply)
             nursery.cancel_scope.cancel()
         return not (slow or hung_up)
-
-
-def request(path: str, cmd: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
-    """Send one request to a running kiosk and return its answer (blocking; for the CLI)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    reply: dict[str, Any] = json.loads(data)
-    return reply
-
-
-def watch(path: str) -> Iterator[dict[str, Any]]:
-    """Events from a running kiosk, one dict each, until it goes away (blocking; for the CLI)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5.0)
-        sock.connect(path)
-        sock.sendall(b'{"cmd": "watch"}\n')
-        sock.settimeout(None)
-        with sock.makefile("rb") as lines:
-            first = json.loads(lines.readline() or b"{}")
-            if not first.get("ok"):
-                raise OSError(first.get("error", "the daemon closed the connection"))
-            for line in lines:
-                yield json.loads(line)
-
-
-#: ``kioskd ctl`` commands and their one-line help.
-CTL_COMMANDS = {
-    "start": "start a conversation; waits until it is open (exit 0) or failed (exit 1, with the reason)",
-    "end": "end the running conversation",
-    "toggle": "start if idle, else end",
-    "status": "state, problems, devices, counters (JSON)",
-    "watch": "print events (one JSON object per line) until Ctrl-C",
-    "volume": "set the speaker volume 0.0-1.0 (kept across restarts): ctl volume 0.6",
-    "mute": "silence the speaker (kept across restarts)",
-    "unmute": "undo mute",
-    "close": "out of service: triggers are ignored and the light says closed (kept across restarts)",
-    "open": "back in service (opening hours still apply)",
-    "feedback": "rate the agent's latest answer: ctl feedback like|dislike",
-    "say": "a typed message the agent answers (a touch screen): ctl say Where is the exit?",
-    "context": "tell the agent something without interrupting (a door sensor): ctl context the door opened",
-    "activity": "the visitor is busy (typing, reading): the agent holds its turn",
-}
-#: Commands that carry words (``"text"``).
-TEXT_COMMANDS = ("feedback", "say", "context")
-
-
-def socket_path(config_path: str) -> str:
-    """``control.socket`` from a config file, reading nothing else: a typo elsewhere must not break ``ctl``.
-
-    Raises ConfigError when the file cannot be read or the key is not a string.
-    """
-    import tomllib
-
-    from kioskd.config import ConfigError, ControlConfig
-
-    try:
-        with open(config_path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError([f"{config_path}: cannot read: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{config_path}: not valid TOML: {exc}"]) from None
-    value = data.get("control", {}).get("socket", ControlConfig.socket) if isinstance(data.get("control"), dict) \
-        else ControlConfig.socket
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError([f"control.socket: expected a path, got {value!r}"])
-    return value
-
-
-def main(argv: list[str]) -> int:
-    """``kioskd ctl [--config PATH | --socket PATH] COMMAND [VALUE]``."""
-    from kioskd.config import DEFAULT_CONFIG, ConfigError
-
-    commands = "\n".join(f"  {name:<8} {help_}" for name, help_ in CTL_COMMANDS.items())
-    parser = argparse.ArgumentParser(
-        prog="kioskd ctl",
-        description="Control a running kioskd.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"commands:\n{commands}\n\nThe socket is writable by root and the kioskd group "
-               "(sudo usermod -aG kioskd $USER, then log in again).",
-    )
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG}); "
-                        "only control.socket is read")
-    parser.add_argument("--socket", help="control socket path (default: control.socket from the config)")
-    parser.add_argument("cmd", choices=list(CTL_COMMANDS), metavar="COMMAND")
-    parser.add_argument("value", nargs="*", help="volume: 0.0 (silent) to 1.0 (full); feedback: like|dislike; "
-                        "say, context: the text")
-    args = parser.parse_args(argv)
-    fields: dict[str, Any] = {}
-    if args.cmd in TEXT_COMMANDS:
-        if not args.value:
-            parser.error(f"{args.cmd} needs {'like or dislike' if args.cmd == 'feedback' else 'some text'}")
-        fields["text"] = " ".join(args.value)
-    elif (args.cmd == "volume") != bool(args.value) or len(args.value) > 1:
-        parser.error("volume needs a value 0.0-1.0; no other command takes one")
-    elif args.value:
-        try:
-            fields["value"] = float(args.value[0])
-        except ValueError:
-            parser.error("volume needs a value 0.0-1.0; no other command takes one")
-    path = args.socket
-    if path is None:
-        try:
-            path = socket_path(args.config)
-        except ConfigError as exc:
-            print("\n".join(exc.problems), file=sys.stderr)
-            return 2
-    try:
-        if args.cmd == "watch":
-            return _watch(path)
-        timeout = START_TIMEOUT + START_WAIT_MARGIN if args.cmd == "start" else 5.0
-        reply = request(path, args.cmd, timeout, **fields)
-    except (OSError, ValueError) as exc:
-        print(f"kioskd ctl: cannot talk to kioskd at {path}: {_why(exc)}", file=sys.stderr)
-        return 1
-    if not reply.get("ok"):
-        print(f"kioskd ctl {args.cmd}: {reply.get('error', 'failed')}", file=sys.stderr)
-        return 1
-    print(json.dumps(reply, indent=2 if args.cmd == "status" else None))
-    return 0
-
-
-#: How long the daemon lets ``start`` wait for the conversation to open (the CLI waits a little longer).
-START_TIMEOUT = 15.0
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, PermissionError):
-        return f"{exc.strerror} (the socket is for root and the kioskd group: sudo usermod -aG kioskd $USER)"
-    if isinstance(exc, FileNotFoundError):
-        return "no socket there (is kioskd running? systemctl status kioskd)"
-    return str(exc)
-
-
-def _watch(path: str) -> int:
-    try:
-        for event in watch(path):
-            print(json.dumps(event), flush=True)
-    except KeyboardInterrupt:
-        return 0
-    except BrokenPipeError:
-        return 0
-    print("kioskd ctl watch: the daemon went away", file=sys.stderr)
-    return 1

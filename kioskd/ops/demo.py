@@ -19,9 +19,9 @@ from pathlib import Path
 import trio
 
 from kioskd.config import parse_config
-from kioskd.ops.control import request
+from kioskd.ops.ctl import request
 from kioskd.ops.logs import setup_logging
-from kioskd.protocol import (
+from kioskd.protocol.server_events import (
     AgentResponse,
     ConversationInitiationMetadata,
     Ping,

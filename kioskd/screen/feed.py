@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kioskd.hardware.leds import light_state
-from kioskd.protocol import (
+from kioskd.protocol.server_events import (
     AgentResponse,
     AgentResponseCorrection,
     AudioEvent,

@@ -56,7 +56,7 @@ def make_url_source(config: Config) -> UrlSource:
     """Signed URLs from the kiosk's backend, or the public agent URL without one."""
     if config.backend is None:
         return PublicAgentUrl(config.agent.server, config.agent.agent_id)
-    token = config.kiosk_token()
+    token = config.backend.kiosk_token()
     register_secret(token)
     return SignedUrlProvider(config.backend, config.network, config.agent.agent_id, token)
 
@@ -76,7 +76,7 @@ class Kiosk:
         )
         self.heartbeat: HeartbeatSender | None = None
         if config.backend is not None and isinstance(self.urls, SignedUrlProvider):
-            self.heartbeat = HeartbeatSender(config.backend, config.kiosk_token(), self.status, self.urls)
+            self.heartbeat = HeartbeatSender(config.backend, config.backend.kiosk_token(), self.status, self.urls)
         self.controls = LiveControls(
             config.state.file, config.audio.volume, config.hours, self.events, self._apply_controls
         )
@@ -197,7 +197,7 @@ class Kiosk:
             new = load_config(path)
             restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(self.config, s)]
             new = dataclasses.replace(new, **{s: getattr(self.config, s) for s in RESTART_SECTIONS})
-            token = new.kiosk_token() if new.backend is not None else None
+            token = new.backend.kiosk_token() if new.backend is not None else None
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused, keeping the old settings: %s", problem)

@@ -32,9 +32,12 @@ from kioskd.actions import (
     Show,
     StopMic,
 )
+from kioskd.close_codes import closed_outcome
 from kioskd.config import Config
-from kioskd.conversation import Conversation, NotNow, VisitorMessage, closed_outcome
-from kioskd.protocol import ProtocolError, ServerEvent, UnknownEvent, UserAudioChunk, decode_server_event, encode
+from kioskd.conversation import Conversation, NotNow, VisitorMessage
+from kioskd.protocol.client_messages import UserAudioChunk
+from kioskd.protocol.codec import ProtocolError, decode_server_event, encode
+from kioskd.protocol.server_events import ServerEvent, UnknownEvent
 from kioskd.service.link import Link, describe_exc, open_link
 from kioskd.service.ports import AudioPort, MicPort, SpeakerPort
 from kioskd.state import StatusBoard

@@ -8,7 +8,6 @@ far. It is the only writer of ``StatusBoard.state``.
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -22,14 +21,21 @@ from kioskd.backoff import Backoff
 from kioskd.config import Config
 from kioskd.conversation import NotNow
 from kioskd.events import EventBus
-from kioskd.protocol import AgentResponse, ConversationInitiationMetadata, ServerEvent, UnknownEvent, UserTranscript
+from kioskd.protocol.server_events import (
+    AgentResponse,
+    ConversationInitiationMetadata,
+    ServerEvent,
+    UnknownEvent,
+    UserTranscript,
+)
 from kioskd.service.ports import MicPort, SupervisedAudio
 from kioskd.service.race import Race
+from kioskd.service.resume_policy import Next, after_outcome, resume_context
 from kioskd.service.session import Session
 from kioskd.state import Command, KioskState, StatusBoard
 from kioskd.tools import ToolRegistry
 
-__all__ = ["Next", "Supervisor", "after_outcome", "resume_context"]
+__all__ = ["VISITOR_MESSAGES", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
@@ -58,43 +64,6 @@ CUE_REPEAT = 5.0
 IDLE_REFRESH = 0.5
 #: The supervisor counts as healthy while its heartbeat is younger than this (systemd watchdog).
 HEARTBEAT_LIMIT = 5.0
-
-
-def resume_context(transcript: list[str]) -> str:
-    """The ``contextual_update`` that lets the agent pick up a conversation after a dropped link."""
-    if not transcript:
-        return "The connection dropped and was restored; the visitor is still here. Continue the conversation."
-    lines = "\n".join(transcript)
-    return (
-        "The connection dropped and was restored; the visitor is still here. "
-        "Continue the conversation without starting over. The conversation so far:\n" + lines
-    )
-
-
-class Next(enum.Enum):
-    """What the supervisor does after a session ended."""
-
-    END = "end"  # the conversation is over: show why
-    GIVE_UP = "give up"  # resuming failed for the whole grace window
-    RESUME = "resume"  # open a new conversation that picks up where this one was
-
-
-def after_outcome(
-    outcome: SessionOutcome, *, resuming: bool, grace: float, now: float, deadline: float
-) -> tuple[Next, float]:
-    """What to do after ``outcome``, and until when resuming may go on (pure).
-
-    Only a link fault is resumed, and only once the conversation had opened (a start that
-    fails is retried by the start loop instead): within ``grace`` of the latest drop.
-    ``resuming``: this outcome is of a resume attempt; ``deadline``: the current window's end.
-    """
-    if not outcome.resumable or grace <= 0 or not (outcome.opened or resuming):
-        return Next.END, deadline
-    if outcome.opened:  # the grace window counts from the latest drop
-        return Next.RESUME, now + grace
-    if now >= deadline:
-        return Next.GIVE_UP, deadline
-    return Next.RESUME, deadline
 
 
 class Supervisor:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import trio
 
-from kioskd.protocol import ClientMessage, ClientToolResult, ConversationInitiationClientData, Feedback
+from kioskd.protocol.client_messages import ClientMessage, ClientToolResult, ConversationInitiationClientData, Feedback
 
 __all__ = ["ChangeSignal", "Conversation", "PongRecord", "TurnRecord"]
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from kioskd.audio.formats import AudioFormat
-from kioskd.protocol import DEFAULT_CLIENT_EVENTS, SCHEMA_EVENT_TYPES
+from kioskd.protocol.client_messages import DEFAULT_CLIENT_EVENTS
+from kioskd.protocol.server_events import SCHEMA_EVENT_TYPES
 
 __all__ = ["AGENT_CLIENT_EVENTS", "LEGACY", "SimulatorConfig"]
 

@@ -189,7 +189,9 @@ async def _register(redis_url: str, config_path: Path) -> None:
                 nursery.start_soon(worker)
 
 
-async def _signed_url_load(ports: list[int], seconds: float, first_kiosk: int, path: str = f"/signed-url?agent_id={AGENT}") -> dict[str, Any]:
+async def _signed_url_load(
+    ports: list[int], seconds: float, first_kiosk: int, path: str = f"/signed-url?agent_id={AGENT}"
+) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     counter = iter(range(first_kiosk, 10**9))
@@ -271,21 +273,31 @@ async def _fleet_views(port: int) -> dict[str, Any]:
     return out
 
 
-def _cpu_seconds(procs: list[trio.Process]) -> float:
+def _cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds of these processes so far (Linux /proc)."""
     total = 0
-    for proc in procs:
-        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
 
 
+#: Whose CPU each phase reports per answered request: filled in by :func:`run` (pids; "loadgen" is this process).
+PARTIES: dict[str, list[int]] = {}
+
+
 async def _measured(procs: list[trio.Process], phase: Any) -> dict[str, Any]:
-    """Run ``phase`` and add the replicas' CPU per answered request (what a quiet machine's capacity follows)."""
-    before = _cpu_seconds(procs)
+    """Run ``phase`` and add the CPU per answered request: the replicas' (what a quiet machine's capacity
+    follows), and everyone's on the two cores (Redis, the upstream stub, this load generator)."""
+    parties = {"replicas": [p.pid for p in procs], **PARTIES}
+    before = {name: _cpu_seconds(pids) for name, pids in parties.items()}
+    before_self = time.process_time()
     out: dict[str, Any] = await phase
     answered = sum(out.get("statuses", {}).values()) or 1
-    out["replica_cpu_ms_per_request"] = (_cpu_seconds(procs) - before) * 1000 / answered
+    cpu = {name: (_cpu_seconds(pids) - before[name]) * 1000 / answered for name, pids in parties.items()}
+    cpu["loadgen"] = (time.process_time() - before_self) * 1000 / answered
+    out["replica_cpu_ms_per_request"] = cpu["replicas"]
+    out["cpu_ms_per_request"] = cpu
     return out
 
 
@@ -317,6 +329,7 @@ async def run(quick: bool) -> dict[str, Any]:
         )
         procs.append(stub)
         await _wait_port(stub_port, stub)
+        PARTIES.update(redis=[redis.pid], stub=[stub.pid])
         t0 = time.perf_counter()
         await _register(redis.url, config)
         out["register_10k_s"] = round(time.perf_counter() - t0, 1)
@@ -329,7 +342,9 @@ async def run(quick: bool) -> dict[str, Any]:
             await _wait_port(port, proc)
         replicas = procs[1:]
         await _signed_url_load(ports, 1.0, 0)  # warm-up: connections, Lua scripts loaded
-        out["healthz_one_replica"] = await _measured(replicas[:1], _signed_url_load(ports[:1], seconds / 2, 0, "/healthz"))
+        out["healthz_one_replica"] = await _measured(
+            replicas[:1], _signed_url_load(ports[:1], seconds / 2, 0, "/healthz")
+        )
         out["one_replica"] = await _measured(replicas[:1], _signed_url_load(ports[:1], seconds, 1000))
         out["two_replicas"] = await _measured(replicas, _signed_url_load(ports, seconds, 4000))
         out["heartbeats_alone"] = await _measured(replicas, _open_loop(ports, HEARTBEAT_RATE, seconds, True, 0))

@@ -40,9 +40,10 @@ class Aec3(EchoCanceller):
         super().__init__(RATE)
         self._aec = pywebrtc_audio.EchoCanceller(RATE, 1, 0)
 
-    def _process(self, x: np.ndarray, d: np.ndarray) -> np.ndarray:
-        out = self._aec.process(d.astype(np.int16), x.astype(np.int16))
-        return np.asarray(out, dtype=np.float64).reshape(-1)
+    def _cancel(self, far: np.ndarray, near: np.ndarray, shifts: list[list[int]]) -> np.ndarray:
+        far = far.astype(np.int16)
+        out = [np.asarray(self._aec.process(d, x), dtype=np.int16).reshape(-1) for x, d in zip(far, near, strict=True)]
+        return np.stack(out)
 
 
 def _speex() -> Any:
@@ -75,13 +76,14 @@ class Speex(EchoCanceller):
         lib.speex_preprocess_ctl(self._pp, SPEEX_PREPROCESS_SET_NOISE_SUPPRESS,
                                  ctypes.byref(ctypes.c_int(SPEEX_NOISE_SUPPRESS_DB)))
 
-    def _process(self, x: np.ndarray, d: np.ndarray) -> np.ndarray:
-        near = np.ascontiguousarray(d, dtype=np.int16)
-        far = np.ascontiguousarray(x, dtype=np.int16)
-        out = np.empty(FRAME, dtype=np.int16)
-        self._lib.speex_echo_cancellation(self._st, near.ctypes.data, far.ctypes.data, out.ctypes.data)
-        self._lib.speex_preprocess_run(self._pp, out.ctypes.data)
-        return out.astype(np.float64)
+    def _cancel(self, far: np.ndarray, near: np.ndarray, shifts: list[list[int]]) -> np.ndarray:
+        far = np.ascontiguousarray(far, dtype=np.int16)
+        near = np.ascontiguousarray(near, dtype=np.int16)
+        out = np.empty_like(near)
+        for x, d, o in zip(far, near, out, strict=True):
+            self._lib.speex_echo_cancellation(self._st, d.ctypes.data, x.ctypes.data, o.ctypes.data)
+            self._lib.speex_preprocess_run(self._pp, o.ctypes.data)
+        return out
 
     def __del__(self) -> None:
         self._lib.speex_preprocess_state_destroy(self._pp)

@@ -6,8 +6,9 @@ Simulated devices model real ones faithfully enough to measure latency *at the d
   ``read(n)`` blocks until the last of its ``n`` samples has been captured, as a real
   sound card does, so a device period's latency is included in every figure.
 * :class:`Speaker` is a clocked playback device with a ``buffer``-sample ring buffer:
-  ``write`` waits until its samples fit behind what is still to play, then queues them. It records what plays when (:attr:`Speaker.timeline`,
-  indexed by ``(t - origin) * rate``), so "silent at" is read from the played samples.
+  ``write`` waits until its samples fit behind what is still to play, then queues them. It records
+  what plays when (:attr:`Speaker.timeline`, indexed by ``(t - origin) * rate``), so "silent at" is
+  read from the played samples.
 * An echo path can feed the speaker's played samples (through an impulse response) back
   into the microphone.
 """
@@ -117,7 +118,9 @@ def write_wav(path: Path, samples: np.ndarray, rate: int = RATE) -> None:
         w.writeframes(np.asarray(samples, dtype="<i2").tobytes())
 
 
-def room_ir(delay_s: float = 0.030, tail_s: float = 0.060, decay_s: float = 0.012, gain: float = 0.5, seed: int = 7) -> np.ndarray:
+def room_ir(
+    delay_s: float = 0.030, tail_s: float = 0.060, decay_s: float = 0.012, gain: float = 0.5, seed: int = 7
+) -> np.ndarray:
     """Speaker → microphone impulse response (as in tests/test_echo.py): delay, direct path, decaying tail."""
     rng = np.random.default_rng(seed)
     delay = int(delay_s * RATE)
@@ -125,7 +128,8 @@ def room_ir(delay_s: float = 0.030, tail_s: float = 0.060, decay_s: float = 0.01
     ir = np.zeros(delay + len(k))
     ir[delay:] = rng.standard_normal(len(k)) * np.exp(-k / (decay_s * RATE))
     ir[delay] = 1.0
-    return ir * gain / np.sqrt(np.sum(ir**2))
+    out: np.ndarray = ir * gain / np.sqrt(np.sum(ir**2))
+    return out
 
 
 # --------------------------------------------------------------------------- devices
@@ -240,7 +244,7 @@ class Mic:
         if self.echo_from is not None and self.echo_ir is not None:
             spk = self.echo_from
             # speaker timeline index of mic sample j: same monotonic instant
-            sa = int(round((self.capture_time(a) - spk.origin) * spk.rate))
+            sa = round((self.capture_time(a) - spk.origin) * spk.rate)
             k = len(self.echo_ir)
             first = sa - k + 1
             played = spk.played(first, sa + frames).astype(np.float64)

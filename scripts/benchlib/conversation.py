@@ -18,13 +18,14 @@ every cycle has one ``interruption``. The simulator pings every 100 ms.
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import trio
 
-from kioskd import protocol as p
-from kioskd.simulator import Conversation, SimulatorConfig, open_simulator
+from kioskd.protocol.client_messages import UserAudioChunk
+from kioskd.simulator import Conversation, Simulator, SimulatorConfig, open_simulator
 from kioskd.state import Command, KioskState
 
 from . import official
@@ -66,7 +67,7 @@ class LazyMic(Mic):
 def uplink_latencies(conv: Conversation, mic: Mic, off: float) -> tuple[list[float], int]:
     """Per-sample latencies (s, every 16th sample) and the count of chunks not found in the signal."""
     loc = SampleLocator(mic.signal)
-    chunks = [(t, m) for t, m in conv.messages if isinstance(m, p.UserAudioChunk)]
+    chunks = [(t, m) for t, m in conv.messages if isinstance(m, UserAudioChunk)]
     if not chunks:
         return [], 0
     skip_before = chunks[0][0] - off + SKIP_AFTER_FIRST_S
@@ -109,9 +110,32 @@ def pings(conv: Conversation) -> list[float]:
     return [pg.rtt for pg in conv.pongs if pg.rtt is not None]
 
 
+T = TypeVar("T")
+
+
+def constant(value: T) -> Callable[[], T]:
+    """A callable that returns ``value`` (binds a loop's current value for a later call)."""
+    return lambda: value
+
+
+def chunk_arrived(conv: Conversation) -> Callable[[], bool]:
+    """``sim.wait_for`` predicate: ``conv`` has its first user audio chunk."""
+    return lambda: first_chunk_time(conv) is not None
+
+
+def closed(conv: Conversation) -> Callable[[], bool]:
+    """``sim.wait_for`` predicate: ``conv`` has ended."""
+    return lambda: not conv.open
+
+
+def kiosk_fetches_over(sim: Simulator, n: int) -> Callable[[], bool]:
+    """``sim.wait_for`` predicate: the kiosk has fetched more than ``n`` signed URLs."""
+    return lambda: sum(r.endpoint == "kiosk" for r in sim.backend_requests) > n
+
+
 def first_chunk_time(conv: Conversation) -> float | None:
     for t, m in conv.messages:
-        if isinstance(m, p.UserAudioChunk):
+        if isinstance(m, UserAudioChunk):
             return t
     return None
 
@@ -133,7 +157,7 @@ async def ours_conversation(seconds: float) -> dict[str, Any]:
             await trio.sleep(seconds)
             kiosk.supervisor.command(Command.END)
             with trio.move_on_after(3):
-                await sim.wait_for(lambda: not conv.open)
+                await sim.wait_for(closed(conv))
             return conversation_figures(conv, mic, speaker, timed.times)
 
 
@@ -163,15 +187,15 @@ async def ours_start(reps: int) -> dict[str, Any]:
             async with running_kiosk(config, Devices(mic, speaker)) as kiosk:
                 for i in range(reps):
                     if prefetch:
-                        await sim.wait_for(lambda: sum(r.endpoint == "kiosk" for r in sim.backend_requests) > i)
+                        await sim.wait_for(kiosk_fetches_over(sim, i))
                     await trio.sleep(0.3)
                     t0 = trio.current_time()
                     kiosk.supervisor.command(Command.START)
                     conv = await sim.wait_for_conversation(i)
-                    await sim.wait_for(lambda: first_chunk_time(conv) is not None)
+                    await sim.wait_for(chunk_arrived(conv))
                     times.append(first_chunk_time(conv) - t0)  # type: ignore[operator]
                     kiosk.supervisor.command(Command.END)
-                    await sim.wait_for(lambda: not conv.open)
+                    await sim.wait_for(closed(conv))
                     while kiosk.board.status.state is not KioskState.IDLE:
                         await trio.sleep(0.01)
         out["prefetched" if prefetch else "no_prefetch_backend_100ms"] = summary(times, scale=1000)
@@ -197,7 +221,7 @@ async def official_conversation(seconds: float) -> dict[str, Any]:
         await trio.to_thread.run_sync(conv_client.end_session)
         await trio.to_thread.run_sync(conv_client.wait_for_session_end)
         with trio.move_on_after(3):
-            await sim.wait_for(lambda: not conv.open)
+            await sim.wait_for(closed(conv))
         return conversation_figures(conv, mic, speaker, timed.times)
 
 
@@ -209,14 +233,14 @@ async def official_start(reps: int) -> dict[str, Any]:
         for i in range(reps):
             mic = LazyMic(origin=-1.0, signal=script(30, [("silence", 1.0)], seed=4))
             speaker = official.speaker_for_official(time.monotonic(), 30)
-            audio = official.make_audio(lambda: mic, speaker)
+            audio = official.make_audio(constant(mic), speaker)
             client = official.make_conversation(sim.api_base, sim.config.api_key, sim.config.agent_id, audio,
                                                  requires_auth=True)
             t0 = trio.current_time()
             await trio.to_thread.run_sync(client.start_session)
             conv = await sim.wait_for_conversation(i)
             with trio.fail_after(10):
-                await sim.wait_for(lambda: first_chunk_time(conv) is not None)
+                await sim.wait_for(chunk_arrived(conv))
             times.append(first_chunk_time(conv) - t0)  # type: ignore[operator]
             await trio.to_thread.run_sync(client.end_session)
             await trio.to_thread.run_sync(client.wait_for_session_end)

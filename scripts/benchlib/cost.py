@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from kioskd.ops.control import request
+from kioskd.ops.ctl import request
 from kioskd.simulator import open_simulator
 
 from .common import REPO, script, write_wav

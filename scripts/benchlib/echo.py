@@ -9,11 +9,11 @@ path, ERLE in single talk, across echo delays 10–200 ms and with 100 ppm clock
 against the simulator, echo = aec. The visitor speaks 0.8 s, pauses 2.0 s, …; the agent
 answers every turn with 3 s of audio, so every utterance after the first starts over the
 agent, about 1.3 s into its reply (the pause is longer than the simulator's end of speech,
-so no speech of the previous utterance counts towards the next). Per barge-in: from the visitor's onset (capture time of the utterance's first
-sample) to the simulator's ``interruption`` (its VAD passed ``barge_in_ms`` of speech on
-what kioskd sent). In the room (the speaker's played samples reach the microphone through
-the room response) and with no echo path; echo = off with no echo path is the reference
-(what the microphone alone gives).
+so no speech of the previous utterance counts towards the next). Per barge-in: from the
+visitor's onset (capture time of the utterance's first sample) to the simulator's
+``interruption`` (its VAD passed ``barge_in_ms`` of speech on what kioskd sent). In the
+room (the speaker's played samples reach the microphone through the room response) and with
+no echo path; echo = off with no echo path is the reference (what the microphone alone gives).
 
 (c) Self-interruptions: a scripted conversation where the kiosk's own speaker output
 reaches its microphone through the room; the visitor speaks 0.8 s every 6 s and never
@@ -46,6 +46,7 @@ LEAD_S = 1.0
 DELAYS_S = (0.010, 0.030, 0.100, 0.200)
 DRIFT_PPM = 100.0
 ONSET_WINDOW_S = 1.0  # an interruption more than this after the last onset is not a barge-in
+ENGINE_BLOCK_FRAMES = 2  # microphone frames per block while an uplink is open (chunk_ms = 20)
 
 
 # --------------------------------------------------------------------------- (a) offline
@@ -81,17 +82,18 @@ def offline(factory: Callable[[], lab.Canceller], quick: bool, *, headline_only:
     return out
 
 
-def canceller_cost(factory: Callable[[], lab.Canceller]) -> float:
-    """CPU seconds per second of audio (% of a core) of ``far`` + ``near`` on the lab's room scene."""
+def canceller_cost(factory: Callable[[], lab.Canceller], block: int = ENGINE_BLOCK_FRAMES) -> float:
+    """CPU seconds per second of audio (% of a core) of ``far`` + ``near`` on the lab's room scene,
+    in blocks of ``block`` frames as the engine hands them over (each block's far frames first)."""
     scene = lab.make_scene()
     far, mic = scene.far.reshape(-1, 160), scene.mic.reshape(-1, 160)
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):
         c = factory()
         t0 = time.process_time()
-        for a, b in zip(far, mic):
-            c.far(a)
-            c.near(b)
+        for j in range(0, len(mic), block):
+            c.far(far[j : j + block])
+            c.near(mic[j : j + block])
         best = min(best, time.process_time() - t0)
     return round(100 * best / scene.seconds, 3)
 
@@ -181,7 +183,8 @@ def candidates() -> dict[str, Callable[[], lab.Canceller]]:
     """Echo cancellers measured side by side offline (the first is kioskd's default)."""
     from .cancellers import available
 
-    return {"kioskd": lambda: EchoCanceller(rate=RATE, enabled=True)} | available()
+    ours: dict[str, Callable[[], lab.Canceller]] = {"kioskd": lambda: EchoCanceller(rate=RATE, enabled=True)}
+    return ours | available()
 
 
 async def run(quick: bool, with_official: bool = True) -> dict[str, Any]:
@@ -189,8 +192,11 @@ async def run(quick: bool, with_official: bool = True) -> dict[str, Any]:
     barge_seconds = 12.0 if quick else 40.0
     cands = candidates()
     default = next(iter(cands))
-    side = {name: offline(f, quick, headline_only=quick and name != default) | {"cpu_pct": canceller_cost(f)}
-            for name, f in cands.items()}
+    side = {name: offline(f, quick, headline_only=quick and name != default) for name, f in cands.items()}
+    for _ in range(2):  # interleaved, best of both rounds: the cancellers see the same machine load
+        for name, f in cands.items():
+            for key, block in (("cpu_pct", ENGINE_BLOCK_FRAMES), ("cpu_pct_frame_by_frame", 1)):
+                side[name][key] = min(side[name].get(key, float("inf")), canceller_cost(f, block))
     figs = side[default]
     out: dict[str, Any] = {
         "canceller": default,

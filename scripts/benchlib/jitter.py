@@ -96,7 +96,7 @@ def simulate(buf: Any, trace: list[tuple[float, int, int]], minutes: float) -> d
     for tick in range(ticks):
         now = tick * PERIOD / RATE
         while i_next < len(trace) and trace[i_next][0] <= now + 1e-9:
-            t, r, n = trace[i_next]
+            _, r, n = trace[i_next]
             buf.push(r + 1, np.full(n, 1000, np.int16), now)
             i_next += 1
         out = buf.pull(PERIOD, now)

@@ -10,7 +10,7 @@ import platform
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -170,9 +170,15 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         add("5 stall → detected (median)", det, tdet, " s", "≤ 8 s", None if det is None else
             (stat("deadlink", "ours", "detect_s", "max") or det) <= 8.0)
         rec = stat("deadlink", "ours", "recover_s", "median")
-        add("5 network back → new conversation (median)", rec, stat("deadlink", "official", "recovers"), " s",
-            "≤ 1 s, ≥ 5× official", None if rec is None else (stat("deadlink", "ours", "recover_s", "max") or rec) <= 1.0,
-            ratio=False)
+        add(
+            "5 network back → new conversation (median)",
+            rec,
+            stat("deadlink", "official", "recovers"),
+            " s",
+            "≤ 1 s, ≥ 5× official",
+            None if rec is None else (stat("deadlink", "ours", "recover_s", "max") or rec) <= 1.0,
+            ratio=False,
+        )
         add("5 survives a dropped link", stat("deadlink", "ours", "survives_drop"),
             stat("deadlink", "official", "survives_drop"), "", "", None, ratio=False)
     j = results.get("jitter", {})
@@ -202,8 +208,15 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
             v = _get(e, key)
             return None if v is None else v <= bar
 
-        add(f"8 double talk: visitor attenuation, room, after 2 s ({name}, median/10 ms)", _get(e, "doubletalk_room_db"),
-            None, " dB", "≤ 3 dB", upto("doubletalk_room_db", 3.0), ratio=False)
+        add(
+            f"8 double talk: visitor attenuation, room, after 2 s ({name}, median/10 ms)",
+            _get(e, "doubletalk_room_db"),
+            None,
+            " dB",
+            "≤ 3 dB",
+            upto("doubletalk_room_db", 3.0),
+            ratio=False,
+        )
         add("8 double talk: visitor attenuation, room, after 1 s", _get(e, "doubletalk_room_after_1s_db"), None, " dB",
             "≤ 6 dB", upto("doubletalk_room_after_1s_db", 6.0), ratio=False)
         add("8 double talk: visitor attenuation, no echo path, after 1 s", _get(e, "doubletalk_noecho_db"), None, " dB",
@@ -216,10 +229,25 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
             p95 = _get(e, key, "p95")
             add(f"8 barge-in detect p95, {label}", p95, None, " ms", "≤ 300 ms" if key != "barge_in_detect_reference_ms"
                 else "", None if p95 is None or "reference" in key else p95 <= 300.0, ratio=False)
-        for cand, figs in (e.get("candidates") or {}).items():
-            add(f"8 candidate {cand}: double talk room / no echo, ERLE, CPU",
+        cands = e.get("candidates") or {}
+        cpu_keys = (("cpu_pct", "blocks of 2 frames, as the engine"), ("cpu_pct_frame_by_frame", "frame by frame"))
+        for key, label in cpu_keys:
+            ours, aec3 = _get(cands, name, key), _get(cands, "aec3", key)
+            if ours is not None:
+                add(f"8 canceller CPU per second of audio, {label} (AEC3 beside it)",
+                    f"{_fmt(ours)} % (AEC3 {_fmt(aec3)} %)", None, "", "≤ AEC3",
+                    None if aec3 is None or key != "cpu_pct" else ours <= aec3, ratio=False)
+        for cand, figs in cands.items():
+            add(
+                f"8 candidate {cand}: double talk room / no echo, ERLE, CPU",
                 f"{_fmt(_get(figs, 'room_after_2s', 'median_db'))} / {_fmt(_get(figs, 'noecho_after_1s', 'median_db'))}"
-                f" dB, {_fmt(_get(figs, 'erle_db'))} dB, {_fmt(_get(figs, 'cpu_pct'))} %", None, "", "", None, ratio=False)
+                f" dB, {_fmt(_get(figs, 'erle_db'))} dB, {_fmt(_get(figs, 'cpu_pct'))} %",
+                None,
+                "",
+                "",
+                None,
+                ratio=False,
+            )
         for mode in ("aec", "off", "half_duplex"):
             si = _get(e, "modes", mode, "self_interruptions")
             add(f"8 self-interruptions, echo={mode}", si,
@@ -249,15 +277,37 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
             target, met = ("", None) if key == "one_replica" else (
                 "≥ 1,000/s, p99 ≤ 50 ms", None if rate is None or p99 is None else rate >= 1000 and p99 <= 50)
             add(f"10 backend signed URLs/s, {label} on Redis", rate, None, "/s", target, met, ratio=False)
-            add(f"10 backend signed URL latency p50 / p99, {label}",
-                f"{_fmt(_get(b, key, 'latency', 'median'), ' ms')} / {_fmt(p99, ' ms')}", None, "", "", None, ratio=False)
+            add(
+                f"10 backend signed URL latency p50 / p99, {label}",
+                f"{_fmt(_get(b, key, 'latency', 'median'), ' ms')} / {_fmt(p99, ' ms')}",
+                None,
+                "",
+                "",
+                None,
+                ratio=False,
+            )
         scaling = _get(b, "scaling")
         add("10 backend: two replicas / one", scaling, None, "×", "≥ 1.6×", None if scaling is None else scaling >= 1.6,
             ratio=False)
         for key, label in (("healthz_one_replica", "/healthz (HTTP stack floor)"), ("one_replica", "signed URL"),
                            ("heartbeats_alone", "heartbeat")):
-            add(f"10 backend CPU per {label} (replica, ms)", _get(b, key, "replica_cpu_ms_per_request"), None, " ms", "",
-                None, ratio=False)
+            add(
+                f"10 backend CPU per {label} (replica, ms)",
+                _get(b, key, "replica_cpu_ms_per_request"),
+                None,
+                " ms",
+                "",
+                None,
+                ratio=False,
+            )
+        for key, one, many in (("two_replicas", "signed URL (2 replicas)", "signed URLs"),
+                               ("heartbeats_alone", "heartbeat", "heartbeats")):
+            cpu = _get(b, key, "cpu_ms_per_request") or {}
+            total = sum(cpu.values()) if cpu else None
+            parts = " + ".join(f"{name} {value:.2f}" for name, value in cpu.items())
+            add(f"10 backend CPU per {one}, all processes: {parts}", total, None, " ms", "", None, ratio=False)
+            add(f"10 backend: {many}/s that 2 idle cores carry at that cost", 2000 / total if total else None, None,
+                "/s", "", None, ratio=False)
         hb = _get(b, "two_replicas_with_heartbeats", "heartbeats")
         hb99 = _get(hb, "latency", "p99")
         add(f"10 heartbeats, {_fmt(_get(hb, 'kiosks'))} kiosks at {_fmt(_get(hb, 'rate_per_s'), '/s')}: p50 / p99",
@@ -267,28 +317,35 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
             add(f"10 GET {path} with {_fmt(_get(b, 'kiosks'))} kiosks (median)", _get(b, "fleet_views", path, "median"),
                 None, " ms", "", None, ratio=False)
         mixed = _get(b, "two_replicas_with_heartbeats", "signed_urls")
-        add("10 signed URLs meanwhile (2 replicas, open loop): rate, p99",
-            f"{_fmt(_get(mixed, 'rate_per_s'), '/s')}, {_fmt(_get(mixed, 'latency', 'p99'), ' ms')}", None, "", "", None,
-            ratio=False)
+        add(
+            "10 signed URLs meanwhile (2 replicas, open loop): rate, p99",
+            f"{_fmt(_get(mixed, 'rate_per_s'), '/s')}, {_fmt(_get(mixed, 'latency', 'p99'), ' ms')}",
+            None,
+            "",
+            "",
+            None,
+            ratio=False,
+        )
     return out
 
 
-def print_table(table: list[tuple[str, ...]]) -> str:
+def print_table(table: Sequence[tuple[str, ...]]) -> str:
     head = ("figure", "kioskd", "official client", "ratio", "target", "")
     widths = [max(len(r[i]) for r in [head, *table]) for i in range(len(head))]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     for r in table:
-        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
     return "\n".join(lines)
 
 
 def machine() -> dict[str, Any]:
     model = ""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
                 break
     except OSError:
         pass
@@ -337,7 +394,8 @@ def main(argv: list[str]) -> int:
     results["wall_s"] = round(time.monotonic() - t_all, 1)
     table = rows(results)
     text = print_table(table)
-    results["table"] = [dict(zip(("figure", "kioskd", "official", "ratio", "target", "met"), r)) for r in table]
+    names = ("figure", "kioskd", "official", "ratio", "target", "met")
+    results["table"] = [dict(zip(names, r, strict=True)) for r in table]
     print(text)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=1, default=str)

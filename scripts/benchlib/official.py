@@ -104,8 +104,7 @@ def make_audio(mic_factory: Callable[[], Mic], speaker: Speaker) -> Any:
                 data = self.mic.read(INPUT_FRAMES_PER_BUFFER)
                 if self.should_stop.is_set():
                     break
-                if self.input_callback:
-                    self.input_callback(data.astype("<i2").tobytes())
+                self.input_callback(data.astype("<i2").tobytes())
 
     return ModelledAudio()
 

@@ -1,4 +1,7 @@
-"""Run the official client for a while in its own process (for figure 9's CPU/RSS): python -m benchlib.official_proc BASE_URL API_KEY AGENT_ID SECONDS."""
+"""Run the official client for a while in its own process (for figure 9's CPU/RSS).
+
+    python -m benchlib.official_proc BASE_URL API_KEY AGENT_ID SECONDS
+"""
 
 from __future__ import annotations
 
