@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -82,6 +83,9 @@ class Session:
         #: the microphone sender's current wait (cancelled by StopMic), and whether it stopped for good
         self._mic_wait: trio.CancelScope | None = None
         self._mic_stopped = False
+        #: when the conversation is next ticked, and the watch loop's wait for it
+        self._next_tick = -math.inf
+        self._watch_wait = trio.CancelScope()
         self._outbox, self._outbox_out = trio.open_memory_channel[list[Action]](OUTBOX)
 
     @property
@@ -239,9 +243,15 @@ class Session:
             await trio.sleep(net.ws_ping_interval)
 
     async def _watch(self) -> None:
-        """Tick the conversation every PUMP_INTERVAL, or exactly at its next deadline if sooner."""
+        """Tick the conversation every PUMP_INTERVAL, or exactly at its next deadline if sooner.
+
+        While the microphone sender ticks (after a message, once half of PUMP_INTERVAL has
+        passed), each of its ticks moves this wait on, so the watch itself wakes only when
+        nothing else ticked in time: no wake-up of its own during a conversation.
+        """
         while self._tick(trio.current_time()):
-            await trio.sleep_until(min(trio.current_time() + PUMP_INTERVAL, self.conversation.deadline))
+            with trio.CancelScope(deadline=self._next_tick) as self._watch_wait:
+                await trio.sleep_forever()
 
     def _tick(self, now: float) -> bool:
         """Refresh the speaking/listening flags and tick; False once the conversation has ended.
@@ -256,6 +266,8 @@ class Session:
             now, speaking=speaking, visitor_at=self._uplink.speech_at if listening else None,
             voice_level=self._uplink.voice_level if listening else 0.0,
         ))
+        self._next_tick = min(now + PUMP_INTERVAL, self.conversation.deadline)
+        self._watch_wait.deadline = self._next_tick
         return self.conversation.ending is None
 
     async def _send_outbox(self) -> None:
@@ -280,6 +292,8 @@ class Session:
                 self._board.update(mic_live=self._audio.mic_enabled)
                 await link.send_text(encode(UserAudioChunk(user_audio_chunk=chunk)))
                 self.stats.chunks_sent += 1
+                if (now := trio.current_time()) >= self._next_tick - PUMP_INTERVAL / 2:
+                    self._tick(now)  # here, in the wake-up the message took anyway, before the watch's (see _watch)
         except trio_websocket.ConnectionClosed:
             return  # the agent closed the link (e.g. while its goodbye plays): the reader reports it
         finally:
