@@ -333,3 +333,15 @@ def test_kiosks_cli_with_redis_down_names_it(tmp_path: Path) -> None:
     _write_config(config, "https://api.elevenlabs.io", f"redis://127.0.0.1:{free_port()}/0", "127.0.0.1:8700")
     listed = _kiosks_cli(config, "list")
     assert listed.returncode == 1 and "redis at redis://127.0.0.1" in listed.stderr
+
+
+@pytest.mark.parametrize("command", [["kiosks", "list"], []])
+def test_a_bad_backend_config_is_named_by_the_command_that_read_it(tmp_path: Path, command: list[str]) -> None:
+    config = tmp_path / "backend.toml"
+    config.write_text('redis_url = 7\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "kioskd", "backend", *command[:1], "--config", str(config), *command[1:]],
+        capture_output=True, text=True, timeout=IO_TIMEOUT, cwd=ROOT, env={**os.environ, "ELEVENLABS_API_KEY": "k"},
+    )
+    prog = " ".join(["kioskd backend", *command[:1]])
+    assert (result.returncode, result.stderr) == (2, f"{prog}: redis_url: expected a string, got int 7\n")

@@ -17,9 +17,8 @@ import sys
 import trio
 
 from kioskd.backend.server import hash_token
-from kioskd.backend.server_config import BackendServerConfig, KioskEntry, load_server_config
+from kioskd.backend.server_config import BackendServerConfig, KioskEntry, load_server_config_for
 from kioskd.backend.store import Store, StoreUnavailable, open_store
-from kioskd.config import ConfigError
 
 __all__ = ["main"]
 
@@ -97,11 +96,8 @@ async def _command(store: Store, config: BackendServerConfig, args: argparse.Nam
 def main(argv: list[str]) -> int:
     """``kioskd backend kiosks [--config PATH] add|revoke|list``."""
     args = _parser().parse_args(argv)
-    try:
-        config = load_server_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"kioskd backend kiosks: {problem}", file=sys.stderr)
+    config = load_server_config_for("kioskd backend kiosks", args.config)
+    if config is None:
         return EXIT_USAGE
     try:
         return trio.run(_run, config, args)

@@ -62,12 +62,11 @@ from kioskd.backend.server_config import (
     KioskEntry,
     TokenBucket,
     is_loopback,
-    load_server_config,
+    load_server_config_for,
     parse_listen,
 )
 from kioskd.backend.store import Store, StoreUnavailable, open_store
 from kioskd.backend.upstream import TooLarge, UpstreamPool
-from kioskd.config import ConfigError
 from kioskd.ops import logs
 
 __all__ = ["API_KEY_ENV", "build_app", "hash_token", "main", "serve", "signed_url_problem", "upstream_retry_after"]
@@ -413,11 +412,8 @@ def main(argv: list[str]) -> int:
         print(f"kioskd backend: ${API_KEY_ENV} is not set (put it in /etc/kioskd/backend.env)", file=sys.stderr)
         return EXIT_USAGE
     logs.register_secret(api_key)
-    try:
-        config = load_server_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"kioskd backend: {problem}", file=sys.stderr)
+    config = load_server_config_for("kioskd backend", args.config)
+    if config is None:
         return EXIT_USAGE
     if args.listen:
         try:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from kioskd.backend.resp import parse_endpoint
-from kioskd.schema import load_as, parse_as
+from kioskd.schema import ConfigError, load_as, parse_as
 from kioskd.urls import https_or_loopback, is_loopback
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "TokenBucket",
     "is_loopback",
     "load_server_config",
+    "load_server_config_for",
     "parse_listen",
     "parse_server_config",
 ]
@@ -144,6 +146,16 @@ def parse_server_config(data: dict[str, Any]) -> BackendServerConfig:
 def load_server_config(path: str | os.PathLike[str]) -> BackendServerConfig:
     """Read and validate ``backend.toml``. Raises ConfigError naming every bad key."""
     return load_as(BackendServerConfig, path)
+
+
+def load_server_config_for(command: str, path: str | os.PathLike[str]) -> BackendServerConfig | None:
+    """:func:`load_server_config` for a command line: None after printing each problem as ``command: problem``."""
+    try:
+        return load_server_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{command}: {problem}", file=sys.stderr)
+        return None
 
 
 class TokenBucket:
