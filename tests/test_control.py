@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -374,3 +375,61 @@ async def test_replies_are_redacted_like_log_lines(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
     assert b"Zq9" not in reply and b"Wv8" not in reply
     assert json.loads(reply)["state"] == "error"
+
+
+def _full_listener(path: str) -> tuple[socket.socket, list[socket.socket]]:
+    """A Unix listener that accepts nothing, and clients queued on it until its accept queue is full."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(0)
+    queued = []
+    while True:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.setblocking(False)
+        try:
+            client.connect(path)
+        except BlockingIOError:  # full: what a busy daemon looks like to the next client
+            client.close()
+            return server, queued
+        queued.append(client)
+
+
+def test_request_waits_out_a_full_accept_queue_and_is_answered(tmp_path: Path) -> None:
+    path = short_path(tmp_path, "full.sock")
+    server, queued = _full_listener(path)
+
+    def daemon() -> None:  # gets to its queue later: the filler clients have gone, the request is answered
+        time.sleep(0.05)
+        for client in queued:
+            client.close()
+        answered = False
+        while not answered:
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(IO_TIMEOUT)
+                if conn.recv(65536):
+                    conn.sendall(b'{"ok": true}\n')
+                    answered = True
+
+    server.settimeout(IO_TIMEOUT)  # a bound for failure only: the thread never outlives the test
+    worker = threading.Thread(target=daemon, daemon=True)
+    worker.start()
+    try:
+        assert request(path, "status", timeout=IO_TIMEOUT) == {"ok": True}
+    finally:
+        for client in queued:
+            client.close()
+        worker.join(IO_TIMEOUT)
+        server.close()
+
+
+def test_request_to_a_daemon_that_never_accepts_times_out_naming_the_socket(tmp_path: Path) -> None:
+    path = short_path(tmp_path, "stuck.sock")
+    server, queued = _full_listener(path)
+    try:
+        with pytest.raises(TimeoutError, match=r"accepted no connection within 0\.05 s"):
+            request(path, "status", timeout=0.05)
+    finally:
+        for client in queued:
+            client.close()
+        server.close()

@@ -11,6 +11,7 @@ import argparse
 import json
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,11 +23,28 @@ __all__ = ["CTL_COMMANDS", "TEXT_COMMANDS", "main", "request", "socket_path", "w
 START_WAIT_MARGIN = 5.0
 
 
+#: How often a connect retries while the daemon's accept queue is full.
+CONNECT_RETRY = 0.005
+
+
+def _connect(sock: socket.socket, path: str, timeout: float) -> None:
+    """Connect within ``timeout``: a full accept queue (EAGAIN on a Unix socket, at once) is waited out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{path}: the daemon accepted no connection within {timeout:g} s") from None
+            time.sleep(CONNECT_RETRY)
+
+
 def request(path: str, cmd: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
     """Send one request to a running kiosk and return its answer (blocking; for the CLI)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
-        sock.connect(path)
+        _connect(sock, path, timeout)
         sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
@@ -42,7 +60,7 @@ def watch(path: str) -> Iterator[dict[str, Any]]:
     """Events from a running kiosk, one dict each, until it goes away (blocking; for the CLI)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(5.0)
-        sock.connect(path)
+        _connect(sock, path, 5.0)
         sock.sendall(b'{"cmd": "watch"}\n')
         sock.settimeout(None)
         with sock.makefile("rb") as lines:
