@@ -196,14 +196,19 @@ def _blockwise(scene: lab.Scene, sizes: list[int], one_by_one: bool, ec: EchoCan
     return np.concatenate(out)
 
 
-def test_blocks_give_exactly_the_frames_one_by_one() -> None:
+def test_blocks_give_the_frames_one_by_one() -> None:
     # The batched path (spectra, powers, bands and the output transform for the whole block;
-    # blocks longer than BLOCK_FRAMES split) is exact: the same samples, the same counters.
+    # blocks longer than BLOCK_FRAMES split) computes what the frames one by one do: the same
+    # counters, the same samples but for the last bit of rounding. On x86 every sample is equal;
+    # on aarch64 numpy's batched transforms round differently, and 16 of these 128,000 samples
+    # land one step away (scripts/check-arm64). A filter that drifted apart would differ by more.
     scene = lab.make_scene(visitor_from=3.0)
     sizes = [2, 1, 5, 13, 3, 10, 11]
     a, b = EchoCanceller(RATE), EchoCanceller(RATE)
     blocks, frames = _blockwise(scene, sizes, False, a), _blockwise(scene, sizes, True, b)
-    assert np.array_equal(blocks, frames)
+    apart = np.abs(blocks.astype(np.int32) - frames.astype(np.int32))
+    assert apart.max() <= 1
+    assert np.count_nonzero(apart) <= len(apart) // 1000
     stats = a.stats()
     assert stats == b.stats()
     assert stats["aec_far_trimmed"] > 0 and stats["aec_far_missing"] > 0 and stats["aec_far_dropped"] > 0

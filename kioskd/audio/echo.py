@@ -215,7 +215,7 @@ class EchoCanceller:
 
     def near(self, frames: np.ndarray) -> np.ndarray:
         """Echo-reduce 10 ms microphone frames (one, or rows of them): a new array of the same
-        shape, one frame late. A block gives exactly what its frames would one by one."""
+        shape, one frame late. A block gives what its frames would one by one (to the last bit of rounding)."""
         f = self._check(frames, "near")
         if not self.enabled:
             return f.reshape(np.shape(frames)).copy()
