@@ -32,6 +32,7 @@ from typing import Any
 
 import trio
 
+from . import cpucap, native_load
 from .common import REPO, summary
 
 KIOSKS = 10_000
@@ -41,6 +42,8 @@ OPEN_LOOP_WORKERS = 32
 #: While heartbeats flow, signed URLs come at this share of the two replicas' closed-loop maximum.
 MIXED_SIGNED_SHARE = 0.5
 CONNECTIONS_PER_REPLICA = 8
+#: Share of a core each replica gets in the capped scaling phases (see :mod:`.cpucap`).
+REPLICA_CAP = 0.4
 AGENT = "bench_agent"
 STARTUP_TIMEOUT = 60.0
 ADD_CONCURRENCY = 32
@@ -118,8 +121,13 @@ class Connection:
 # --------------------------------------------------------------------------- the upstream stub (own process)
 
 
+SIGNED_URL = "wss://127.0.0.1/v1/convai/conversation?agent_id=bench_agent&token=t"
+#: The upstream stub: "nginx" when installed, else a Python one (~0.1 ms of CPU per request).
+STUB = "nginx" if native_load.have_nginx() and not os.environ.get("KIOSKD_BENCH_PYTHON_LOAD") else "python"
+
+
 async def _stub_serve(port: int) -> None:
-    body = json.dumps({"signed_url": "wss://127.0.0.1/v1/convai/conversation?agent_id=bench_agent&token=t"}).encode()
+    body = json.dumps({"signed_url": SIGNED_URL}).encode()
     reply = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
              + str(len(body)).encode() + b"\r\n\r\n" + body)
 
@@ -189,9 +197,15 @@ async def _register(redis_url: str, config_path: Path) -> None:
                 nursery.start_soon(worker)
 
 
+#: The closed loops' generator: "wrk" when installed (a few µs of CPU per request), else "python".
+LOAD_GENERATOR = "wrk" if native_load.have_wrk() and not os.environ.get("KIOSKD_BENCH_PYTHON_LOAD") else "python"
+
+
 async def _signed_url_load(
     ports: list[int], seconds: float, first_kiosk: int, path: str = f"/signed-url?agent_id={AGENT}"
 ) -> dict[str, Any]:
+    if LOAD_GENERATOR == "wrk":
+        return await native_load.wrk_load(ports, seconds, first_kiosk, KIOSKS, path, CONNECTIONS_PER_REPLICA)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     counter = iter(range(first_kiosk, 10**9))
@@ -295,7 +309,7 @@ async def _measured(procs: list[trio.Process], phase: Any) -> dict[str, Any]:
     out: dict[str, Any] = await phase
     answered = sum(out.get("statuses", {}).values()) or 1
     cpu = {name: (_cpu_seconds(pids) - before[name]) * 1000 / answered for name, pids in parties.items()}
-    cpu["loadgen"] = (time.process_time() - before_self) * 1000 / answered
+    cpu["loadgen"] = (time.process_time() - before_self + out.pop("loadgen_cpu_s", 0.0)) * 1000 / answered
     out["replica_cpu_ms_per_request"] = cpu["replicas"]
     out["cpu_ms_per_request"] = cpu
     return out
@@ -321,15 +335,20 @@ async def run(quick: bool) -> dict[str, Any]:
     env = {**os.environ, "ELEVENLABS_API_KEY": "sk_bench_not_a_real_key", "PYTHONUNBUFFERED": "1"}
     procs: list[trio.Process] = []
     out: dict[str, Any] = {"kiosks": KIOSKS, "seconds_per_phase": seconds, "loadavg_before": os.getloadavg()}
+    out["load_generator"] = LOAD_GENERATOR
+    out["stub"] = STUB
     try:
-        stub = await trio.lowlevel.open_process(
-            [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(REPO / 'scripts')!r}); "
-             f"from benchlib.backend import stub_main; stub_main({stub_port})"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        if STUB == "nginx":
+            stub = await native_load.start_nginx(workdir, stub_port, json.dumps({"signed_url": SIGNED_URL}))
+        else:
+            stub = await trio.lowlevel.open_process(
+                [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(REPO / 'scripts')!r}); "
+                 f"from benchlib.backend import stub_main; stub_main({stub_port})"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
         procs.append(stub)
         await _wait_port(stub_port, stub)
-        PARTIES.update(redis=[redis.pid], stub=[stub.pid])
+        PARTIES.update(redis=[redis.pid], stub=native_load.nginx_pids(stub.pid) if STUB == "nginx" else [stub.pid])
         t0 = time.perf_counter()
         await _register(redis.url, config)
         out["register_10k_s"] = round(time.perf_counter() - t0, 1)
@@ -347,6 +366,13 @@ async def run(quick: bool) -> dict[str, Any]:
         )
         out["one_replica"] = await _measured(replicas[:1], _signed_url_load(ports[:1], seconds, 1000))
         out["two_replicas"] = await _measured(replicas, _signed_url_load(ports, seconds, 4000))
+        if cpucap.available():  # replicas that cannot each take a whole core: do they add up?
+            capped: dict[str, Any] = {"share_of_a_core": REPLICA_CAP}
+            with cpucap.capped([p.pid for p in replicas], REPLICA_CAP):
+                capped["one_replica"] = await _measured(replicas[:1], _signed_url_load(ports[:1], seconds, 2000))
+                capped["two_replicas"] = await _measured(replicas, _signed_url_load(ports, seconds, 5000))
+            capped["scaling"] = capped["two_replicas"]["per_s"] / max(1e-9, capped["one_replica"]["per_s"])
+            out["capped"] = capped
         out["heartbeats_alone"] = await _measured(replicas, _open_loop(ports, HEARTBEAT_RATE, seconds, True, 0))
         signed_rate = max(1.0, MIXED_SIGNED_SHARE * out["two_replicas"]["per_s"])
         mixed: dict[str, Any] = {}

@@ -287,8 +287,15 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                 ratio=False,
             )
         scaling = _get(b, "scaling")
-        add("10 backend: two replicas / one", scaling, None, "×", "≥ 1.6×", None if scaling is None else scaling >= 1.6,
-            ratio=False)
+        rig = f"{b.get('load_generator', 'python')} load, {b.get('stub', 'python')} stub"
+        add(f"10 backend: two replicas / one, uncapped ({rig})", scaling, None, "×", "≥ 1.6×",
+            None if scaling is None else scaling >= 1.6, ratio=False)
+        capped = _get(b, "capped", "scaling")
+        if capped is not None:
+            share = _get(b, "capped", "share_of_a_core")
+            one_c, two_c = (_fmt(_get(b, "capped", k, "per_s"), "/s") for k in ("one_replica", "two_replicas"))
+            add(f"10 backend: two replicas / one, each capped at {share} of a core: {one_c} → {two_c}",
+                capped, None, "×", "≥ 1.6×", capped >= 1.6, ratio=False)
         for key, label in (("healthz_one_replica", "/healthz (HTTP stack floor)"), ("one_replica", "signed URL"),
                            ("heartbeats_alone", "heartbeat")):
             add(
