@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -191,19 +192,51 @@ async def test_bounce_through_mock_pin(factory: MockFactory, autojump_clock: tri
             assert sent == [Command.START, Command.MIC_ON, Command.MIC_OFF]
 
 
-async def test_real_thread_long_press_ends_once(factory: MockFactory) -> None:
-    """gpiozero's hold timer runs on a real thread: real time, short long_press."""
-    trigger, sent = make(factory, mode="toggle", long_press=0.2)
+async def test_long_press_is_timed_on_the_trio_side_exactly(
+    factory: MockFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The long press is timed by Trio (no gpiozero hold thread): END at long_press, once."""
+    trigger, sent = make(factory, mode="toggle", long_press=LONG)
     pin = factory.pin(PIN)
     with trio.fail_after(TEST_TIMEOUT):
         async with running(trigger):
             pin.drive_low()
-            while not sent:
-                await trio.sleep(0.01)
+            await trio.sleep(LONG - 0.01)
+            assert sent == []
+            await trio.sleep(0.02)
             assert sent == [Command.END]
+            await trio.sleep(LONG)
             pin.drive_high()
             await trio.sleep(0.1)
-            assert sent == [Command.END]
+            assert sent == [Command.END]  # once, and the release sends nothing
+            pin.drive_low()  # the next press is timed afresh
+            await trio.sleep(0.1)
+            pin.drive_high()
+            await trio.sleep(0.1)
+            assert sent == [Command.END, Command.TOGGLE]
+
+
+async def test_hold_mode_long_press_through_mock_pin(
+    factory: MockFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    trigger, sent = make(factory, mode="hold", long_press=LONG)
+    pin = factory.pin(PIN)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(trigger):
+            pin.drive_low()
+            await trio.sleep(3 * LONG)  # push-to-talk: holding while speaking does not end
+            pin.drive_high()
+            await trio.sleep(0.1)
+            assert sent == [Command.START, Command.MIC_ON, Command.MIC_OFF]
+
+
+async def test_no_thread_of_gpiozero_wakes_while_the_button_rests(factory: MockFactory) -> None:
+    """gpiozero's Button starts a hold thread that polls ten times a second forever: not used."""
+    trigger, _ = make(factory, mode="toggle")
+    before = {t.name for t in threading.enumerate()}
+    async with running(trigger):
+        added = {t.name for t in threading.enumerate()} - before
+        assert not any("Hold" in type(t).__name__ for t in threading.enumerate()), added
 
 
 async def test_press_after_run_finished_is_swallowed(factory: MockFactory) -> None:

@@ -133,7 +133,7 @@ def test_not_a_pi_says_the_tests_use_mock_pins(tmp_path: Path) -> None:
 def test_no_pin_factory_names_each_one_tried_and_the_fix() -> None:
     """gpiozero's real default factory search, on a machine without GPIO (CI, arm64 under qemu)."""
     with pytest.raises(GpioUnavailable) as info:
-        open_device("Button", 17)
+        open_device("DigitalInputDevice", 17)
     message = str(info.value)
     assert message.startswith("no working GPIO pin factory: lgpio: "), message
     assert all(f"{factory}: " in message for factory in ("lgpio", "rpigpio", "pigpio", "native")), message

@@ -8,13 +8,16 @@ Two layers:
 * :class:`ButtonTrigger` is the gpiozero adapter. gpiozero calls its callbacks on its own
   thread; they only hand the edge to Trio with ``run_sync_soon`` (never blocking the GPIO
   thread), and the Trio side timestamps it with ``trio.current_time()`` and asks the logic.
+  The pin is a plain ``DigitalInputDevice``: gpiozero's ``Button`` starts a hold thread per
+  button that wakes ten times a second for the life of the daemon, so the long press is
+  timed on the Trio side instead (:attr:`ButtonLogic.held_at`), in virtual time in tests.
 
 Modes (``button.mode``):
 
 * ``toggle``: a short press sends ``TOGGLE`` **on release**. Deciding on release is what
   lets a long press mean "end" without first toggling: a press held ``long_press``
-  seconds sends ``END`` (when gpiozero reports it held, or at the release if that report
-  was lost) and its release sends nothing. The microphone pre-roll covers the press time.
+  seconds sends ``END`` (at :attr:`ButtonLogic.held_at`, or at the release if that moment
+  was missed) and its release sends nothing. The microphone pre-roll covers the press time.
 * ``hold`` (push-to-talk): press → ``START`` then ``MIC_ON``; release → ``MIC_OFF``; the
   conversation stays open. A push-to-talk user holds the button while speaking, often
   longer than ``long_press``, so by default a long press does **not** end the
@@ -43,14 +46,13 @@ from kioskd.hardware.handoff import ToTrio
 from kioskd.state import Command
 
 if TYPE_CHECKING:
-    from gpiozero import Button
+    from gpiozero import DigitalInputDevice
 
 __all__ = ["ButtonLogic", "ButtonTrigger", "FeedbackButtons"]
 
 log = logging.getLogger(__name__)
 
-#: A held report may reach Trio a little earlier, relative to the press, than gpiozero saw
-#: it (thread hand-off latency); reports this much early still count.
+#: A held report this much earlier than ``long_press`` after the press still counts.
 HELD_SLACK = 0.25
 
 
@@ -83,15 +85,22 @@ class ButtonLogic:
     # ------------------------------------------------------------------ edges
 
     def press(self, now: float) -> list[Command]:
-        """The contact closed (gpiozero ``when_pressed``)."""
+        """The contact closed (gpiozero ``when_activated``)."""
         return self._edge(True, now)
 
     def release(self, now: float) -> list[Command]:
-        """The contact opened (gpiozero ``when_released``)."""
+        """The contact opened (gpiozero ``when_deactivated``)."""
         return self._edge(False, now)
 
+    @property
+    def held_at(self) -> float | None:
+        """When the current press becomes a long press that means something (then call :meth:`held`)."""
+        if not self.pressed or self._long or (self.mode == "hold" and not self.long_press_ends_in_hold):
+            return None
+        return self._pressed_at + self.long_press
+
     def held(self, now: float) -> list[Command]:
-        """The button has been down ``long_press`` seconds (gpiozero ``when_held``)."""
+        """The button has been down ``long_press`` seconds (at :attr:`held_at`)."""
         if not self.pressed or self._long:
             return []
         if now - self._pressed_at < self.long_press - HELD_SLACK:
@@ -172,9 +181,9 @@ class ButtonTrigger:
         )
         self.available = False  # True once the button is open
         self.unavailable_reason = ""  # why not, when the GPIO could not be opened
-        self._button: Button | None = None  # strong reference: gpiozero must not lose its callbacks
+        self._button: DigitalInputDevice | None = None  # strong reference: gpiozero must not lose its callbacks
         self._to_trio: ToTrio | None = None
-        self._settle_wakeup = trio.Event()
+        self._wakeup = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the button, deliver its commands until cancelled, then close it."""
@@ -191,25 +200,23 @@ class ButtonTrigger:
         log.info("button ready pin=%d mode=%s", self.config.pin, self.config.mode)
         try:
             task_status.started()
-            await self._settle_loop()
+            await self._timer_loop()
         finally:
             button, self._button = self._button, None
             self.available = False
-            button.when_pressed = button.when_released = button.when_held = None
+            button.when_activated = button.when_deactivated = None
             button.close()
 
-    def _open(self) -> Button:
+    def _open(self) -> DigitalInputDevice:
         button = open_device(
-            "Button",
+            "DigitalInputDevice",
             self.config.pin,
             pin_factory=self.pin_factory,
             pull_up=self.config.pull_up,
             bounce_time=(self.config.bounce_ms / 1000.0) or None,
-            hold_time=self.config.long_press,
         )
-        button.when_pressed = lambda *_: self._from_gpio(self._on_press)
-        button.when_released = lambda *_: self._from_gpio(self._on_release)
-        button.when_held = lambda *_: self._from_gpio(self._on_held)
+        button.when_activated = lambda *_: self._from_gpio(self._on_press)
+        button.when_deactivated = lambda *_: self._from_gpio(self._on_release)
         return button
 
     def _from_gpio(self, fn: Callable[[], None]) -> None:
@@ -225,26 +232,25 @@ class ButtonTrigger:
     def _on_release(self) -> None:
         self._deliver(self.logic.release(trio.current_time()))
 
-    def _on_held(self) -> None:
-        self._deliver(self.logic.held(trio.current_time()))
-
     def _deliver(self, commands: list[Command]) -> None:
-        if self.logic.settle_at is not None:
-            self._settle_wakeup.set()
+        self._wakeup.set()  # the logic's deadlines may have moved
         for command in commands:
             log.info("button command=%s", command)
             self.send(command)
 
-    async def _settle_loop(self) -> None:
-        """Re-read the pin when the debounce window of a held-back edge is over."""
+    async def _timer_loop(self) -> None:
+        """Act at the logic's deadlines: re-read the pin after a held-back edge, time a long press."""
         while True:
-            await self._settle_wakeup.wait()
-            self._settle_wakeup = trio.Event()
-            while (at := self.logic.settle_at) is not None:
-                await trio.sleep_until(at)
-                if self.logic.settle_at is not None and self.logic.settle_at <= trio.current_time():
-                    pressed = bool(self._button.is_pressed) if self._button is not None else False
-                    self._deliver(self.logic.settle(trio.current_time(), pressed))
+            due = min((t for t in (self.logic.settle_at, self.logic.held_at) if t is not None), default=math.inf)
+            with trio.move_on_at(due):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            now = trio.current_time()
+            if (at := self.logic.settle_at) is not None and at <= now:
+                pressed = bool(self._button.is_active) if self._button is not None else False
+                self._deliver(self.logic.settle(now, pressed))
+            if (at := self.logic.held_at) is not None and at <= now:
+                self._deliver(self.logic.held(now))
 
 
 
@@ -275,12 +281,12 @@ class FeedbackButtons:
         to_trio = ToTrio()
         for score, pin in self.pins.items():
             try:
-                button = open_device("Button", pin, pin_factory=self.pin_factory, pull_up=self.config.pull_up,
-                                     bounce_time=(self.config.bounce_ms / 1000.0) or None)
+                button = open_device("DigitalInputDevice", pin, pin_factory=self.pin_factory,
+                                     pull_up=self.config.pull_up, bounce_time=(self.config.bounce_ms / 1000.0) or None)
             except GpioUnavailable as exc:
                 log.warning("feedback button unavailable score=%s pin=%d: %s", score, pin, exc)
                 continue
-            button.when_pressed = lambda *_, score=score: to_trio.post(self._press, score)
+            button.when_activated = lambda *_, score=score: to_trio.post(self._press, score)
             self._buttons.append(button)
             log.info("feedback button ready score=%s pin=%d", score, pin)
         task_status.started()
@@ -289,7 +295,7 @@ class FeedbackButtons:
         finally:
             buttons, self._buttons = self._buttons, []
             for button in buttons:
-                button.when_pressed = None
+                button.when_activated = None
                 button.close()
 
     def _press(self, score: str) -> None:

@@ -11,7 +11,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 if TYPE_CHECKING:
-    from gpiozero import PWMLED, RGBLED, Button
+    from gpiozero import PWMLED, RGBLED, DigitalInputDevice
 
 __all__ = ["GpioUnavailable", "open_device"]
 
@@ -21,13 +21,15 @@ class GpioUnavailable(Exception):
 
 
 @overload
-def open_device(kind: Literal["Button"], *pins: int, pin_factory: Any = ..., **options: Any) -> Button: ...
+def open_device(
+    kind: Literal["DigitalInputDevice"], *pins: int, pin_factory: Any = ..., **options: Any
+) -> DigitalInputDevice: ...
 @overload
 def open_device(kind: Literal["PWMLED"], *pins: int, pin_factory: Any = ..., **options: Any) -> PWMLED: ...
 @overload
 def open_device(kind: Literal["RGBLED"], *pins: int, pin_factory: Any = ..., **options: Any) -> RGBLED: ...
 def open_device(kind: str, *pins: int, pin_factory: Any = None, **options: Any) -> Any:
-    """``gpiozero.<kind>(*pins, **options)`` (e.g. ``"Button"``, ``"PWMLED"``, ``"RGBLED"``).
+    """``gpiozero.<kind>(*pins, **options)`` (e.g. ``"DigitalInputDevice"``, ``"PWMLED"``, ``"RGBLED"``).
 
     ``pin_factory`` None means gpiozero's default (tests pass a ``MockFactory``).
     """

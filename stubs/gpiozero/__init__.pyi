@@ -8,7 +8,7 @@ Callback = Callable[..., object] | None
 class Device:
     def close(self) -> None: ...
 
-class Button(Device):
+class DigitalInputDevice(Device):
     def __init__(
         self,
         pin: int | str | None = ...,
@@ -16,15 +16,12 @@ class Button(Device):
         pull_up: bool | None = ...,
         active_state: bool | None = ...,
         bounce_time: float | None = ...,
-        hold_time: float = ...,
-        hold_repeat: bool = ...,
         pin_factory: Any = ...,
     ) -> None: ...
     @property
-    def is_pressed(self) -> bool: ...
-    when_pressed: Callback
-    when_released: Callback
-    when_held: Callback
+    def is_active(self) -> bool: ...
+    when_activated: Callback
+    when_deactivated: Callback
 
 class PWMLED(Device):
     def __init__(
