@@ -377,3 +377,21 @@ def test_wav_output_is_a_fresh_private_file_not_the_old_one(tmp_path: Path) -> N
         sink.close()
     finally:
         held.close()
+
+
+def test_the_level_gate_decides_on_each_periods_rms_and_a_peak_alone_does_not_open_it() -> None:
+    from kioskd.audio.device_threads import GATE_MARGIN_DB, _loud
+
+    period, dbfs = 160, -40.0
+    level = 32768 * 10 ** ((dbfs - GATE_MARGIN_DB) / 20)  # the RMS the gate opens at
+    quiet = np.zeros(10 * period, dtype=np.int16)
+    assert not _loud(quiet, period, dbfs)
+    click = quiet.copy()
+    click[555] = -int(3 * level)  # a peak well above the level, the RMS of its period under it
+    assert not _loud(click, period, dbfs)
+    t = np.arange(period * 10)
+    for scale, loud in ((1.05, True), (0.95, False)):  # a sine's RMS is its amplitude / √2
+        tone = np.zeros(10 * period, dtype=np.int16)
+        tone[3 * period : 4 * period] = np.round(scale * level * np.sqrt(2) * np.sin(t[:period] * 0.3))
+        assert _loud(tone, period, dbfs) is loud, scale
+    assert not _loud(np.zeros(period - 1, dtype=np.int16), period, dbfs)  # not a whole period

@@ -371,7 +371,7 @@ async def test_idle_capture_keeps_the_preroll_in_the_thread_and_hands_it_over_ex
 async def test_a_gated_listener_gets_the_loud_blocks_only_and_nothing_from_a_quiet_room(alsa: AlsaFiles) -> None:
     """A listener that ignores frames under -45 dBFS (the voice wake): the capture thread
     hands over only the blocks with a loud frame in them, every loud frame included."""
-    from kioskd.audio.engine import QUIET_CAPTURE_PERIODS
+    from kioskd.audio.engine import GATED_CAPTURE_PERIODS
 
     rng = np.random.default_rng(3)
     quiet = lambda seconds: rng.integers(-20, 21, size=int(16000 * seconds)).astype(np.int16)  # noqa: E731
@@ -384,7 +384,7 @@ async def test_a_gated_listener_gets_the_loud_blocks_only_and_nothing_from_a_qui
             cap = engine._capture
             assert cap is not None
             await wait_for(lambda: cap.frames_read >= 16000 * 2.3)
-            assert cap.block_periods == QUIET_CAPTURE_PERIODS and cap.gate_dbfs == -45.0
+            assert cap.block_periods == GATED_CAPTURE_PERIODS and cap.gate_dbfs == -45.0
             posted = cap.blocks_posted
     assert len(got) == 30 and all(np.array_equal(f, tone[i * 160 : (i + 1) * 160]) for i, f in enumerate(got))
-    assert posted == 30 // QUIET_CAPTURE_PERIODS  # the quiet second on either side: no hand-off at all
+    assert posted == 30 // GATED_CAPTURE_PERIODS  # the quiet second on either side: no hand-off at all

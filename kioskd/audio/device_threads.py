@@ -152,10 +152,13 @@ def _loud(data: np.ndarray, period_samples: int, dbfs: float) -> bool:
     periods = len(data) // max(1, period_samples)
     if periods == 0:
         return False
-    x = data[: periods * period_samples].reshape(periods, period_samples).astype(np.float32)
+    level = _FULL_SCALE * 10 ** ((dbfs - GATE_MARGIN_DB) / 20)
+    head = data[: periods * period_samples]
+    if max(int(head.max()), -int(head.min())) < level:
+        return False  # an RMS is never above the peak: a quiet room costs two reductions
+    x = head.reshape(periods, period_samples).astype(np.float32)
     power = np.einsum("ij,ij->i", x, x) / period_samples
-    threshold = (_FULL_SCALE * 10 ** ((dbfs - GATE_MARGIN_DB) / 20)) ** 2
-    return bool(power.max() >= threshold)
+    return bool(power.max() >= level**2)
 
 
 class Listening(NamedTuple):

@@ -56,11 +56,15 @@ IDLE_CAPTURE_PERIODS = 5
 go to listeners such as the voice wake (a few tens of milliseconds do not hurt it). An
 open uplink reads ``chunk_ms`` blocks instead, one uplink message each (no latency added:
 a message waits for its last sample either way)."""
-QUIET_CAPTURE_PERIODS = 10
-"""Reads while no frames flow (nothing listens, or only gated listeners): the blocks feed
-the thread's pre-roll ring and the level gate (an uplink opening meanwhile gets the rest
-of the block read in progress when it ends; a voice wake hears a loud block 100 ms late
-at most, well inside the pre-roll)."""
+GATED_CAPTURE_PERIODS = 10
+"""Reads while only gated listeners (the voice wake) take frames: the blocks feed the
+thread's pre-roll ring and the level gate; a voice wake hears a loud block 100 ms late at
+most, well inside the pre-roll."""
+QUIET_CAPTURE_PERIODS = 20
+"""Reads while nothing takes frames (button or manual trigger, idle): the blocks only feed
+the pre-roll ring, so they can be longer (fewer wake-ups of the capture thread). An uplink
+opening meanwhile sends the pre-roll at once and gets the rest of the block read in
+progress when it ends: at most 200 ms later, once per conversation, nothing lost."""
 
 
 class AudioEngine:
@@ -269,7 +273,9 @@ class AudioEngine:
     def _block_periods(self) -> int:
         if self._uplinks:
             return max(1, self.config.chunk_ms // FRAME_MS)
-        return IDLE_CAPTURE_PERIODS if self._hot else QUIET_CAPTURE_PERIODS
+        if self._hot:
+            return IDLE_CAPTURE_PERIODS
+        return GATED_CAPTURE_PERIODS if self._gated else QUIET_CAPTURE_PERIODS
 
     def _set_hot(self, hot: bool) -> None:
         """Start or stop the hand-off of microphone blocks; starting brings the raw pre-roll over."""
