@@ -121,13 +121,15 @@ def _fmt(v: Any, unit: str = "") -> str:
 
 
 def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
-    """(figure, ours, official, ratio official/ours, target, met) rows."""
+    """(figure, ours, official, ratio — official ÷ ours, or ours ÷ official for costs —, target, met) rows."""
     out: list[tuple[str, str, str, str, str, str]] = []
 
-    def add(name: str, ours: Any, theirs: Any, unit: str, target: str, met: bool | None, ratio: bool = True) -> None:
+    def add(name: str, ours: Any, theirs: Any, unit: str, target: str, met: bool | None, ratio: bool = True,
+            cost: bool = False) -> None:
+        """``cost``: the ratio is ours ÷ official (a cost, where less is better), not official ÷ ours."""
         r = "—"
-        if ratio and isinstance(ours, (int, float)) and isinstance(theirs, (int, float)) and ours > 0:
-            r = f"{theirs / ours:.1f}×"
+        if ratio and isinstance(ours, (int, float)) and isinstance(theirs, (int, float)) and ours > 0 and theirs > 0:
+            r = f"{ours / theirs:.2f}× of official" if cost else f"{theirs / ours:.1f}×"
         m = "—" if met is None else ("met" if met else "NOT met")
         out.append((name, _fmt(ours, unit), _fmt(theirs, unit), r, target, m))
 
@@ -259,16 +261,16 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         theirs = stat("cost", "official", "conversation_cpu_pct")
         has_theirs = isinstance(theirs, (int, float)) and theirs > 0
         add("9 CPU during conversation (% of a core)", cpu, theirs, " %", "≤ 2× official",
-            None if cpu is None or not has_theirs else cpu <= 2 * theirs)
+            None if cpu is None or not has_theirs else cpu <= 2 * theirs, cost=True)
         for trigger in ("button", "vad", "manual"):
             idle = stat("cost", "ours", "idle_cpu_pct_by_trigger", trigger)
-            add(f"9 CPU idle, trigger {trigger} (% of a core)", idle, None, " %",
+            add(f"9 CPU idle, trigger {trigger} (% of a core)", idle, theirs if has_theirs else None, " %",
                 "≤ 0.5× official in conversation",
-                None if idle is None or not has_theirs else idle <= 0.5 * theirs, ratio=False)
+                None if idle is None or not has_theirs else idle <= 0.5 * theirs, cost=True)
         rss = stat("cost", "ours", "peak_rss_mb")
         their_rss = stat("cost", "official", "peak_rss_mb")
         add("9 peak RSS", rss, their_rss, " MB", "≤ official",
-            None if rss is None or their_rss is None else rss <= their_rss)
+            None if rss is None or their_rss is None else rss <= their_rss, cost=True)
         add("9 start-up to READY=1", stat("cost", "ours", "ready_s"), None, " s", "", None, ratio=False)
     b = results.get("backend", {})
     if b and "error" not in b:
