@@ -41,7 +41,12 @@ SETTLE_S = 1.0
 """Seconds after READY=1 before idle is measured (start-up work done)."""
 
 
-def _toml(sim: Any, tmp: Path, trigger: str = "manual") -> str:
+#: Uplink message lengths the conversation's CPU is also measured at (the default, 20 ms, is the main figure):
+#: the cost follows the messages per second, and the uplink latency (figure 2) follows their length.
+CHUNK_SWEEP_MS = (40,)
+
+
+def _toml(sim: Any, tmp: Path, trigger: str = "manual", chunk_ms: int = 20) -> str:
     (tmp / "token").write_text(sim.config.kiosk_token)
     return f"""
 [kiosk]
@@ -55,6 +60,7 @@ token_file = "{tmp / 'token'}"
 input = "wav:{tmp / 'mic.wav'}"
 output = "wav:{tmp / 'out.wav'}"
 output_rate = 16000
+chunk_ms = {chunk_ms}
 echo = "off"
 [conversation]
 idle_timeout = 600.0
@@ -112,11 +118,11 @@ async def _measure(proc: Any, seconds: float, by_thread: bool = False) -> dict[s
 
 
 @asynccontextmanager
-async def _kioskd(sim: Any, tmp: Path, trigger: str) -> AsyncIterator[tuple[Any, float | None]]:
+async def _kioskd(sim: Any, tmp: Path, trigger: str, chunk_ms: int = 20) -> AsyncIterator[tuple[Any, float | None]]:
     """``kioskd run`` with trigger ``trigger``; yields (psutil process, seconds to READY=1)."""
     import psutil
 
-    (tmp / "kioskd.toml").write_text(_toml(sim, tmp, trigger))
+    (tmp / "kioskd.toml").write_text(_toml(sim, tmp, trigger, chunk_ms))
     notify = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     (tmp / "notify.sock").unlink(missing_ok=True)
     await notify.bind(str(tmp / "notify.sock"))
@@ -157,15 +163,23 @@ async def ours(conv_s: float, idle_s: float) -> dict[str, Any]:
             await sim.wait_for_conversation(0)
             conv = await _measure(proc, conv_s, by_thread=True)
             c = sim.conversations[0]
-            return {"ready_s": ready, "idle_cpu_pct": idle["manual"]["cpu_pct"],
-                    "idle_rss_mb": idle["manual"]["peak_rss_mb"],
-                    "idle_cpu_pct_by_trigger": {k: v["cpu_pct"] for k, v in idle.items()},
-                    "idle_threads_cpu_pct_by_trigger": {k: v["threads_cpu_pct"] for k, v in idle.items()},
-                    "conversation_cpu_pct": conv["cpu_pct"],
-                    "conversation_threads_cpu_pct": conv["threads_cpu_pct"],
-                    "peak_rss_mb": max(conv["peak_rss_mb"], idle["manual"]["peak_rss_mb"]),
-                    "conversation_s": conv_s, "idle_s": idle_s, "agent_turns": len(c.turns),
-                    "audio_chunks": c.audio_chunks}
+        by_chunk = {20: conv["cpu_pct"]}
+        for chunk_ms in CHUNK_SWEEP_MS:
+            async with _kioskd(sim, tmp, "manual", chunk_ms) as (proc, _):
+                await trio.sleep(SETTLE_S + idle_s)  # the same stretch of the microphone file as above
+                n = len(sim.conversations)
+                await trio.to_thread.run_sync(request, str(tmp / "control.sock"), "start")
+                await sim.wait_for_conversation(n)
+                by_chunk[chunk_ms] = (await _measure(proc, conv_s))["cpu_pct"]
+        return {"ready_s": ready, "idle_cpu_pct": idle["manual"]["cpu_pct"],
+                "idle_rss_mb": idle["manual"]["peak_rss_mb"],
+                "idle_cpu_pct_by_trigger": {k: v["cpu_pct"] for k, v in idle.items()},
+                "idle_threads_cpu_pct_by_trigger": {k: v["threads_cpu_pct"] for k, v in idle.items()},
+                "conversation_cpu_pct": conv["cpu_pct"],
+                "conversation_threads_cpu_pct": conv["threads_cpu_pct"],
+                "peak_rss_mb": max(conv["peak_rss_mb"], idle["manual"]["peak_rss_mb"]),
+                "conversation_s": conv_s, "idle_s": idle_s, "agent_turns": len(c.turns),
+                "audio_chunks": c.audio_chunks, "conversation_cpu_pct_by_chunk_ms": by_chunk}
 
 
 async def official_cost(conv_s: float) -> dict[str, Any]:

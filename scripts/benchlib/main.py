@@ -262,6 +262,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         has_theirs = isinstance(theirs, (int, float)) and theirs > 0
         add("9 CPU during conversation (% of a core)", cpu, theirs, " %", "≤ 2× official",
             None if cpu is None or not has_theirs else cpu <= 2 * theirs, cost=True)
+        for chunk_ms, pct in (stat("cost", "ours", "conversation_cpu_pct_by_chunk_ms") or {}).items():
+            if str(chunk_ms) != "20":
+                add(f"9 CPU during conversation, {chunk_ms} ms uplink messages (uplink p95 follows)", pct, theirs,
+                    " %", "", None, cost=True)
         for trigger in ("button", "vad", "manual"):
             idle = stat("cost", "ours", "idle_cpu_pct_by_trigger", trigger)
             add(f"9 CPU idle, trigger {trigger} (% of a core)", idle, theirs if has_theirs else None, " %",
