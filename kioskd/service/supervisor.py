@@ -61,7 +61,7 @@ RESUME_BACKOFF_CAP = 0.5
 #: While reconnecting, the "reconnecting" cue repeats this often so the visitor knows to wait.
 CUE_REPEAT = 5.0
 #: How often the idle state is refreshed from the backend's health (also the heartbeat).
-IDLE_REFRESH = 0.5
+IDLE_REFRESH = 1.0
 #: The supervisor counts as healthy while its heartbeat is younger than this (systemd watchdog).
 HEARTBEAT_LIMIT = 5.0
 
