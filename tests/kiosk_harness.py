@@ -72,7 +72,7 @@ async def running_kiosk(
     *,
     audio: AudioEngine | None = None,
     pin_factory: Any = None,
-    setup: Callable[[Kiosk], None] | None = None,
+    setup: Callable[[Kiosk], object] | None = None,
 ) -> AsyncIterator[RunningKiosk]:
     """Run a kiosk until the block ends; its log lines (as journald would get them) are captured.
 

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
-from tests.alsa_pcm import AlsaFiles, alsa_devices
 
+from alsa_pcm import AlsaFiles, alsa_devices
 from kioskd.audio import devices, wavio
 from kioskd.audio.device_threads import CaptureThread, PlaybackThread
 from kioskd.audio.devices import DeviceError, DeviceFailed, DeviceOpened, find_device, list_devices, open_stream
@@ -116,7 +116,10 @@ def test_wav_source_rejects_missing_and_8bit(tmp_path: Path) -> None:
     with pytest.raises(DeviceError, match="cannot read"):
         open_stream(f"wav:{tmp_path / 'nope.wav'}", "input", 0, 10)
     with wave.open(str(tmp_path / "u8.wav"), "wb") as w:
-        w.setnchannels(1), w.setsampwidth(1), w.setframerate(8000), w.writeframes(b"\x80" * 10)
+        w.setnchannels(1)
+        w.setsampwidth(1)
+        w.setframerate(8000)
+        w.writeframes(b"\x80" * 10)
     with pytest.raises(DeviceError, match="16-bit"):
         open_stream(f"wav:{tmp_path / 'u8.wav'}", "input", 0, 10)
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import soxr
 import trio
-from tests.alsa_pcm import PACING, AlsaFiles, alsa_devices
-from tests.kiosk_harness import kiosk_config, running_kiosk
 
+from alsa_pcm import PACING, AlsaFiles, alsa_devices
+from kiosk_harness import kiosk_config, running_kiosk
 from kioskd.audio.engine import AudioEngine
 from kioskd.audio.formats import AudioFormat, decode, encode
 from kioskd.simulator import SimulatorConfig, open_simulator

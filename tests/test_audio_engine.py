@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import soxr
 import trio
-from tests.alsa_pcm import PACING, AlsaFiles, alsa_devices
 
+from alsa_pcm import PACING, AlsaFiles, alsa_devices
 from kioskd.audio import devices
 from kioskd.audio.engine import AudioEngine
 from kioskd.audio.formats import AudioFormat, decode, encode
@@ -35,7 +35,8 @@ def alsa(tmp_path_factory: pytest.TempPathFactory) -> AlsaFiles:
 
 
 def cfg(**kw: Any) -> AudioConfig:
-    base = dict(input="kiosk_mic", output="kiosk_spk", echo="off", preroll_ms=2000, fade_ms=0, pacing=PACING)
+    base: dict[str, Any] = dict(input="kiosk_mic", output="kiosk_spk", echo="off", preroll_ms=2000, fade_ms=0,
+                                pacing=PACING)
     base.update(kw)
     return AudioConfig(**base)
 
@@ -200,7 +201,9 @@ async def test_interrupt_silences_at_once_and_drops_late_audio(alsa: AlsaFiles) 
 async def test_wav_input_and_output(tmp_path: Path) -> None:
     mono = chirp(22050, 0.5)
     with wave.open(str(tmp_path / "in.wav"), "wb") as w:
-        w.setnchannels(2), w.setsampwidth(2), w.setframerate(22050)
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(22050)
         w.writeframes(np.repeat(mono, 2).astype("<i2").tobytes())
     out_path = tmp_path / "out.wav"
     config = cfg(input=f"wav:{tmp_path / 'in.wav'}", output=f"wav:{out_path}", output_rate=24000)
@@ -374,7 +377,10 @@ async def test_a_gated_listener_gets_the_loud_blocks_only_and_nothing_from_a_qui
     from kioskd.audio.engine import GATED_CAPTURE_PERIODS
 
     rng = np.random.default_rng(3)
-    quiet = lambda seconds: rng.integers(-20, 21, size=int(16000 * seconds)).astype(np.int16)  # noqa: E731
+
+    def quiet(seconds: float) -> np.ndarray:
+        return rng.integers(-20, 21, size=int(16000 * seconds)).astype(np.int16)
+
     tone = (3000 * np.sin(2 * np.pi * 440 * np.arange(4800) / 16000)).astype(np.int16)  # 0.3 s, about -20 dBFS
     alsa.write_input("kiosk_mic", np.concatenate([quiet(1.0), tone, quiet(1.0)]))
     got: list[np.ndarray] = []

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from kioskd.ops.check_config import main as check_config
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def problems(data: dict) -> list[str]:
+def problems(data: dict[str, Any]) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     return info.value.problems

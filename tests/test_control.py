@@ -351,7 +351,8 @@ async def test_ctl_say_sends_the_words_as_text(tmp_path: Path) -> None:
         got.append(req)
         await reply({"ok": True, "cmd": req.cmd})
 
-    server = ControlServer(path, [].append, lambda: {}, {"say": say})
+    commands: list[Command] = []
+    server = ControlServer(path, commands.append, lambda: {}, {"say": say})
     with trio.fail_after(IO_TIMEOUT):
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
@@ -382,7 +383,7 @@ def _full_listener(path: str) -> tuple[socket.socket, list[socket.socket]]:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen(0)
-    queued = []
+    queued: list[socket.socket] = []
     while True:
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         client.setblocking(False)

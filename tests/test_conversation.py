@@ -6,11 +6,12 @@ No sockets, no threads, no Trio loop (h11-style tests).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from kioskd.actions import End, Interrupt, OpenAudio, Play, Send, SessionOutcome, Show, StopMic
+from kioskd.actions import Action, End, Interrupt, OpenAudio, Play, Send, SessionOutcome, Show, StopMic
 from kioskd.audio.formats import AudioFormat
 from kioskd.close_codes import CLOSE_CODES, describe_close
 from kioskd.config import Config, parse_config
@@ -195,7 +196,7 @@ QUIET = event("vad_score", vad_score_event={"vad_score": 0.49})
 
 #: (name, [(time, what)], the first time an End comes, that End). ``what``: "heard", "speaking",
 #: or a server event. The conversation ticks every 0.25 s and at each listed time.
-TIMER_TABLE: list[tuple[str, list[tuple[float, object]], float, End]] = [
+TIMER_TABLE: list[tuple[str, Sequence[tuple[float, object]], float, End]] = [
     ("nothing heard: stalled", [], STALL, STALL_END),
     ("pongs keep the link alive; idle then ends it", [(2.0, "heard"), (4.0, "heard")], IDLE, IDLE_END),
     ("any message counts as heard", [(2.0, QUIET), (4.0, QUIET)], IDLE, IDLE_END),
@@ -329,7 +330,7 @@ TENTATIVE = event(
 )
 
 
-def run_script(conv: Conversation, script: dict[float, object], until: float) -> tuple[float, list[object]] | None:
+def run_script(conv: Conversation, script: dict[float, object], until: float) -> tuple[float, list[Action]] | None:
     """Tick every 0.25 s (and at each scripted time); the first actions with an End, and when."""
     times = sorted({round(0.25 * i, 2) for i in range(1, int(until * 4) + 1)} | set(script))
     for now in times:

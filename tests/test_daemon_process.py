@@ -119,7 +119,7 @@ async def test_ready_status_sigterm_and_sighup(tmp_path: Path) -> None:
     assert conv.close_code == 1000
     assert "trigger.mode: expected one of 'button', 'vad', 'both', 'manual', got 'sometimes'" in output
     # the reloaded location reached the agent
-    assert conv.client_data is not None and conv.client_data.dynamic_variables["kiosk_location"] == "atrium"
+    assert conv.client_data is not None and (conv.client_data.dynamic_variables or {})["kiosk_location"] == "atrium"
     # no secret in the journal
     assert sim_config.kiosk_token not in output
     for token in sim.backend.tokens.issued():

@@ -24,7 +24,7 @@ async def _echo(stream: trio.SocketStream) -> None:
 @pytest.fixture
 async def echo_port(nursery: trio.Nursery) -> int:
     listeners = await nursery.start(trio.serve_tcp, _echo, 0)
-    return listeners[0].socket.getsockname()[1]
+    return int(listeners[0].socket.getsockname()[1])
 
 
 @pytest.fixture
@@ -179,7 +179,7 @@ async def test_proxy_in_front_of_the_simulator_carries_and_cuts_a_conversation()
                 with pytest.raises(ConnectionClosed) as closed:
                     while True:
                         await ws.get_message()
-                assert closed.value.reason.code == 1006
+                assert closed.value.reason is not None and closed.value.reason.code == 1006
             await sim.wait_for(lambda: not sim.conversations[0].open)
             assert sim.conversations[0].close_code in (None, 1006)
 

@@ -199,8 +199,9 @@ def test_running_dry_at_the_end_of_a_reply_is_not_an_underrun() -> None:
     t = dry + UNDERRUN_WINDOW_S + 0.01
     jb.push(2, const(5, 100), now=t)  # the next reply: a fresh schedule
     assert jb.underruns == 0 and jb.target_ms == 60.0 and jb.lateness_ms == 0.0
-    assert jb.playout_at() == pytest.approx(t + 0.06)
-    k = round(jb.playout_at() / DT + 0.4999)
+    at = jb.playout_at()
+    assert at == pytest.approx(t + 0.06) and at is not None
+    k = round(at / DT + 0.4999)
     for i in range(10):
         assert np.all(jb.pull(PERIOD, now=tick(k + i)) == 5)
     # …while audio arriving just inside the window is the same reply, late.
@@ -293,7 +294,9 @@ def test_steady_playout_lowers_target_gradually_to_min() -> None:
     for want in expected:
         jb.push(1, const(7, STEADY_PLAYOUT_S * 1000), now=t)  # a new reply each time
         before = jb.target_ms
-        k0 = round(jb.playout_at() / DT + 0.4999)
+        at = jb.playout_at()
+        assert at is not None
+        k0 = round(at / DT + 0.4999)
         assert tick(k0) == pytest.approx(t + before / 1000, abs=DT)
         for i in range(periods):
             if i == periods - 1:

@@ -237,10 +237,10 @@ async def test_brightness_follows_vad_and_never_off_while_mic_live(
     # the listening light came on at once, with the board change
     live = [(t, level(v)) for t, v in list(driver.history)[before:] if t < live_until]
     assert live[0][0] == live_from
-    live = [b for _, b in live]
+    lit = [b for _, b in live]
     dead = [level(v) for t, v in driver.history if t > live_until]
-    assert min(live) >= PRIVACY_MIN_BRIGHTNESS - QUANTUM
-    assert 1.0 in live  # the reconnecting blink still showed while the mic was live
+    assert min(lit) >= PRIVACY_MIN_BRIGHTNESS - QUANTUM
+    assert 1.0 in lit  # the reconnecting blink still showed while the mic was live
     assert min(dead) == 0.0  # and the same blink goes dark once the mic is off
 
 

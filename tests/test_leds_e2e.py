@@ -136,7 +136,7 @@ async def test_light_over_a_whole_conversation(tmp_path: Path) -> None:
             sent.append((trio.current_time(), chunk, colour()))
 
         open_uplink = kiosk.audio.open_uplink
-        kiosk.audio.open_uplink = lambda *a: ObservedUplink(open_uplink(*a), record)  # type: ignore[method-assign]
+        kiosk.audio.open_uplink = lambda *a: ObservedUplink(open_uplink(*a), record)  # type: ignore[method-assign, assignment]
         board.append((-math.inf, kiosk.board.status))
         kiosk.board.listen(lambda status: board.append((trio.current_time(), status)))
 

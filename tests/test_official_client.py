@@ -81,7 +81,12 @@ async def test_official_python_client_holds_a_voice_turn_a_tool_call_and_feedbac
     with trio.fail_after(TIMEOUT):
         async with open_simulator(cfg) as sim:
             tools = ClientTools()
-            tools.register("kiosk_info", lambda params: tool_params.append(params) or "Lobby kiosk, ground floor")
+
+            def kiosk_info(params: dict[str, Any]) -> str:
+                tool_params.append(params)
+                return "Lobby kiosk, ground floor"
+
+            tools.register("kiosk_info", kiosk_info)
             conversation = Conversation(
                 ElevenLabs(api_key=cfg.api_key, base_url=sim.api_base),
                 cfg.agent_id,

@@ -30,8 +30,8 @@ def shim(tmp_path: Path, machine: str, arch: str | None) -> dict[str, str]:
     (bin_ / "uname").write_text(f'#!/bin/sh\n[ "$1" = -m ] && echo {machine} || echo Linux\n')
     dpkg = f"echo {arch}" if arch else "exit 127"
     (bin_ / "dpkg").write_text(f'#!/bin/sh\n[ "$1" = --print-architecture ] && {{ {dpkg}; exit; }}\nexit 1\n')
-    for tool in ("apt-get", "sudo", "useradd"):
-        (bin_ / tool).write_text(f'#!/bin/sh\necho called >> "{tmp_path}/{tool}.called"\nexit 99\n')
+    for name in ("apt-get", "sudo", "useradd"):
+        (bin_ / name).write_text(f'#!/bin/sh\necho called >> "{tmp_path}/{name}.called"\nexit 99\n')
     for tool in bin_.iterdir():
         tool.chmod(0o755)
     return {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -41,6 +42,7 @@ from kioskd.protocol.server_events import (
     Interruption,
     McpToolCall,
     Ping,
+    ServerEvent,
     TentativeUserTranscript,
     UnknownEvent,
     UserTranscript,
@@ -48,7 +50,7 @@ from kioskd.protocol.server_events import (
 )
 
 
-def server(obj: dict) -> object:
+def server(obj: dict[str, Any]) -> ServerEvent | UnknownEvent:
     return decode_server_event(json.dumps(obj))
 
 
@@ -67,6 +69,7 @@ def test_conversation_initiation_metadata() -> None:
 
 def test_metadata_defaults_to_pcm_16000() -> None:
     ev = server({"type": "conversation_initiation_metadata", "conversation_initiation_metadata_event": {}})
+    assert isinstance(ev, ConversationInitiationMetadata)
     assert ev.conversation_initiation_metadata_event.agent_output_audio_format == "pcm_16000"
 
 
@@ -125,7 +128,7 @@ def test_client_tool_call() -> None:
     {"tool_name": "kiosk_info", "tool_call_id": "t1"},
     {"tool_name": "kiosk_info", "tool_call_id": "t1", "parameters": None, "event_id": None},
 ])
-def test_client_tool_call_with_null_or_missing_parameters(body: dict) -> None:
+def test_client_tool_call_with_null_or_missing_parameters(body: dict[str, Any]) -> None:
     ev = server({"type": "client_tool_call", "client_tool_call": body})
     assert isinstance(ev, ClientToolCall)
     assert ev.client_tool_call.parameters == {} and ev.client_tool_call.tool_call_id == "t1"
@@ -167,7 +170,7 @@ def test_error_event() -> None:
     ({"code": 1002.0, "message": "no input", "reason": "timeout"}, "code 1002: no input (reason: timeout)"),
     ({}, "an error"),
 ])
-def test_error_event_with_only_code_or_nulls_is_read_and_described(body: dict, words: str) -> None:
+def test_error_event_with_only_code_or_nulls_is_read_and_described(body: dict[str, Any], words: str) -> None:
     ev = server({"type": "error", "error_event": body})
     assert isinstance(ev, ErrorEvent)
     assert ev.error_event.describe() == words
@@ -316,6 +319,7 @@ def test_null_optional_fields_read_as_absent() -> None:
     assert isinstance(ev, UserTranscript) and ev.user_transcription_event.user_transcript == ""
     ev = server({"type": "conversation_initiation_metadata", "conversation_initiation_metadata_event": {
         "conversation_id": "c", "agent_output_audio_format": None, "user_input_audio_format": "pcm_8000"}})
+    assert isinstance(ev, ConversationInitiationMetadata)
     assert ev.conversation_initiation_metadata_event.agent_output_audio_format == "pcm_16000"
     ev = server({"type": "vad_score", "vad_score_event": {"vad_score": 1}})
     assert isinstance(ev, VadScore) and ev.vad_score_event.vad_score == 1.0
@@ -474,7 +478,7 @@ def test_arbitrary_bytes_raise_only_protocol_error(data: bytes) -> None:
 
 @settings(max_examples=400, deadline=None)
 @given(event_types, st.dictionaries(st.text(max_size=30), json_values, max_size=4))
-def test_arbitrary_shaped_events_raise_only_protocol_error(kind: str, fields: dict) -> None:
+def test_arbitrary_shaped_events_raise_only_protocol_error(kind: str, fields: dict[str, Any]) -> None:
     fields["type"] = kind
     try:
         decode_server_event(json.dumps(fields))

@@ -14,6 +14,7 @@ import itertools
 import json
 import wave
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -85,7 +86,8 @@ async def test_a_visitor_talking_past_the_idle_timeout_is_not_cut_off_and_the_li
                 await k.wait_state(KioskState.IDLE)
     assert conv.turns[0].speech_ms >= 4500
     assert "vad_score" not in conv.sent_types and "tentative_user_transcript" not in conv.sent_types
-    assert conv.close_code == 1000 and "no speech" in (k.kiosk.supervisor.last_outcome or object()).reason  # type: ignore[union-attr]
+    outcome = k.kiosk.supervisor.last_outcome
+    assert conv.close_code == 1000 and outcome is not None and "no speech" in outcome.reason
     # the light followed the visitor's voice although the agent sent no vad_score
     levels = [s.vad_score for _, s in board.history if s.state is KioskState.CONVERSATION]
     assert max(levels) >= 0.8 and min(levels) == 0.0
@@ -145,7 +147,9 @@ async def test_client_events_override_is_sent_and_a_refusal_is_explained(tmp_pat
 
 
 @pytest.mark.parametrize("when", ["before", "during", "after"])
-async def test_end_call_ends_the_conversation_after_the_goodbye_has_played(tmp_path: Path, when: str) -> None:
+async def test_end_call_ends_the_conversation_after_the_goodbye_has_played(
+    tmp_path: Path, when: Literal["before", "during", "after"]
+) -> None:
     sim_config = SimulatorConfig(first_message="", transcripts=("thanks, goodbye",), tool_call=None, end_call=when,
                                  reply_seconds=1.0, end_call_close_after=5.0)
     mic = mic_file(tmp_path / "mic.wav", ("silence", 0.3), ("speech", 1.0), ("silence", 10.0))
@@ -162,7 +166,8 @@ async def test_end_call_ends_the_conversation_after_the_goodbye_has_played(tmp_p
     # the kiosk closed it (1000), not the agent's own close seconds later
     assert (conv.close_code, conv.close_reason) != (1000, "the agent ended the call")
     assert conv.close_code == 1000
-    assert "the agent ended the call (end_call)" in (k.kiosk.supervisor.last_outcome or object()).reason  # type: ignore[union-attr]
+    outcome = k.kiosk.supervisor.last_outcome
+    assert outcome is not None and "the agent ended the call (end_call)" in outcome.reason
     # the goodbye played in full
     out, _ = read_wav(tmp_path / "out.wav")
     assert find(out, synth_speech(sim_config.reply_seconds, RATE, seed=0)) >= 0
@@ -229,7 +234,7 @@ async def test_visitor_messages_over_the_control_socket(tmp_path: Path) -> None:
     assert refused == {"ok": False, "error": "no conversation is open"}
     assert [a["ok"] for a in answers] == [True, True, True, True, False]
     assert "like or dislike" in answers[-1]["error"]
-    assert conv.feedback == [Feedback(event_id=greeting_id, score="like")]
+    assert greeting_id is not None and conv.feedback == [Feedback(event_id=greeting_id, score="like")]
     assert conv.contextual_updates == ["the front door just opened"] and len(conv.user_activity) == 1
     assert conv.user_messages == ["Where is the cloakroom?"] and conv.turns[0].transcript is None
     assert conv.client_data is not None and conv.client_data.user_id == "test-kiosk"

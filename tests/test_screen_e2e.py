@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import trio
-from tests.screen_browser import browser  # noqa: F401  (fixture)
-from tests.test_screen_page import CAPTIONS, TEXT, in_browser, shot, wait_for
 
 from kiosk_harness import SPEECH_WAV, kiosk_config, read_wav, running_kiosk
 from kioskd.simulator import SimulatorConfig, open_simulator
 from kioskd.state import KioskState
+from screen_browser import browser  # noqa: F401  (fixture)
+from test_screen_page import CAPTIONS, TEXT, in_browser, shot, wait_for
 
 #: Silence before the visitor speaks: the page is open and the greeting has played by then.
 LEAD_IN_S = 6.0

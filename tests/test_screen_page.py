@@ -18,11 +18,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from tests.screen_browser import artifacts_dir, browser  # noqa: F401  (fixture)
-from tests.test_screen_model import status
 
 from kioskd.screen import ScreenActions, ScreenModel, ScreenServer
 from kioskd.screen.server import MAX_STREAMS
+from screen_browser import artifacts_dir, browser  # noqa: F401  (fixture)
+from test_screen_model import status
 
 WAIT = 10.0
 
@@ -256,7 +256,7 @@ async def test_server_refuses_foreign_pages_and_bad_bodies() -> None:
                 page = await client.get("/")
                 assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
                 assert (await client.get("/", headers={"host": f"evil.example:{port}"})).status_code == 421
-                post = {"json": {"text": "hi"}}
+                post: dict[str, Any] = {"json": {"text": "hi"}}
                 foreign = await client.post("/api/say", headers={"origin": "http://evil.example"}, **post)
                 assert foreign.status_code == 403
                 form = await client.post("/api/talk", content=b"x=1",

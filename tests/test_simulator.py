@@ -44,6 +44,7 @@ from kioskd.protocol.server_events import (
     AgentResponseCorrection,
     AgentToolResponse,
     AudioEvent,
+    ChatResponsePartBody,
     ClientToolCall,
     ConversationInitiationMetadata,
     ErrorEvent,
@@ -775,7 +776,8 @@ async def test_a_forbidden_override_is_refused_with_an_override_error_and_1008()
                 assert "client_events" in (error.error_event.message or "")
                 with pytest.raises(ConnectionClosed) as closed:
                     await ws.get_message()
-                assert closed.value.reason.code == 1008 and "client_events" in (closed.value.reason.reason or "")
+                reason = closed.value.reason
+                assert reason is not None and reason.code == 1008 and "client_events" in (reason.reason or "")
             assert sim.conversations[0].close_code == 1008
             # an allowed override passes
             first = ConversationConfigOverride(agent=AgentOverride(first_message="Moin!"))
@@ -801,7 +803,7 @@ async def test_goodbye_ends_the_call_with_end_call_and_closes_1000_after_the_goo
                     while True:
                         await client.next()
                 except ConnectionClosed as exc:
-                    code = exc.reason.code
+                    code = exc.reason.code if exc.reason is not None else None
                 kinds = [type(e) for e in client.events]
                 end = kinds.index(AgentToolResponse)
                 tool = client.events[end]
@@ -855,7 +857,7 @@ async def test_text_only_conversation_streams_text_and_never_times_out_on_silenc
             await client.until(AgentResponse)  # the greeting, as text
             await client.send(UserMessage(text="what is on today?"))
             reply = await client.until(AgentResponse)
-            parts = []
+            parts: list[ChatResponsePartBody] = []
             while not parts or parts[-1].type != "stop":
                 parts.append((await client.until(AgentChatResponsePart)).text_response_part)
             if parts[0].event_id != reply.agent_response_event.event_id:  # the greeting's parts came first

@@ -109,7 +109,8 @@ def clicks(seconds: float, per_second: float, rng: np.random.Generator) -> np.nd
     for start in np.arange(0.0, seconds, 1.0 / per_second):
         i = int(start * RATE)
         out[i : i + 32] += burst[: len(out) - i]
-    return np.clip(out / np.abs(burst).max() * 30000, -32768, 32767).astype(np.int16)
+    clipped: np.ndarray = np.clip(out / np.abs(burst).max() * 30000, -32768, 32767).astype(np.int16)
+    return clipped
 
 
 def find(haystack: np.ndarray, needle: np.ndarray) -> int:

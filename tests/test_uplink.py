@@ -20,7 +20,7 @@ def frame(index: int) -> np.ndarray:
 def indices(audio: np.ndarray) -> list[int]:
     """Frame indices of a message built from :func:`frame` frames."""
     assert len(audio) % FRAME == 0
-    return audio.reshape(-1, FRAME)[:, 0].tolist()
+    return [int(v) for v in audio.reshape(-1, FRAME)[:, 0]]
 
 
 def test_take_waits_for_a_chunk_then_returns_it_in_order() -> None:

@@ -103,7 +103,8 @@ async def test_throttled_link_fills_the_kiosk_backlog_bounded_silence_first_coal
                 conv = await sim.wait_for_conversation()
 
                 def uplink() -> dict[str, float]:
-                    return kiosk.status()["audio"]["uplink"]
+                    figures: dict[str, float] = kiosk.status()["audio"]["uplink"]
+                    return figures
 
                 # Healthy link: 20 ms messages (the pre-roll aside), nothing dropped.
                 await sim.wait_for(lambda: len(message_ms(conv)) >= 40)

@@ -101,8 +101,8 @@ class Simulator:
         """The conversation URL without a token (accepted when ``require_token`` is False)."""
         return f"{self.ws_base}{CONVERSATION_PATH}?agent_id={agent_id or self.config.agent_id}"
 
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        """Return once ``predicate()`` holds; re-checked on every recorded change. Bound it with trio.fail_after."""
+    async def wait_for(self, predicate: Callable[[], object]) -> None:
+        """Return once ``predicate()`` is truthy; re-checked on every recorded change. Bound it with trio.fail_after."""
         await self.agent.changes.wait_for(predicate)
 
     async def wait_for_conversation(self, index: int = 0) -> Conversation:

@@ -23,8 +23,8 @@ class ChangeSignal:
         """Something changed: wake all waiters (sync, callable from any Trio task)."""
         self._lot.unpark_all()
 
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        """Return as soon as ``predicate()`` is true (checked after every change)."""
+    async def wait_for(self, predicate: Callable[[], object]) -> None:
+        """Return as soon as ``predicate()`` is truthy (checked after every change)."""
         while not predicate():
             await self._lot.park()
 

@@ -1,0 +1,1 @@
+"""gpiozero.pins: only the mock factory's module is used (by the tests)."""
