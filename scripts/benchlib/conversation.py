@@ -143,13 +143,13 @@ def first_chunk_time(conv: Conversation) -> float | None:
 # --------------------------------------------------------------------------- kioskd
 
 
-async def ours_conversation(seconds: float) -> dict[str, Any]:
-    """Figures 2–4 for kioskd."""
+async def ours_conversation(seconds: float, chunk_ms: int = 20) -> dict[str, Any]:
+    """Figures 2–4 for kioskd (uplink messages of ``chunk_ms``: the default, or the cost trade of figure 9)."""
     async with open_simulator(sim_config()) as sim, tmpdir() as tmp:
         start = time.monotonic()
         mic = LazyMic(origin=-1.0, signal=mic_signal(seconds + 5))
         speaker = Speaker(origin=start, seconds=seconds + 30, buffer=KIOSK_DEVICE_BUFFER)
-        config = kiosk_config(sim, tmp, conversation={"idle_timeout": 60.0})
+        config = kiosk_config(sim, tmp, conversation={"idle_timeout": 60.0}, audio={"chunk_ms": chunk_ms})
         async with running_kiosk(config, Devices(mic, speaker)) as kiosk:
             kiosk.supervisor.command(Command.START)
             timed = await watch_interruptions(sim, 0)

@@ -36,9 +36,12 @@ async def fig_start(quick: bool, with_official: bool) -> dict[str, Any]:
 
 async def fig_conversation(quick: bool, with_official: bool) -> dict[str, Any]:
     from . import conversation as c
+    from . import cost
 
     seconds = 8 if quick else 60
     out: dict[str, Any] = {"seconds": seconds, "ours": await c.ours_conversation(seconds)}
+    # the other side of figure 9's trade: latency at the longer uplink messages it measures the CPU of
+    out["ours_by_chunk_ms"] = {ms: await c.ours_conversation(seconds, ms) for ms in cost.CHUNK_SWEEP_MS}
     if with_official:
         out["official"] = await c.official_conversation(seconds)
     return out
@@ -165,6 +168,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
             if stat("conversation", "ours", key, "p99") is not None:
                 add(f"{label} (p99)", stat("conversation", "ours", key, "p99"),
                     stat("conversation", "official", key, "p99"), " ms", "", None)
+        for chunk_ms, figs in (c.get("ours_by_chunk_ms") or {}).items():
+            for label, key in (("2 uplink latency", "uplink"), ("3 barge-in → silent", "barge_in")):
+                add(f"{label} (p95) at {chunk_ms} ms uplink messages (figure 9's trade)", _get(figs, key, "p95"),
+                    None, " ms", "", None, ratio=False)
     d = results.get("deadlink", {})
     if d:
         det = stat("deadlink", "ours", "detect_s", "median")
