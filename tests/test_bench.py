@@ -8,6 +8,7 @@ prints its table and writes its JSON. The official-client part is skipped with -
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ def test_bench_quick_jitter_runs_and_writes_json(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "KIOSKD_BENCH_NO_REEXEC": "1"},  # already in .venv: no set-up (apt, pip) inside a test
     )
     assert proc.returncode == 0, proc.stderr
     assert "6 jitter steady" in proc.stdout

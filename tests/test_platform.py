@@ -144,7 +144,7 @@ def test_setup_refuses_an_unknown_argument_before_installing_anything(tmp_path: 
     env = shim(tmp_path, "x86_64", "amd64")
     result = subprocess.run([ROOT / "scripts/setup", "--browser-less"], env=env, capture_output=True,
                             text=True, timeout=TIMEOUT)
-    assert (result.returncode, result.stderr) == (2, "usage: scripts/setup [--no-browser]\n")
+    assert (result.returncode, result.stderr) == (2, "usage: scripts/setup [--no-browser] [--bench]\n")
     assert not (tmp_path / "apt-get.called").exists()
 
 
