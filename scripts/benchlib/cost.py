@@ -7,7 +7,9 @@
   factory: no GPIO here) and ``vad`` (voice wake listening; the room is quiet);
 * conversation CPU and peak RSS (sampled every 0.25 s) over a full-duplex conversation
   started with ``kioskd ctl start``; the simulator answers every turn with 3 s of audio;
-* where it goes: CPU per thread (the Trio thread, ``kioskd-input``, ``kioskd-output``, …).
+* where it goes: CPU and wake-ups a second per thread (the Trio thread, ``kioskd-input``,
+  ``kioskd-output``, …), at 20 ms and at 40 ms uplink messages;
+* what one wake-up costs here (``time.sleep``, epoll, ``trio.sleep``), the unit of the rest.
 
 CPU time is read from ``/proc/PID/task/*/schedstat`` (nanoseconds, summed over threads;
 psutil's clock ticks are 10 ms, too coarse for an idle process over a few seconds), else
@@ -17,6 +19,7 @@ devices modelled in that process; see official.py), measured the same way.
 
 from __future__ import annotations
 
+import ast
 import os
 import socket
 import subprocess
@@ -73,17 +76,20 @@ level = "warning"
 """
 
 
-def _thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
-    """Seconds on a CPU so far per live thread of ``pid`` (with its name), from schedstat."""
-    out: dict[int, tuple[str, float]] = {}
+def _thread_cpu(pid: int) -> dict[int, tuple[str, float, int]]:
+    """Per live thread of ``pid``: its name, seconds on a CPU so far (schedstat) and wake-ups so
+    far (voluntary context switches: each is a sleep the thread woke from)."""
+    out: dict[int, tuple[str, float, int]] = {}
     task = Path(f"/proc/{pid}/task")
     for tid in os.listdir(task):
         try:
             ns = int((task / tid / "schedstat").read_text().split()[0])
             name = (task / tid / "comm").read_text().strip()
+            status = (task / tid / "status").read_text()
+            wakes = int(status.split("voluntary_ctxt_switches:", 1)[1].split()[0])
         except (OSError, ValueError, IndexError):
             continue
-        out[int(tid)] = ("main" if int(tid) == pid else name, ns / 1e9)
+        out[int(tid)] = ("main" if int(tid) == pid else name, ns / 1e9, wakes)
     return out
 
 
@@ -91,13 +97,14 @@ def _cpu_seconds(proc: Any) -> float:
     """The process's CPU time so far: schedstat (ns) where readable, else psutil."""
     threads = _thread_cpu(proc.pid) if Path(f"/proc/{proc.pid}/task").is_dir() else {}
     if threads:
-        return sum(sec for _, sec in threads.values())
+        return sum(sec for _, sec, _ in threads.values())
     t = proc.cpu_times()
     return float(t.user + t.system)
 
 
 async def _measure(proc: Any, seconds: float, by_thread: bool = False) -> dict[str, Any]:
-    """CPU (% of one core), peak RSS (MB) and, if asked, CPU per thread of ``proc`` over ``seconds``."""
+    """CPU (% of one core), peak RSS (MB) and, if asked, CPU and wake-ups a second per thread of ``proc``
+    over ``seconds``."""
     threads0 = _thread_cpu(proc.pid) if by_thread else {}
     c0 = _cpu_seconds(proc)
     t0 = time.monotonic()
@@ -110,10 +117,13 @@ async def _measure(proc: Any, seconds: float, by_thread: bool = False) -> dict[s
     out: dict[str, Any] = {"cpu_pct": 100 * (c1 - c0) / wall, "peak_rss_mb": peak / 2**20}
     if by_thread:
         per: dict[str, float] = {}
-        for tid, (name, sec) in _thread_cpu(proc.pid).items():
-            used = sec - threads0.get(tid, (name, 0.0))[1]
-            per[name] = per.get(name, 0.0) + 100 * used / wall
+        wakes: dict[str, float] = {}
+        for tid, (name, sec, woke) in _thread_cpu(proc.pid).items():
+            _, sec0, woke0 = threads0.get(tid, (name, 0.0, 0))
+            per[name] = per.get(name, 0.0) + 100 * (sec - sec0) / wall
+            wakes[name] = wakes.get(name, 0.0) + (woke - woke0) / wall
         out["threads_cpu_pct"] = dict(sorted(per.items(), key=lambda kv: -kv[1]))
+        out["threads_wakeups_per_s"] = {name: wakes[name] for name in out["threads_cpu_pct"]}
     return out
 
 
@@ -164,13 +174,16 @@ async def ours(conv_s: float, idle_s: float) -> dict[str, Any]:
             conv = await _measure(proc, conv_s, by_thread=True)
             c = sim.conversations[0]
         by_chunk = {20: conv["cpu_pct"]}
+        by_chunk_threads = {20: conv}
         for chunk_ms in CHUNK_SWEEP_MS:
             async with _kioskd(sim, tmp, "manual", chunk_ms) as (proc, _):
                 await trio.sleep(SETTLE_S + idle_s)  # the same stretch of the microphone file as above
                 n = len(sim.conversations)
                 await trio.to_thread.run_sync(request, str(tmp / "control.sock"), "start")
                 await sim.wait_for_conversation(n)
-                by_chunk[chunk_ms] = (await _measure(proc, conv_s))["cpu_pct"]
+                swept = await _measure(proc, conv_s, by_thread=True)
+                by_chunk[chunk_ms] = swept["cpu_pct"]
+                by_chunk_threads[chunk_ms] = swept
         return {"ready_s": ready, "idle_cpu_pct": idle["manual"]["cpu_pct"],
                 "idle_rss_mb": idle["manual"]["peak_rss_mb"],
                 "idle_cpu_pct_by_trigger": {k: v["cpu_pct"] for k, v in idle.items()},
@@ -179,7 +192,11 @@ async def ours(conv_s: float, idle_s: float) -> dict[str, Any]:
                 "conversation_threads_cpu_pct": conv["threads_cpu_pct"],
                 "peak_rss_mb": max(conv["peak_rss_mb"], idle["manual"]["peak_rss_mb"]),
                 "conversation_s": conv_s, "idle_s": idle_s, "agent_turns": len(c.turns),
-                "audio_chunks": c.audio_chunks, "conversation_cpu_pct_by_chunk_ms": by_chunk}
+                "audio_chunks": c.audio_chunks, "conversation_cpu_pct_by_chunk_ms": by_chunk,
+                "idle_threads_wakeups_per_s_by_trigger": {k: v["threads_wakeups_per_s"] for k, v in idle.items()},
+                "conversation_threads_by_chunk_ms": {
+                    ms: {"cpu_pct": m["threads_cpu_pct"], "wakeups_per_s": m["threads_wakeups_per_s"]}
+                    for ms, m in by_chunk_threads.items()}}
 
 
 async def official_cost(conv_s: float) -> dict[str, Any]:
@@ -207,9 +224,38 @@ async def official_cost(conv_s: float) -> dict[str, Any]:
                 popen.kill()
 
 
+_WAKE_COST = """
+import select, sys, time
+import trio
+n = int(sys.argv[1])
+def per_wake(fn):
+    t0 = time.process_time()
+    for _ in range(n):
+        fn()
+    return (time.process_time() - t0) / n * 1e6
+ep = select.epoll()
+out = {"time.sleep": per_wake(lambda: time.sleep(0.02)), "epoll.poll": per_wake(lambda: ep.poll(0.02))}
+async def loop():
+    t0 = time.process_time()
+    for _ in range(n):
+        await trio.sleep(0.02)
+    out["trio.sleep"] = (time.process_time() - t0) / n * 1e6
+trio.run(loop)
+print(repr(out))
+"""
+
+
+async def wake_cost(wakes: int) -> dict[str, float]:
+    """CPU µs per wake-up from a 20 ms sleep, in a fresh process: ``time.sleep``, a bare epoll,
+    and ``trio.sleep`` (a pass of Trio's loop) — the unit of the cost figures on this machine."""
+    done = await trio.run_process([PY, "-c", _WAKE_COST, str(wakes)], capture_stdout=True)
+    result: dict[str, float] = ast.literal_eval(done.stdout.decode().strip())
+    return result
+
+
 async def run(quick: bool, with_official: bool) -> dict[str, Any]:
     conv_s, idle_s = (10.0, 6.0) if quick else (60.0, 20.0)
-    out: dict[str, Any] = {"ours": await ours(conv_s, idle_s)}
+    out: dict[str, Any] = {"ours": await ours(conv_s, idle_s), "wake_cost_us": await wake_cost(100 if quick else 300)}
     if with_official:
         out["official"] = await official_cost(conv_s)
         o, t = out["ours"], out["official"]["conversation_cpu_pct"]

@@ -283,6 +283,11 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         add("9 peak RSS", rss, their_rss, " MB", "≤ official",
             None if rss is None or their_rss is None else rss <= their_rss, cost=True)
         add("9 start-up to READY=1", stat("cost", "ours", "ready_s"), None, " s", "", None, ratio=False)
+        wake = k.get("wake_cost_us") or {}
+        if wake:
+            add("9 CPU per wake-up from a 20 ms sleep: time.sleep / epoll / trio.sleep",
+                " / ".join(_fmt(wake.get(key), " µs") for key in ("time.sleep", "epoll.poll", "trio.sleep")),
+                None, "", "", None, ratio=False)
     b = results.get("backend", {})
     if b and "error" not in b:
         for key, label in (("one_replica", "1 replica"), ("two_replicas", "2 replicas")):
