@@ -123,7 +123,7 @@ class Connection:
 
 SIGNED_URL = "wss://127.0.0.1/v1/convai/conversation?agent_id=bench_agent&token=t"
 #: The upstream stub: "nginx" when installed, else a Python one (~0.1 ms of CPU per request).
-STUB = "nginx" if native_load.have_nginx() and not os.environ.get("KIOSKD_BENCH_PYTHON_LOAD") else "python"
+STUB = "nginx" if native_load.have_nginx() else "python"
 
 
 async def _stub_serve(port: int) -> None:
@@ -198,7 +198,7 @@ async def _register(redis_url: str, config_path: Path) -> None:
 
 
 #: The closed loops' generator: "wrk" when installed (a few µs of CPU per request), else "python".
-LOAD_GENERATOR = "wrk" if native_load.have_wrk() and not os.environ.get("KIOSKD_BENCH_PYTHON_LOAD") else "python"
+LOAD_GENERATOR = "wrk" if native_load.have_wrk() else "python"
 
 
 async def _signed_url_load(

@@ -173,17 +173,14 @@ async def ours(conv_s: float, idle_s: float) -> dict[str, Any]:
             await sim.wait_for_conversation(0)
             conv = await _measure(proc, conv_s, by_thread=True)
             c = sim.conversations[0]
-        by_chunk = {20: conv["cpu_pct"]}
-        by_chunk_threads = {20: conv}
+        by_chunk = {20: conv}
         for chunk_ms in CHUNK_SWEEP_MS:
             async with _kioskd(sim, tmp, "manual", chunk_ms) as (proc, _):
                 await trio.sleep(SETTLE_S + idle_s)  # the same stretch of the microphone file as above
                 n = len(sim.conversations)
                 await trio.to_thread.run_sync(request, str(tmp / "control.sock"), "start")
                 await sim.wait_for_conversation(n)
-                swept = await _measure(proc, conv_s, by_thread=True)
-                by_chunk[chunk_ms] = swept["cpu_pct"]
-                by_chunk_threads[chunk_ms] = swept
+                by_chunk[chunk_ms] = await _measure(proc, conv_s, by_thread=True)
         return {"ready_s": ready, "idle_cpu_pct": idle["manual"]["cpu_pct"],
                 "idle_rss_mb": idle["manual"]["peak_rss_mb"],
                 "idle_cpu_pct_by_trigger": {k: v["cpu_pct"] for k, v in idle.items()},
@@ -192,11 +189,12 @@ async def ours(conv_s: float, idle_s: float) -> dict[str, Any]:
                 "conversation_threads_cpu_pct": conv["threads_cpu_pct"],
                 "peak_rss_mb": max(conv["peak_rss_mb"], idle["manual"]["peak_rss_mb"]),
                 "conversation_s": conv_s, "idle_s": idle_s, "agent_turns": len(c.turns),
-                "audio_chunks": c.audio_chunks, "conversation_cpu_pct_by_chunk_ms": by_chunk,
+                "audio_chunks": c.audio_chunks,
+                "conversation_cpu_pct_by_chunk_ms": {ms: m["cpu_pct"] for ms, m in by_chunk.items()},
                 "idle_threads_wakeups_per_s_by_trigger": {k: v["threads_wakeups_per_s"] for k, v in idle.items()},
                 "conversation_threads_by_chunk_ms": {
                     ms: {"cpu_pct": m["threads_cpu_pct"], "wakeups_per_s": m["threads_wakeups_per_s"]}
-                    for ms, m in by_chunk_threads.items()}}
+                    for ms, m in by_chunk.items()}}
 
 
 async def official_cost(conv_s: float) -> dict[str, Any]:

@@ -43,6 +43,7 @@ def capped(pids: list[int], share: float) -> Iterator[None]:
         raise RuntimeError("no writable cgroup cpu controller (root and cgroup v1 cpu or v2 needed)")
     root, version = found
     groups = []
+    home = {pid: _group_of(pid, root, version) for pid in pids}
     try:
         for pid in pids:
             group = root / f"kioskd-bench-{os.getpid()}-{pid}"
@@ -60,7 +61,16 @@ def capped(pids: list[int], share: float) -> Iterator[None]:
         for group in groups:
             for pid_text in (group / "cgroup.procs").read_text().split():
                 try:
-                    (root / "cgroup.procs").write_text(pid_text)
-                except OSError:
+                    (home.get(int(pid_text), root) / "cgroup.procs").write_text(pid_text)
+                except ProcessLookupError:
                     pass  # it ended meanwhile
-            group.rmdir()
+            group.rmdir()  # fails (EBUSY) if a process could not be moved back: never left capped unseen
+
+
+def _group_of(pid: int, root: Path, version: int) -> Path:
+    """The cgroup directory ``pid`` is in now, under ``root`` (to move it back there)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if (version == 1 and "cpu" in controllers.split(",")) or (version == 2 and controllers == ""):
+            return root / path.lstrip("/")
+    return root

@@ -4,8 +4,9 @@ On two cores shared by everything, the Python load generator and stub cost ~0.25
 per signed URL beside the replicas' ~0.8 ms: the second replica then finds a fraction of
 a core left, and "two replicas ÷ one" measures the rig, not the backend. ``wrk`` and
 ``nginx`` (Debian packages ``wrk`` and ``nginx-light``) do the same work for a few
-microseconds each. Both are optional: without them the bench uses its Python parts and
-says so in ``load_generator`` / ``stub``.
+microseconds each (``scripts/setup --bench`` installs them). Without them, or with
+``KIOSKD_BENCH_PYTHON_LOAD=1``, the bench uses its Python parts and says so in
+``load_generator`` / ``stub``.
 """
 
 from __future__ import annotations
@@ -56,12 +57,16 @@ end
 """
 
 
+#: Set to use the Python load generator and stub even where wrk and nginx are installed.
+PYTHON_ONLY = bool(os.environ.get("KIOSKD_BENCH_PYTHON_LOAD"))
+
+
 def have_wrk() -> bool:
-    return shutil.which("wrk") is not None
+    return not PYTHON_ONLY and shutil.which("wrk") is not None
 
 
 def have_nginx() -> bool:
-    return shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists()
+    return not PYTHON_ONLY and (shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists())
 
 
 async def wrk_load(
